@@ -1,0 +1,238 @@
+"""SQLAlchemy 2 models of the catalog: one schema for SQLite and PostgreSQL.
+
+Everything here is de-identified: UIDs are the pseudonymized ``2.25.<int>`` ones,
+patients are known only by their pseudonym, and no free text from the source
+files is kept. The only place raw files live is the quarantine directory; its
+rows here hold a reason, never identifying values.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+__all__ = [
+    "AuditRecord",
+    "Base",
+    "Campaign",
+    "ImportRun",
+    "IngestEvent",
+    "Instance",
+    "Patient",
+    "QuarantineEntry",
+    "Series",
+    "Site",
+    "Study",
+    "utcnow",
+]
+
+# Stable constraint names so Alembic migrations are the same on both databases.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+UID = String(64)
+Timestamp = DateTime(timezone=True)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Campaign(Base):
+    """The campaign this catalog serves (one row; the TOML definition is kept as JSON)."""
+
+    __tablename__ = "campaigns"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    start_date: Mapped[dt.date] = mapped_column(Date)
+    length_days: Mapped[int] = mapped_column(Integer, default=90)
+    definition: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class Site(Base):
+    """A hospital site sending data; ``id`` is the short campaign id, e.g. ``site-a``."""
+
+    __tablename__ = "sites"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    ae_titles: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    targets: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class Patient(Base):
+    __tablename__ = "patients"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pseudonym: Mapped[str] = mapped_column(String(64), unique=True)
+    first_seen_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+
+    studies: Mapped[list[Study]] = relationship(back_populates="patient")
+
+
+class Study(Base):
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_uid: Mapped[str] = mapped_column(UID, unique=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"), index=True)
+    # The date after the per-patient shift, never the real one.
+    study_date: Mapped[dt.date | None] = mapped_column(Date, nullable=True)
+    first_received_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    # Set when no instance arrived for the quiet period (the network issue fills it).
+    completed_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, nullable=True)
+
+    patient: Mapped[Patient] = relationship(back_populates="studies")
+    series: Mapped[list[Series]] = relationship(back_populates="study")
+
+
+class Series(Base):
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_uid: Mapped[str] = mapped_column(UID, unique=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    modality: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    body_part: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    series_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+    study: Mapped[Study] = relationship(back_populates="series")
+    instances: Mapped[list[Instance]] = relationship(back_populates="series")
+
+
+class Instance(Base):
+    """One de-identified SOP instance and where its bytes are in the store."""
+
+    __tablename__ = "instances"
+    __table_args__ = (
+        Index("ix_instances_site_received", "site_id", "received_at"),
+        Index("ix_instances_modality_body_part", "modality", "body_part"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"))
+    modality: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    body_part: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    view_position: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    manufacturer: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    rows: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    columns: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    number_of_frames: Mapped[int] = mapped_column(Integer, default=1)
+    transfer_syntax_uid: Mapped[str] = mapped_column(UID)
+    store_key: Mapped[str] = mapped_column(String(64), index=True)
+    byte_size: Mapped[int] = mapped_column(BigInteger)
+    source: Mapped[str] = mapped_column(String(32))
+    received_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+
+    series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class QuarantineEntry(Base):
+    """A file that could not be accepted; its raw bytes are in the quarantine directory.
+
+    ``raw_sha256`` is unique so offering the same bad file again never makes a
+    second entry (the re-offer is still counted as an ingest event).
+    """
+
+    __tablename__ = "quarantine_entries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    raw_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"), index=True)
+    source: Mapped[str] = mapped_column(String(32))
+    reason_code: Mapped[str] = mapped_column(String(64), index=True)
+    reason: Mapped[str] = mapped_column(Text)
+    # Path relative to the quarantine root; the file itself may hold PHI.
+    relative_path: Mapped[str] = mapped_column(String(255))
+    byte_size: Mapped[int] = mapped_column(BigInteger)
+    received_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    released_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, nullable=True)
+
+
+class ImportRun(Base):
+    """One run of a receiver over a batch (a folder import, a pull); for accounting."""
+
+    __tablename__ = "import_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"), index=True)
+    source: Mapped[str] = mapped_column(String(32))
+    # How many inputs the run found before it started offering them.
+    inputs_found: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    started_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, nullable=True)
+    # Free-form, de-identified state a receiver needs to resume (e.g. a pull checkpoint).
+    checkpoint: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class IngestEvent(Base):
+    """One offered input and its outcome: ``stored``, ``duplicate`` or ``quarantined``."""
+
+    __tablename__ = "ingest_events"
+    __table_args__ = (Index("ix_ingest_events_site_at", "site_id", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int | None] = mapped_column(
+        ForeignKey("import_runs.id"), index=True, nullable=True
+    )
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"))
+    source: Mapped[str] = mapped_column(String(32))
+    outcome: Mapped[str] = mapped_column(String(16), index=True)
+    sop_instance_uid: Mapped[str | None] = mapped_column(UID, nullable=True)
+    quarantine_id: Mapped[int | None] = mapped_column(
+        ForeignKey("quarantine_entries.id"), nullable=True
+    )
+    at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class AuditRecord(Base):
+    """An append-only, hash-chained audit record.
+
+    ``record_hash`` = sha256 over the previous record's hash and this record's
+    canonical JSON, so editing or deleting any record breaks every hash after it.
+    """
+
+    __tablename__ = "audit_log"
+    __table_args__ = (UniqueConstraint("seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    subject: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    record_hash: Mapped[str] = mapped_column(String(64))
