@@ -22,8 +22,10 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "Series",
     "Site",
     "Study",
+    "UTCDateTime",
     "utcnow",
 ]
 
@@ -50,8 +53,38 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """A timestamp that is timezone-aware UTC in Python on both databases.
+
+    PostgreSQL's ``timestamptz`` returns aware values, but SQLite stores text
+    without an offset and returns naive ones, so comparing a loaded value with
+    ``utcnow()`` would fail on SQLite only. Values are converted to UTC when
+    written (a naive value is taken as UTC) and marked UTC when read.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+    def process_result_value(
+        self, value: dt.datetime | None, dialect: Dialect
+    ) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+
 UID = String(64)
-Timestamp = DateTime(timezone=True)
+Timestamp = UTCDateTime()
 
 
 def utcnow() -> dt.datetime:
