@@ -1,0 +1,203 @@
+"""Setting up a campaign: migrate the catalog, make the key, record the campaign and its sites.
+
+Use it through :mod:`medai.collection.campaign`, which re-exports :func:`init_campaign`.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.engine import make_url
+
+from medai.catalog.db import create_engine_for, session_factory, upgrade
+from medai.catalog.models import Campaign, Site
+from medai.collection.audit import append_audit
+from medai.collection.pseudonymize import create_key_file, load_key
+from medai.errors import CampaignError, KeyFileError
+
+if TYPE_CHECKING:
+    # Types only: medai.collection.campaign re-exports this module's API, so a runtime
+    # import back would be circular.
+    from medai.collection.campaign import CampaignDefinition, SiteDefinition
+    from medai.config import Settings
+
+__all__ = ["InitResult", "init_campaign"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InitResult:
+    """What :func:`init_campaign` did; every list holds site ids.
+
+    ``database`` is the catalog URL with any password hidden, safe to print.
+    """
+
+    campaign: str
+    campaign_created: bool
+    campaign_updated: bool
+    sites_created: list[str]
+    sites_updated: list[str]
+    sites_unchanged: list[str]
+    # Sites in the catalog that the file no longer lists; kept, as data may refer to them.
+    sites_not_in_definition: list[str]
+    key_file: Path
+    key_created: bool
+    database: str
+    definition_sha256: str
+
+
+def _site_values(site: SiteDefinition) -> dict[str, Any]:
+    return {
+        "name": site.name,
+        "ae_titles": list(site.ae_titles),
+        # The column is a JSON object, so the target list sits under one key.
+        "targets": {"items": [t.model_dump(mode="json") for t in site.targets]},
+    }
+
+
+def _actor() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name in some containers
+        return "unknown"
+
+
+def _ensure_key(path: Path) -> bool:
+    """Create the key file if there is none; return whether it was created."""
+    if not path.exists():
+        try:
+            create_key_file(path)
+            return True
+        except KeyFileError:
+            if not path.exists():
+                raise
+            # Another process created it first: reuse it like any existing key.
+    load_key(path)  # a malformed key must stop the set-up, never be replaced
+    return False
+
+
+def init_campaign(
+    definition: CampaignDefinition, settings: Settings, *, actor: str | None = None
+) -> InitResult:
+    """Set up (or bring up to date) the campaign in the catalog of ``settings``.
+
+    Upgrades the catalog schema, creates the pseudonymization key file if there is none (an
+    existing key is reused, never overwritten), inserts or updates the campaign row and the
+    site rows, and appends a ``campaign.init`` audit record. Running it again with the same
+    definition changes nothing but the audit log.
+
+    Parameters
+    ----------
+    definition
+        The validated campaign, e.g. from :func:`medai.collection.campaign.load_campaign`.
+    settings
+        Where the catalog and the key file are.
+    actor
+        Who is recorded in the audit log; the login name by default.
+
+    Returns
+    -------
+    InitResult
+        What was created, updated or reused.
+
+    Raises
+    ------
+    CampaignError
+        If the catalog already serves a campaign with another name.
+    KeyFileError
+        If an existing key file cannot be read or is malformed.
+    """
+    url = settings.resolved_database_url
+    engine = create_engine_for(url)
+    try:
+        upgrade(engine)
+        key_file = settings.resolved_key_file
+        key_created = _ensure_key(key_file)
+        document = definition.model_dump(mode="json")
+        digest = hashlib.sha256(
+            json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+        ).hexdigest()
+        created: list[str] = []
+        updated: list[str] = []
+        unchanged: list[str] = []
+        with session_factory(engine).begin() as session:
+            rows = list(session.scalars(select(Campaign).order_by(Campaign.id)))
+            others = [r.name for r in rows if r.name != definition.name]
+            if others:
+                raise CampaignError(
+                    f"this catalog already serves campaign {others[0]!r}; use another "
+                    "MEDAI_HOME or MEDAI_DATABASE_URL for a new campaign, or keep its name"
+                )
+            row = rows[0] if rows else None
+            campaign_created = row is None
+            campaign_updated = row is not None and (
+                row.definition != document
+                or row.start_date != definition.start_date
+                or row.length_days != definition.length_days
+            )
+            if row is None:
+                row = Campaign(name=definition.name)
+                session.add(row)
+            row.start_date = definition.start_date
+            row.length_days = definition.length_days
+            row.definition = document
+
+            existing = {s.id: s for s in session.scalars(select(Site))}
+            for site in definition.sites:
+                values = _site_values(site)
+                current = existing.get(site.id)
+                if current is None:
+                    session.add(Site(id=site.id, **values))
+                    created.append(site.id)
+                elif {k: getattr(current, k) for k in values} != values:
+                    for key, value in values.items():
+                        setattr(current, key, value)
+                    updated.append(site.id)
+                else:
+                    unchanged.append(site.id)
+            stale = sorted(set(existing) - {s.id for s in definition.sites})
+            append_audit(
+                session,
+                actor=actor or _actor(),
+                action="campaign.init",
+                subject=definition.name,
+                details={
+                    "definition_sha256": digest,
+                    "campaign_created": campaign_created,
+                    "campaign_updated": campaign_updated,
+                    "sites_created": created,
+                    "sites_updated": updated,
+                    "key_file_created": key_created,
+                },
+            )
+    finally:
+        engine.dispose()
+    result = InitResult(
+        campaign=definition.name,
+        campaign_created=campaign_created,
+        campaign_updated=campaign_updated,
+        sites_created=created,
+        sites_updated=updated,
+        sites_unchanged=unchanged,
+        sites_not_in_definition=stale,
+        key_file=key_file,
+        key_created=key_created,
+        database=make_url(url).render_as_string(hide_password=True),
+        definition_sha256=digest,
+    )
+    logger.info(
+        "campaign %r set up: %d site(s) created, %d updated; key file %s",
+        definition.name,
+        len(created),
+        len(updated),
+        "created" if key_created else "reused",
+    )
+    return result
