@@ -1,0 +1,197 @@
+"""Keyed deterministic pseudonyms for patients, UIDs and dates (HMAC-SHA256, campaign key)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+
+from medai.errors import KeyFileError
+
+__all__ = ["KEY_BYTES", "Pseudonymizer", "create_key_file", "load_key"]
+
+logger = logging.getLogger(__name__)
+
+KEY_BYTES = 32
+"""Length of a campaign key: 256 random bits, stored as 64 hex digits."""
+
+_MAX_OFFSET_DAYS = 3650
+_CREATE_HINT = "create one with `medai campaign init CAMPAIGN.toml` or point MEDAI_KEY_FILE at it"
+
+# Each use of the key hashes under its own label, so a patient pseudonym can never equal
+# (or help to predict) a UID or a date offset computed from the same input string.
+_DOMAIN_PATIENT = b"medai/v1/patient-id\x00"
+_DOMAIN_UID = b"medai/v1/uid\x00"
+_DOMAIN_DATE = b"medai/v1/date-offset\x00"
+
+
+def create_key_file(path: Path) -> None:
+    """Write a new random campaign key to ``path`` with mode 0600.
+
+    Parameters
+    ----------
+    path
+        Where to write the key (64 hex digits and a newline). Parent folders are created.
+
+    Raises
+    ------
+    KeyFileError
+        If ``path`` already exists: a key is never overwritten, because every pseudonym
+        issued so far depends on it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise KeyFileError(
+            f"pseudonymization key file {path} already exists; refusing to overwrite it "
+            "(every pseudonym issued so far depends on that key)"
+        ) from None
+    try:
+        # O_CREAT's mode is filtered by the umask; make 0600 explicit.
+        os.fchmod(fd, 0o600)
+        os.write(fd, (secrets.token_hex(KEY_BYTES) + "\n").encode("ascii"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    logger.info("created pseudonymization key file %s", path)
+
+
+def load_key(path: Path) -> bytes:
+    """Read a campaign key written by :func:`create_key_file`.
+
+    Parameters
+    ----------
+    path
+        The key file.
+
+    Returns
+    -------
+    bytes
+        The 32-byte key.
+
+    Raises
+    ------
+    KeyFileError
+        If the file is missing, unreadable or does not hold 64 hex digits; the message
+        says what to run.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        raise KeyFileError(f"pseudonymization key file {path} not found; {_CREATE_HINT}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeyFileError(
+            f"pseudonymization key file {path} cannot be read ({exc.__class__.__name__}); "
+            f"check its permissions, or {_CREATE_HINT}"
+        ) from None
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != KEY_BYTES:
+        raise KeyFileError(
+            f"pseudonymization key file {path} is malformed (expected {2 * KEY_BYTES} hex "
+            f"digits); restore it from backup, or {_CREATE_HINT} for a new campaign"
+        )
+    if os.name == "posix" and path.stat().st_mode & 0o077:
+        logger.warning("pseudonymization key file %s is readable by others; chmod 600 it", path)
+    return key
+
+
+class Pseudonymizer:
+    """Deterministic pseudonyms derived from one campaign key.
+
+    The same input always gives the same output under the same key, from any site and on
+    any machine, so re-sent or overlapping data lands on the same pseudonymous patient,
+    study and instance. Without the key the mapping can neither be reversed nor recomputed.
+
+    Parameters
+    ----------
+    key
+        The campaign key (see :func:`load_key`); at least 16 bytes.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 16:
+            raise ValueError("a pseudonymization key must be at least 16 bytes long")
+        self._key = bytes(key)
+        # Bounded caches: the same study/series UIDs recur in every instance of a series,
+        # while memory must stay flat over a long import.
+        self._uid_cached = lru_cache(maxsize=16384)(self._uid)
+        self._patient_cached = lru_cache(maxsize=4096)(self._patient)
+        self._offset_cached = lru_cache(maxsize=4096)(self._offset)
+
+    def _mac(self, domain: bytes, value: str) -> bytes:
+        return hmac.new(self._key, domain + value.encode("utf-8"), hashlib.sha256).digest()
+
+    def patient_pseudonym(self, patient_id: str) -> str:
+        """The pseudonym that replaces PatientID and PatientName.
+
+        Parameters
+        ----------
+        patient_id
+            The original PatientID (surrounding spaces and NUL padding are ignored).
+
+        Returns
+        -------
+        str
+            ``"P"`` followed by 16 base32 characters (80 bits), valid as LO, SH and PN.
+        """
+        return self._patient_cached(_normalize(patient_id))
+
+    def _patient(self, patient_id: str) -> str:
+        digest = self._mac(_DOMAIN_PATIENT, patient_id)
+        return "P" + base64.b32encode(digest[:10]).decode("ascii")
+
+    def uid(self, uid: str) -> str:
+        """The pseudonymous UID that replaces ``uid``.
+
+        Parameters
+        ----------
+        uid
+            The original UID (surrounding spaces and NUL padding are ignored).
+
+        Returns
+        -------
+        str
+            ``"2.25."`` followed by the decimal value of an RFC 9562 version-8 UUID built
+            from the keyed hash: at most 44 characters, digits and dots only.
+        """
+        return self._uid_cached(_normalize(uid))
+
+    def _uid(self, uid: str) -> str:
+        raw = bytearray(self._mac(_DOMAIN_UID, uid)[:16])
+        raw[6] = (raw[6] & 0x0F) | 0x80  # version 8: custom (here: keyed hash) UUID
+        raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 9562 variant
+        return f"2.25.{int.from_bytes(raw, 'big')}"
+
+    def date_offset_days(self, patient_id: str) -> int:
+        """Days to add to every date of one patient; intervals between dates survive.
+
+        Parameters
+        ----------
+        patient_id
+            The original PatientID.
+
+        Returns
+        -------
+        int
+            A per-patient offset between -3650 and -1 (always into the past).
+        """
+        return self._offset_cached(_normalize(patient_id))
+
+    def _offset(self, patient_id: str) -> int:
+        digest = self._mac(_DOMAIN_DATE, patient_id)
+        return -(1 + int.from_bytes(digest[:8], "big") % _MAX_OFFSET_DAYS)
+
+
+def _normalize(value: str) -> str:
+    return str(value).strip(" \x00")
