@@ -1,0 +1,155 @@
+"""``medai collect`` (import, verify) and ``medai audit verify``: the data steward's commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["audit_app", "collect_app", "register"]
+
+console = Console()
+err_console = Console(stderr=True)
+
+collect_app = typer.Typer(
+    help="Receive DICOM from the campaign's sites and account for every file.",
+    no_args_is_help=True,
+)
+audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+@collect_app.command("import")
+def import_command(
+    path: Path = typer.Argument(..., help="A folder, a zip file or a DICOM file to import."),
+    site: str = typer.Option(..., "--site", help="The campaign site id the data comes from."),
+    workers: int = typer.Option(
+        0, "--workers", "-j", min=0, help="Worker processes (0: one per CPU core)."
+    ),
+) -> None:
+    """Import a site's folder or zip hand-over: de-identify, catalogue, quarantine the rest.
+
+    Re-running it is harmless: what is already catalogued counts as a duplicate.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from medai.collection.folder_import import import_path
+    from medai.errors import MedaiError
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task(f"importing for {site}", total=None)
+        try:
+            summary = import_path(
+                path,
+                site,
+                workers=workers,
+                on_total=lambda total: progress.update(task, total=total),
+                on_outcome=lambda _outcome: progress.advance(task),
+            )
+        except MedaiError as exc:
+            progress.stop()
+            _fail(str(exc))
+
+    table = Table(title=f"Import run {summary.run_id} — site {site}")
+    table.add_column("outcome")
+    table.add_column("files", justify="right")
+    table.add_row("stored", str(summary.stored))
+    table.add_row("duplicate", str(summary.duplicate))
+    for reason, count in sorted(summary.quarantined.items()):
+        table.add_row(f"quarantined: {reason}", str(count))
+    table.add_row("[bold]inputs", f"[bold]{summary.inputs}")
+    console.print(table)
+    rate = summary.inputs / summary.seconds if summary.seconds else 0.0
+    console.print(f"{summary.inputs} inputs in {summary.seconds:.1f} s ({rate:.1f} files/s)")
+    if summary.offered != summary.inputs:
+        _fail(f"accounted for {summary.offered} of {summary.inputs} inputs", code=1)
+
+
+@collect_app.command("verify")
+def verify_command(
+    rehash: bool = typer.Option(
+        True, "--rehash/--no-rehash", help="Re-hash every stored file (slower, thorough)."
+    ),
+    collect: bool = typer.Option(
+        False, "--collect", help="Delete orphan store files (left by interrupted ingests)."
+    ),
+    min_age: float = typer.Option(
+        3600.0, "--min-age", help="Only collect orphans older than this many seconds."
+    ),
+) -> None:
+    """Prove the accounting: inputs = stored + duplicate + quarantined; every row has its file."""
+    from medai.collection.accounting import collect_orphans, verify_collection
+    from medai.errors import MedaiError
+
+    try:
+        with err_console.status("checking the catalog, the store and the quarantine"):
+            report = verify_collection(rehash=rehash)
+    except MedaiError as exc:
+        _fail(str(exc))
+
+    table = Table(title="Collection accounting")
+    table.add_column("")
+    table.add_column("count", justify="right")
+    for outcome in ("stored", "duplicate", "quarantined"):
+        table.add_row(f"{outcome} events", str(report.events.get(outcome, 0)))
+    table.add_row("[bold]inputs", f"[bold]{report.inputs}")
+    table.add_row("instance rows", str(report.instances))
+    table.add_row("quarantine entries", str(report.quarantine_entries))
+    table.add_row("import runs", str(len(report.runs)))
+    table.add_row("orphan store files", str(len(report.orphan_files)))
+    console.print(table)
+    for run in report.interrupted_runs:
+        console.print(
+            f"[yellow]import run {run.run_id} ({run.site_id}) was interrupted after "
+            f"{run.events} of {run.inputs_found} inputs: run the import again (it is harmless)."
+        )
+    if collect:
+        removed = collect_orphans(report, min_age_seconds=min_age)
+        console.print(f"collected {removed} orphan store file(s)")
+    elif report.orphan_files:
+        console.print("orphan files can be removed with `medai collect verify --collect`")
+    if report.ok:
+        console.print("[bold green]OK[/]: every input is stored, a duplicate or quarantined")
+        return
+    for problem in report.problems:
+        err_console.print(f"[red]problem:[/] {problem}")
+    raise typer.Exit(1)
+
+
+@audit_app.command("verify")
+def audit_verify_command() -> None:
+    """Recompute the audit log's hash chain; exit 1 and name the first bad record if edited."""
+    from medai.catalog.db import create_engine_for, session_factory
+    from medai.collection.audit import verify_audit_chain
+    from medai.config import get_settings
+
+    engine = create_engine_for(get_settings().resolved_database_url)
+    with session_factory(engine)() as session:
+        report = verify_audit_chain(session)
+    if report.ok:
+        console.print(f"[bold green]OK[/]: {report.records} audit records, chain intact")
+        return
+    err_console.print(
+        f"[bold red]audit chain broken[/] at record {report.first_bad_seq}: {report.problem}"
+    )
+    raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``collect`` and ``audit`` to the root app."""
+    app.add_typer(collect_app, name="collect")
+    app.add_typer(audit_app, name="audit")
