@@ -21,7 +21,7 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/medai demo
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --timeout 900
 
 lint: $(STAMP)

@@ -73,15 +73,18 @@ def dicognito_rate(paths: list[Path], out: Path) -> float | None:
     return len(paths) / (time.perf_counter() - start)
 
 
-def medai_import(folder: Path, home: Path, workers: int, database_url: str | None) -> tuple[float, int]:
+def medai_import(
+    folder: Path, home: Path, workers: int, database_url: str | None
+) -> tuple[float, int]:
     """Run `medai collect import` in a child process; returns files/s and its peak RSS (KiB)."""
     env = {**os.environ, "MEDAI_HOME": str(home)}
     if database_url:
         env["MEDAI_DATABASE_URL"] = database_url
     medai = [sys.executable, "-m", "medai.cli"]
     campaign = REPO / "collection" / "example-campaign.toml"
-    subprocess.run([*medai, "campaign", "init", str(campaign)], env=env, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [*medai, "campaign", "init", str(campaign)], env=env, check=True, capture_output=True
+    )
     count = sum(1 for _ in folder.iterdir())
     # A fresh wrapper process, so RUSAGE_CHILDREN covers this import (and its workers) alone.
     wrapper = (
@@ -90,9 +93,23 @@ def medai_import(folder: Path, home: Path, workers: int, database_url: str | Non
     )
     start = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-c", wrapper, *medai, "collect", "import", str(folder),
-         "--site", "site-a", "-j", str(workers)],
-        env=env, check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-c",
+            wrapper,
+            *medai,
+            "collect",
+            "import",
+            str(folder),
+            "--site",
+            "site-a",
+            "-j",
+            str(workers),
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     elapsed = time.perf_counter() - start
     return count / elapsed, int(done.stdout.strip().splitlines()[-1])
@@ -108,12 +125,17 @@ def reset_postgres(url: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=2000, help="number of 512x512 files")
     parser.add_argument("--workers", type=int, default=0, help="medai import workers (0: cores)")
     parser.add_argument("--memory", action="store_true", help="also import 5N files for peak RSS")
-    parser.add_argument("--database-url", default=None,
-                        help="catalog URL (default SQLite); a PostgreSQL database is emptied first")
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="catalog URL (default SQLite); a PostgreSQL database is emptied first",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args()
 
@@ -130,7 +152,9 @@ def main() -> None:
             reset_postgres(args.database_url)
         medai, rss = medai_import(work / "in", work / "home", args.workers, args.database_url)
 
-        catalog = "PostgreSQL" if args.database_url and "postgres" in args.database_url else "SQLite"
+        catalog = (
+            "PostgreSQL" if args.database_url and "postgres" in args.database_url else "SQLite"
+        )
         print(f"{'tool':<44}{'files/s':>10}")
         print(f"{'medai collect import (full pipeline, ' + catalog + ')':<44}{medai:>10.1f}")
         print(f"{'pydicom read+write floor (1 process)':<44}{floor:>10.1f}")
@@ -150,9 +174,14 @@ def main() -> None:
             make_files(work / "in5", big)
             if args.database_url and args.database_url.startswith("postgresql"):
                 reset_postgres(args.database_url)
-            rate5, rss5 = medai_import(work / "in5", work / "home5", args.workers, args.database_url)
-            print(f"N={big}: {rate5:.1f} files/s, peak RSS of the largest process {rss5 / 1024:.0f} MiB"
-                  f" (N={args.n}: {rss / 1024:.0f} MiB)")
+            rate5, rss5 = medai_import(
+                work / "in5", work / "home5", args.workers, args.database_url
+            )
+            print(
+                f"N={big}: {rate5:.1f} files/s, "
+                f"peak RSS of the largest process {rss5 / 1024:.0f} MiB"
+                f" (N={args.n}: {rss / 1024:.0f} MiB)"
+            )
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

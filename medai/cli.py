@@ -26,8 +26,10 @@ def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug logging."),
 ) -> None:
     """Configure logging once for every command (the library itself only has a NullHandler)."""
-    level = logging.DEBUG if verbose else logging.getLevelName(
-        os.environ.get("MEDAI_LOG_LEVEL", "WARNING").upper()
+    level = (
+        logging.DEBUG
+        if verbose
+        else logging.getLevelName(os.environ.get("MEDAI_LOG_LEVEL", "WARNING").upper())
     )
     logging.basicConfig(
         level=level,
@@ -40,9 +42,9 @@ def _root(
 def _register_subapps() -> None:
     # Each part exposes register(app); imports here are light (commands import heavy
     # modules inside their bodies so that --help stays instant).
+    from medai import demo
     from medai.collection import cli as collection_cli
     from medai.collection import collect_cli
-    from medai import demo
     from medai.dicom import cli as dicom_cli
 
     dicom_cli.register(app)

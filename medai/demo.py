@@ -96,7 +96,9 @@ def demo_command(
         for problem in report.problems:
             console.print(f"[red]problem:[/] {problem}")
         raise typer.Exit(1)
-    console.print("[bold green]demo finished[/]: `medai collect verify` and `medai audit verify` agree")
+    console.print(
+        "[bold green]demo finished[/]: `medai collect verify` and `medai audit verify` agree"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,4 @@
-"""Proof that nothing was lost: inputs = stored + duplicate + quarantined, and every row has its file.
+"""Proof that nothing was lost: inputs = stored + duplicate + quarantined; rows have files.
 
 ``verify_collection`` checks, from the catalog, the store and the quarantine:
 
@@ -68,9 +68,7 @@ class VerifyReport:
         found: list[str] = []
         stored = self.events.get("stored", 0)
         if stored != self.instances:
-            found.append(
-                f"{stored} 'stored' ingest events but {self.instances} instance rows"
-            )
+            found.append(f"{stored} 'stored' ingest events but {self.instances} instance rows")
         for run in self.unbalanced_runs:
             found.append(
                 f"import run {run.run_id} ({run.site_id}) found {run.inputs_found} inputs "
@@ -107,19 +105,19 @@ def verify_collection(
     report = VerifyReport()
     with session_factory(engine.execution_options(sqlite_begin="DEFERRED"))() as session:
         report.events = {
-            outcome: count
+            str(outcome): int(count)
             for outcome, count in session.execute(
                 select(IngestEvent.outcome, func.count()).group_by(IngestEvent.outcome)
-            )
+            ).all()
         }
         report.instances = session.scalar(select(func.count()).select_from(Instance)) or 0
-        event_counts: dict[int, int] = {
-            run_id: count
+        event_counts = {
+            int(run_id or 0): int(count)
             for run_id, count in session.execute(
                 select(IngestEvent.run_id, func.count())
                 .where(IngestEvent.run_id.is_not(None))
                 .group_by(IngestEvent.run_id)
-            )
+            ).all()
         }
         for run in session.scalars(select(ImportRun).order_by(ImportRun.id)):
             report.runs.append(

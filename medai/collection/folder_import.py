@@ -312,4 +312,3 @@ def _finish_run(pipeline: IngestPipeline, run_id: int, summary: ImportSummary) -
                 "quarantined": dict(summary.quarantined),
             },
         )
-

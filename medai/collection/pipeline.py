@@ -246,9 +246,7 @@ class IngestPipeline:
 
     def _is_catalogued(self, sop_uid: str) -> bool:
         with self._read_sessions() as session:
-            found = session.scalar(
-                select(Instance.id).where(Instance.sop_instance_uid == sop_uid)
-            )
+            found = session.scalar(select(Instance.id).where(Instance.sop_instance_uid == sop_uid))
         return found is not None
 
     def _record_duplicate(
@@ -392,4 +390,3 @@ class IngestPipeline:
             subject=subject or sop_uid,
             details=details,
         )
-

@@ -37,12 +37,16 @@ def _hand_over(root: Path, *, studies: int, seed: int = 3) -> tuple[Path, int, i
 
     Returns the folder, the number of inputs and the number of distinct good instances.
     """
-    result = generate(root / "synth", studies=studies, seed=seed, sites=("site-a",), image_size=48, ct_slices=2)
+    result = generate(
+        root / "synth", studies=studies, seed=seed, sites=("site-a",), image_size=48, ct_slices=2
+    )
     folder = root / "synth" / "site-a"
     bad = bad_inputs(result.files[0].read_bytes())
     for reason, data in bad.items():
         (folder / f"bad-{reason}.dcm").write_bytes(data)
-    (folder / "notes.txt").write_text("scanned requisition forms are elsewhere")  # same as not-dicom? no: distinct bytes
+    (folder / "notes.txt").write_text(
+        "scanned requisition forms are elsewhere"
+    )  # same as not-dicom? no: distinct bytes
     with zipfile.ZipFile(folder / "batch.zip", "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("again/first.dcm", result.files[0].read_bytes())  # a duplicate
         archive.writestr("again/bad.bin", bad["not-dicom"])  # the same bad bytes again
@@ -88,10 +92,18 @@ def _entries(settings: Settings) -> list[QuarantineEntry]:
 
 
 def test_cli_import_verify_and_audit(campaign: Settings, tmp_path: Path) -> None:
-    result = generate(tmp_path / "in", studies=2, seed=5, sites=("site-b",), image_size=32, ct_slices=2)
-    for args in (["collect", "--help"], ["collect", "import", "--help"], ["collect", "verify", "--help"]):
+    result = generate(
+        tmp_path / "in", studies=2, seed=5, sites=("site-b",), image_size=32, ct_slices=2
+    )
+    for args in (
+        ["collect", "--help"],
+        ["collect", "import", "--help"],
+        ["collect", "verify", "--help"],
+    ):
         assert runner.invoke(app, args).exit_code == 0
-    imported = runner.invoke(app, ["collect", "import", str(tmp_path / "in" / "site-b"), "--site", "site-b", "-j", "1"])
+    imported = runner.invoke(
+        app, ["collect", "import", str(tmp_path / "in" / "site-b"), "--site", "site-b", "-j", "1"]
+    )
     assert imported.exit_code == 0, imported.output
     assert "stored" in imported.output and str(len(result.files)) in imported.output
     verified = runner.invoke(app, ["collect", "verify"])
@@ -121,9 +133,24 @@ def test_kill_9_midway_then_rerun_loses_and_duplicates_nothing(
         "MEDAI_DATABASE_URL": campaign.resolved_database_url,
         "MEDAI_MAX_INSTANCE_BYTES": str(campaign.max_instance_bytes),
     }
-    command = [sys.executable, "-m", "medai.cli", "collect", "import", str(folder), "--site", "site-a", "-j", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "medai.cli",
+        "collect",
+        "import",
+        str(folder),
+        "--site",
+        "site-a",
+        "-j",
+        "2",
+    ]
     process = subprocess.Popen(
-        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        command,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     deadline = time.monotonic() + 120
     while _count(campaign, Instance) < good // 3:
@@ -146,6 +173,6 @@ def test_kill_9_midway_then_rerun_loses_and_duplicates_nothing(
     assert report.ok, report.problems
     assert report.instances == good
     reasons = {e.reason_code for e in _entries(campaign)}
-    assert len(_entries(campaign)) == len(set(e.raw_sha256 for e in _entries(campaign)))
+    assert len(_entries(campaign)) == len({e.raw_sha256 for e in _entries(campaign)})
     assert "too-large" in reasons and "truncated" in reasons
     assert all(run.balanced for run in report.runs if run.finished)

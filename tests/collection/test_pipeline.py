@@ -139,9 +139,9 @@ def test_bad_inputs_are_quarantined_once_with_reasons(
             raw = (root / entry.relative_path).read_bytes()
             assert raw == bad[entry.reason_code], "the raw bytes are kept exactly"
         events = session.scalar(
-            select(func.count()).select_from(IngestEvent).where(
-                IngestEvent.outcome == "quarantined"
-            )
+            select(func.count())
+            .select_from(IngestEvent)
+            .where(IngestEvent.outcome == "quarantined")
         )
         assert events == 2 * len(bad)
     sidecars = [json.loads(p.read_text()) for p in root.rglob("*.json")]
@@ -215,7 +215,10 @@ def test_audit_verify_detects_an_edited_record(campaign: Settings, synth: SynthR
     engine = create_engine_for(campaign.resolved_database_url)
     with engine.begin() as connection:
         connection.execute(
-            text("UPDATE audit_log SET actor = 'someone-else' WHERE seq = (SELECT MAX(seq) FROM audit_log)")
+            text(
+                "UPDATE audit_log SET actor = 'someone-else' "
+                "WHERE seq = (SELECT MAX(seq) FROM audit_log)"
+            )
         )
     with session_factory(engine)() as session:
         report = verify_audit_chain(session)

@@ -189,7 +189,8 @@ def generate(
 
     Studies go to the sites in turn. Files are
     ``out_dir/<site>/<PatientID>/<AccessionNumber>/S<series>/<instance>.dcm``
-    and each site's label sheet is ``out_dir/labels/<site>.csv`` (beside, not inside, the image folders) (chest studies only).
+    and each site's label sheet (chest studies only) is ``out_dir/labels/<site>.csv``,
+    beside the image folders rather than inside them.
     The same arguments always give byte-identical files: every UID, date and pixel
     derives from ``seed``.
 
