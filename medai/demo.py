@@ -60,6 +60,12 @@ def demo_command(
             f"{synth.instances} instances in {synth.studies} studies of {synth.patients} "
             f"patients under {incoming}"
         )
+        # Real hand-overs hold more than images: these must end quarantined, with a reason.
+        first_site = incoming / site_ids[0]
+        (first_site / "scanned-referral.txt").write_text("Referral letter, see attached scan.\n")
+        cut = synth.files[0].read_bytes()
+        (first_site / "copy-interrupted.dcm").write_bytes(cut[: len(cut) // 3])
+        console.print(f"added a text file and a truncated copy to {first_site.name}'s hand-over")
 
         summary_table = Table(title="Import per site")
         for column in ("site", "inputs", "stored", "duplicate", "quarantined", "files/s"):

@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 SOURCE = "folder"
 _ZIP_MAGIC = b"PK\x03\x04"
+_MIN_INPUTS_PER_WORKER = 16
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # the zip local file header, 30 bytes
 
 
@@ -243,7 +244,8 @@ def import_path(
 
     count = workers if workers is not None else settings.import_workers
     count = count or (os.cpu_count() or 1)
-    if count <= 1 or len(refs) < 2:
+    # Starting worker processes costs seconds; a small hand-over is faster in-process.
+    if count <= 1 or len(refs) < count * _MIN_INPUTS_PER_WORKER:
         for ref in refs:
             record(_ingest_ref(pipeline, ref, site, run_id, settings.max_instance_bytes))
     else:
