@@ -211,6 +211,7 @@ class QuarantineEntry(Base):
     relative_path: Mapped[str] = mapped_column(String(255))
     byte_size: Mapped[int] = mapped_column(BigInteger)
     received_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    # When the raw bytes were deleted under the retention setting; the row stays for accounting.
     released_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, nullable=True)
 
 

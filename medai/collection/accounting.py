@@ -131,8 +131,15 @@ def verify_collection(
                 )
             )
         referenced = set(session.scalars(select(Instance.store_key)))
-        quarantined = list(session.scalars(select(QuarantineEntry.relative_path)))
-        report.quarantine_entries = len(quarantined)
+        report.quarantine_entries = (
+            session.scalar(select(func.count()).select_from(QuarantineEntry)) or 0
+        )
+        # Files purged under the retention setting are gone on purpose.
+        quarantined = list(
+            session.scalars(
+                select(QuarantineEntry.relative_path).where(QuarantineEntry.released_at.is_(None))
+            )
+        )
 
     total = len(referenced)
     checked = 0

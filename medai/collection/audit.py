@@ -29,6 +29,7 @@ __all__ = [
     "GENESIS_HASH",
     "AuditReport",
     "append_audit",
+    "lock_audit_chain",
     "canonical_json",
     "compute_record_hash",
     "verify_audit_chain",
@@ -116,6 +117,19 @@ def compute_record_hash(
     return hashlib.sha256((prev_hash + canonical_json(payload)).encode("utf-8")).hexdigest()
 
 
+def lock_audit_chain(session: Session) -> None:
+    """Take the audit chain's lock for the rest of the caller's transaction.
+
+    A transaction that writes other rows *and* appends audit records must call
+    this before its first write: taking the lock only at the first append, after
+    rows another transaction may be waiting on, can deadlock on PostgreSQL. On
+    SQLite the ``BEGIN IMMEDIATE`` transaction already serializes writers.
+    Re-entrant: taking it again in the same transaction is harmless.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(sa.select(sa.func.pg_advisory_xact_lock(_AUDIT_LOCK_ID)))
+
+
 def append_audit(
     session: Session,
     *,
@@ -156,8 +170,7 @@ def append_audit(
     # value JSON cannot hold fails here rather than in verification.
     normalized = json.loads(canonical_json(dict(details or {})))
 
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(sa.select(sa.func.pg_advisory_xact_lock(_AUDIT_LOCK_ID)))
+    lock_audit_chain(session)
     last = session.execute(
         sa.select(AuditRecord.seq, AuditRecord.record_hash)
         .order_by(AuditRecord.seq.desc())

@@ -18,7 +18,7 @@ from sqlalchemy.engine import make_url
 
 from medai.catalog.db import create_engine_for, session_factory, upgrade
 from medai.catalog.models import Campaign, Site
-from medai.collection.audit import append_audit
+from medai.collection.audit import append_audit, lock_audit_chain
 from medai.collection.pseudonymize import create_key_file, load_key
 from medai.errors import CampaignError, KeyFileError
 
@@ -129,6 +129,7 @@ def init_campaign(
         updated: list[str] = []
         unchanged: list[str] = []
         with session_factory(engine).begin() as session:
+            lock_audit_chain(session)  # before any row, so writers never deadlock
             rows = list(session.scalars(select(Campaign).order_by(Campaign.id)))
             others = [r.name for r in rows if r.name != definition.name]
             if others:

@@ -130,6 +130,38 @@ def verify_command(
     raise typer.Exit(1)
 
 
+@collect_app.command("quarantine")
+def quarantine_command(
+    purge: bool = typer.Option(
+        False,
+        "--purge",
+        help="Delete raw files held longer than MEDAI_QUARANTINE_RETENTION_DAYS "
+        "(the catalog keeps their rows, so the accounting still adds up).",
+    ),
+) -> None:
+    """Show what is quarantined, by site and reason; optionally apply the retention limit."""
+    from medai.collection.retention import purge_expired, summarize_quarantine
+    from medai.config import get_settings
+
+    settings = get_settings()
+    if purge:
+        removed = purge_expired(settings)
+        console.print(
+            f"purged {removed} file(s) older than {settings.quarantine_retention_days} days"
+        )
+    summary = summarize_quarantine(settings)
+    table = Table(title=f"Quarantine ({settings.resolved_quarantine_dir})")
+    for column in ("site", "reason", "files"):
+        table.add_column(column, justify="right" if column == "files" else "left")
+    for (site, reason), count in sorted(summary.by_site_and_reason.items()):
+        table.add_row(site, reason, str(count))
+    console.print(table)
+    oldest = summary.oldest_held.date().isoformat() if summary.oldest_held else "-"
+    console.print(
+        f"held {summary.held}, purged {summary.released}; oldest held since {oldest}"
+    )
+
+
 @audit_app.command("verify")
 def audit_verify_command() -> None:
     """Recompute the audit log's hash chain; exit 1 and name the first bad record if edited."""

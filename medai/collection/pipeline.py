@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import io
 import logging
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import pydicom
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from medai.catalog.db import create_engine_for, get_or_create_id, session_factory
 from medai.catalog.models import (
@@ -29,10 +32,10 @@ from medai.catalog.models import (
     Site,
     Study,
 )
-from medai.collection.audit import append_audit
+from medai.collection.audit import append_audit, lock_audit_chain
 from medai.collection.deid import Deidentifier
 from medai.collection.pseudonymize import Pseudonymizer, load_key
-from medai.collection.quarantine import Quarantine
+from medai.collection.quarantine import Quarantine, QuarantinedFile
 from medai.config import Settings, get_settings
 from medai.dicom.metadata import InstanceMetadata, normalized_metadata
 from medai.dicom.read import parse_instance
@@ -43,11 +46,12 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
     from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["IngestPipeline", "Outcome", "OutcomeKind"]
+__all__ = ["IngestPipeline", "Offer", "Outcome", "OutcomeKind"]
 
 logger = logging.getLogger(__name__)
 
 OutcomeKind = Literal["stored", "duplicate", "quarantined"]
+_COMMIT_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,19 @@ class Outcome:
     @classmethod
     def quarantined(cls, reason_code: str, reason: str) -> Outcome:
         return cls("quarantined", None, reason_code, reason)
+
+
+@dataclass(frozen=True)
+class Offer:
+    """One input offered by a receiver, with where it came from."""
+
+    data: bytes
+    site: str
+    source: str
+    run_id: int | None = None
+    original_name: str | None = None
+    # Set when the receiver itself could not take the input (unreadable, too large).
+    rejected: Rejected | None = None
 
 
 @dataclass(frozen=True)
@@ -149,7 +166,7 @@ class IngestPipeline:
             max_instance_bytes=settings.max_instance_bytes,
         )
 
-    # -- the one public operation -------------------------------------------------
+    # -- public operations ----------------------------------------------------------
 
     def ingest(
         self,
@@ -181,24 +198,7 @@ class IngestPipeline:
         UnknownSite
             When ``site`` is not a site of the campaign (nothing is recorded).
         """
-        self.check_site(site)
-        try:
-            prepared = self._prepare(data)
-        except Rejected as exc:
-            return self._quarantine(data, exc, site, source, run_id, original_name)
-        except Exception as exc:  # noqa: BLE001 - real-world files break libraries in odd ways
-            # The exception text may quote values from the file, so only its type is kept
-            # outside the quarantine.
-            logger.warning("unexpected %s while de-identifying an input", type(exc).__name__)
-            reason = CannotDeidentify(
-                f"unexpected {type(exc).__name__} while reading or de-identifying the file"
-            )
-            return self._quarantine(data, reason, site, source, run_id, original_name)
-
-        if self._is_catalogued(prepared.sop_uid):
-            return self._record_duplicate(prepared.sop_uid, site, source, run_id)
-        store_key = self.store.put(prepared.data)
-        return self._catalogue(prepared, store_key, site, source, run_id)
+        return self.ingest_many([Offer(data, site, source, run_id, original_name)])[0]
 
     def quarantine_input(
         self,
@@ -214,10 +214,57 @@ class IngestPipeline:
 
         For instance a zip member too large to inflate, or a file that cannot be read.
         """
-        self.check_site(site)
-        return self._quarantine(data, reason, site, source, run_id, original_name)
+        offer = Offer(data, site, source, run_id, original_name, rejected=reason)
+        return self.ingest_many([offer])[0]
 
-    # -- steps ----------------------------------------------------------------------
+    def ingest_many(self, offers: Sequence[Offer]) -> list[Outcome]:
+        """Offer several inputs at once; outcomes come back in the same order.
+
+        Each input is handled exactly as :meth:`ingest` would, but the catalog
+        records of the whole batch are committed in one transaction (after all
+        their store writes), which is what makes bulk imports fast. A crash
+        before the commit records none of the batch: re-offering it is harmless.
+
+        Raises
+        ------
+        UnknownSite
+            When any offer names a site the campaign does not have (nothing is recorded).
+        """
+        for offer in offers:
+            self.check_site(offer.site)
+        steps: list[_Prepared | Rejected] = [
+            offer.rejected if offer.rejected is not None else self._prepare_or_reject(offer.data)
+            for offer in offers
+        ]
+        already = self._catalogued([step.sop_uid for step in steps if isinstance(step, _Prepared)])
+        # Durable files first (store for accepted, quarantine for rejected), then the rows.
+        kept: list[str | QuarantinedFile | None] = []
+        for offer, step in zip(offers, steps, strict=True):
+            if isinstance(step, Rejected):
+                kept.append(
+                    self.quarantine.put(
+                        offer.data,
+                        reason=step,
+                        site=offer.site,
+                        source=offer.source,
+                        original_name=offer.original_name,
+                    )
+                )
+            elif step.sop_uid in already:
+                kept.append(None)
+            else:
+                kept.append(self.store.put(step.data))
+        for attempt in range(1, _COMMIT_ATTEMPTS + 1):
+            try:
+                return self._commit(offers, steps, kept)
+            except OperationalError as exc:
+                # Deadlock victims and lock time-outs roll back whole: the files are
+                # already durable, so the batch's rows can simply be written again.
+                if attempt == _COMMIT_ATTEMPTS:
+                    raise
+                logger.warning("catalog commit failed (%s); retrying", type(exc.orig).__name__)
+                time.sleep(0.05 * attempt)
+        raise AssertionError("unreachable")
 
     def check_site(self, site: str) -> None:
         """Raise :class:`UnknownSite` unless ``site`` is one of the campaign's sites."""
@@ -229,6 +276,21 @@ class IngestPipeline:
         if site not in known:
             listed = ", ".join(sorted(known)) or "none (run `medai campaign init`)"
             raise UnknownSite(f"unknown site {site!r}; the campaign's sites are: {listed}")
+
+    # -- steps ----------------------------------------------------------------------
+
+    def _prepare_or_reject(self, data: bytes) -> _Prepared | Rejected:
+        try:
+            return self._prepare(data)
+        except Rejected as exc:
+            return exc
+        except Exception as exc:  # noqa: BLE001 - real-world files break libraries in odd ways
+            # The exception text may quote values from the file, so only its type is kept
+            # outside the quarantine.
+            logger.warning("unexpected %s while de-identifying an input", type(exc).__name__)
+            return CannotDeidentify(
+                f"unexpected {type(exc).__name__} while reading or de-identifying the file"
+            )
 
     def _prepare(self, data: bytes) -> _Prepared:
         ds = parse_instance(data, max_bytes=self.max_instance_bytes)
@@ -244,126 +306,134 @@ class IngestPipeline:
             metadata=normalized_metadata(ds),
         )
 
-    def _is_catalogued(self, sop_uid: str) -> bool:
+    def _catalogued(self, sop_uids: list[str]) -> set[str]:
+        if not sop_uids:
+            return set()
         with self._read_sessions() as session:
-            found = session.scalar(select(Instance.id).where(Instance.sop_instance_uid == sop_uid))
-        return found is not None
+            return set(
+                session.scalars(
+                    select(Instance.sop_instance_uid).where(Instance.sop_instance_uid.in_(sop_uids))
+                )
+            )
 
-    def _record_duplicate(
-        self, sop_uid: str, site: str, source: str, run_id: int | None
-    ) -> Outcome:
+    def _commit(
+        self,
+        offers: Sequence[Offer],
+        steps: Sequence[_Prepared | Rejected],
+        kept: Sequence[str | QuarantinedFile | None],
+    ) -> list[Outcome]:
+        """One catalog transaction for the batch: rows, ingest events, audit records."""
+        outcomes: list[Outcome] = []
         with self._sessions.begin() as session:
-            self._event(session, "duplicate", site, source, run_id, sop_uid=sop_uid)
-        return Outcome("duplicate", sop_uid)
+            lock_audit_chain(session)  # before any row: see lock_audit_chain
+            for offer, step, file in zip(offers, steps, kept, strict=True):
+                if isinstance(step, Rejected):
+                    assert isinstance(file, QuarantinedFile)
+                    outcomes.append(self._quarantine_rows(session, offer, step, file))
+                elif file is None:
+                    self._event(session, "duplicate", offer, sop_uid=step.sop_uid)
+                    outcomes.append(Outcome("duplicate", step.sop_uid))
+                else:
+                    assert isinstance(file, str)
+                    outcomes.append(self._catalogue_rows(session, offer, step, file))
+        for outcome in outcomes:
+            if outcome.kind == "quarantined":
+                logger.info("quarantined an input: %s", outcome.reason_code)
+            else:
+                logger.debug("%s %s", outcome.kind, outcome.sop_instance_uid)
+        return outcomes
 
-    def _catalogue(
-        self, prepared: _Prepared, store_key: str, site: str, source: str, run_id: int | None
+    def _catalogue_rows(
+        self, session: Session, offer: Offer, prepared: _Prepared, store_key: str
     ) -> Outcome:
         meta = prepared.metadata
-        with self._sessions.begin() as session:
-            patient_id = get_or_create_id(
-                session, Patient, "pseudonym", {"pseudonym": prepared.patient_pseudonym}
-            )
-            study_id = get_or_create_id(
-                session,
-                Study,
-                "study_uid",
-                {
-                    "study_uid": prepared.study_uid,
-                    "patient_id": patient_id,
-                    "site_id": site,
-                    "study_date": meta.study_date,
-                },
-            )
-            series_id = get_or_create_id(
-                session,
-                Series,
-                "series_uid",
-                {
-                    "series_uid": prepared.series_uid,
-                    "study_id": study_id,
-                    "modality": meta.modality,
-                    "body_part": meta.body_part,
-                    "series_number": meta.series_number,
-                },
-            )
-            # A concurrent worker may have catalogued the same instance since the
-            # dedupe check: the unique SOPInstanceUID decides, and the loser is a duplicate.
-            _, created = get_or_create_id(
-                session,
-                Instance,
-                "sop_instance_uid",
-                {
-                    "sop_instance_uid": prepared.sop_uid,
-                    "sop_class_uid": meta.sop_class_uid,
-                    "series_id": series_id,
-                    "site_id": site,
-                    "modality": meta.modality,
-                    "body_part": meta.body_part,
-                    "view_position": meta.view_position,
-                    "manufacturer": meta.manufacturer,
-                    "rows": meta.rows,
-                    "columns": meta.columns,
-                    "number_of_frames": meta.number_of_frames,
-                    "transfer_syntax_uid": meta.transfer_syntax_uid,
-                    "store_key": store_key,
-                    "byte_size": len(prepared.data),
-                    "source": source,
-                },
-                return_created=True,
-            )
-            kind: OutcomeKind = "stored" if created else "duplicate"
-            self._event(session, kind, site, source, run_id, sop_uid=prepared.sop_uid)
-        logger.debug("%s %s from %s", kind, prepared.sop_uid, site)
+        patient_id = get_or_create_id(
+            session, Patient, "pseudonym", {"pseudonym": prepared.patient_pseudonym}
+        )
+        study_id = get_or_create_id(
+            session,
+            Study,
+            "study_uid",
+            {
+                "study_uid": prepared.study_uid,
+                "patient_id": patient_id,
+                "site_id": offer.site,
+                "study_date": meta.study_date,
+            },
+        )
+        series_id = get_or_create_id(
+            session,
+            Series,
+            "series_uid",
+            {
+                "series_uid": prepared.series_uid,
+                "study_id": study_id,
+                "modality": meta.modality,
+                "body_part": meta.body_part,
+                "series_number": meta.series_number,
+            },
+        )
+        # A concurrent worker (or an earlier offer in this batch) may have catalogued the
+        # same instance since the dedupe check: the unique SOPInstanceUID decides.
+        _, created = get_or_create_id(
+            session,
+            Instance,
+            "sop_instance_uid",
+            {
+                "sop_instance_uid": prepared.sop_uid,
+                "sop_class_uid": meta.sop_class_uid,
+                "series_id": series_id,
+                "site_id": offer.site,
+                "modality": meta.modality,
+                "body_part": meta.body_part,
+                "view_position": meta.view_position,
+                "manufacturer": meta.manufacturer,
+                "rows": meta.rows,
+                "columns": meta.columns,
+                "number_of_frames": meta.number_of_frames,
+                "transfer_syntax_uid": meta.transfer_syntax_uid,
+                "store_key": store_key,
+                "byte_size": len(prepared.data),
+                "source": offer.source,
+            },
+            return_created=True,
+        )
+        kind: OutcomeKind = "stored" if created else "duplicate"
+        self._event(session, kind, offer, sop_uid=prepared.sop_uid)
         return Outcome(kind, prepared.sop_uid)
 
-    def _quarantine(
-        self,
-        data: bytes,
-        reason: Rejected,
-        site: str,
-        source: str,
-        run_id: int | None,
-        original_name: str | None,
+    def _quarantine_rows(
+        self, session: Session, offer: Offer, reason: Rejected, kept: QuarantinedFile
     ) -> Outcome:
-        kept = self.quarantine.put(
-            data, reason=reason, site=site, source=source, original_name=original_name
+        quarantine_id = get_or_create_id(
+            session,
+            QuarantineEntry,
+            "raw_sha256",
+            {
+                "raw_sha256": kept.sha256,
+                "site_id": offer.site,
+                "source": offer.source,
+                "reason_code": reason.reason_code,
+                "reason": str(reason),
+                "relative_path": kept.relative_path,
+                "byte_size": kept.byte_size,
+            },
         )
-        with self._sessions.begin() as session:
-            quarantine_id = get_or_create_id(
-                session,
-                QuarantineEntry,
-                "raw_sha256",
-                {
-                    "raw_sha256": kept.sha256,
-                    "site_id": site,
-                    "source": source,
-                    "reason_code": reason.reason_code,
-                    "reason": str(reason),
-                    "relative_path": kept.relative_path,
-                    "byte_size": kept.byte_size,
-                },
-            )
-            self._event(
-                session,
-                "quarantined",
-                site,
-                source,
-                run_id,
-                quarantine_id=quarantine_id,
-                reason_code=reason.reason_code,
-                subject=kept.sha256,
-            )
-        logger.info("quarantined an input from %s: %s", site, reason.reason_code)
+        self._event(
+            session,
+            "quarantined",
+            offer,
+            quarantine_id=quarantine_id,
+            reason_code=reason.reason_code,
+            subject=kept.sha256,
+        )
         return Outcome.quarantined(reason.reason_code, str(reason))
 
     def _event(
         self,
         session: Session,
         outcome: OutcomeKind,
-        site: str,
-        source: str,
-        run_id: int | None,
+        offer: Offer,
         *,
         sop_uid: str | None = None,
         quarantine_id: int | None = None,
@@ -372,15 +442,19 @@ class IngestPipeline:
     ) -> None:
         session.add(
             IngestEvent(
-                run_id=run_id,
-                site_id=site,
-                source=source,
+                run_id=offer.run_id,
+                site_id=offer.site,
+                source=offer.source,
                 outcome=outcome,
                 sop_instance_uid=sop_uid,
                 quarantine_id=quarantine_id,
             )
         )
-        details: dict[str, object] = {"site": site, "source": source, "run_id": run_id}
+        details: dict[str, object] = {
+            "site": offer.site,
+            "source": offer.source,
+            "run_id": offer.run_id,
+        }
         if reason_code:
             details["reason_code"] = reason_code
         append_audit(

@@ -167,7 +167,7 @@ def test_crash_between_store_and_commit_leaves_only_an_orphan(
     def crash(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt("power cut after the store write")
 
-    monkeypatch.setattr(pipeline, "_catalogue", crash)
+    monkeypatch.setattr(pipeline, "_commit", crash)
     with pytest.raises(KeyboardInterrupt):
         pipeline.ingest(data, "site-a", "folder")
     report = verify_collection(campaign)
@@ -223,3 +223,24 @@ def test_audit_verify_detects_an_edited_record(campaign: Settings, synth: SynthR
     with session_factory(engine)() as session:
         report = verify_audit_chain(session)
     assert not report.ok and report.first_bad_seq is not None
+
+
+def test_quarantine_retention_purges_files_but_keeps_the_accounting(
+    campaign: Settings, synth: SynthResult
+) -> None:
+    import datetime as dt
+
+    from medai.collection.retention import purge_expired, summarize_quarantine
+
+    pipeline = IngestPipeline.from_settings(campaign)
+    assert pipeline.ingest(b"not an image at all", "site-b", "folder").kind == "quarantined"
+    assert purge_expired(campaign) == 0  # nothing is older than the retention yet
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=campaign.quarantine_retention_days + 1)
+    assert purge_expired(campaign, now=later) == 1
+    assert not any(campaign.resolved_quarantine_dir.rglob("*.raw"))
+    summary = summarize_quarantine(campaign)
+    assert summary.held == 0 and summary.released == 1
+    assert summary.by_site_and_reason == {("site-b", "not-dicom"): 1}
+    report = verify_collection(campaign)
+    assert report.ok, report.problems
+    assert report.events == {"quarantined": 1}
