@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import pydicom
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import OperationalError
 
-from medai.catalog.db import create_engine_for, get_or_create_id, session_factory
+from medai.catalog.db import create_engine_for, get_or_create_id, insert_ignore, session_factory
 from medai.catalog.models import (
     Campaign,
     IngestEvent,
@@ -31,8 +31,9 @@ from medai.catalog.models import (
     Series,
     Site,
     Study,
+    utcnow,
 )
-from medai.collection.audit import append_audit, lock_audit_chain
+from medai.collection.audit import AuditEntry, append_audit_many, lock_audit_chain
 from medai.collection.deid import Deidentifier
 from medai.collection.pseudonymize import Pseudonymizer, load_key
 from medai.collection.quarantine import Quarantine, QuarantinedFile
@@ -52,6 +53,8 @@ logger = logging.getLogger(__name__)
 
 OutcomeKind = Literal["stored", "duplicate", "quarantined"]
 _COMMIT_ATTEMPTS = 3
+# Ids of patients/studies/series already committed, kept per process (bounded).
+_ID_CACHE_LIMIT = 200_000
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,7 @@ class IngestPipeline:
             engine.execution_options(sqlite_begin="DEFERRED")
         )
         self._known_sites: set[str] = set()
+        self._ids: dict[tuple[str, str], int] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> IngestPipeline:
@@ -324,18 +328,56 @@ class IngestPipeline:
     ) -> list[Outcome]:
         """One catalog transaction for the batch: rows, ingest events, audit records."""
         outcomes: list[Outcome] = []
+        new_ids: dict[tuple[str, str], int] = {}
         with self._sessions.begin() as session:
             lock_audit_chain(session)  # before any row: see lock_audit_chain
+            events: list[dict[str, object]] = []
+            audit: list[AuditEntry] = []
             for offer, step, file in zip(offers, steps, kept, strict=True):
+                quarantine_id = None
                 if isinstance(step, Rejected):
                     assert isinstance(file, QuarantinedFile)
-                    outcomes.append(self._quarantine_rows(session, offer, step, file))
+                    quarantine_id = self._quarantine_row(session, offer, step, file)
+                    outcome = Outcome.quarantined(step.reason_code, str(step))
                 elif file is None:
-                    self._event(session, "duplicate", offer, sop_uid=step.sop_uid)
-                    outcomes.append(Outcome("duplicate", step.sop_uid))
+                    outcome = Outcome("duplicate", step.sop_uid)
                 else:
                     assert isinstance(file, str)
-                    outcomes.append(self._catalogue_rows(session, offer, step, file))
+                    outcome = self._catalogue_rows(session, offer, step, file, new_ids)
+                outcomes.append(outcome)
+                events.append(
+                    {
+                        "run_id": offer.run_id,
+                        "site_id": offer.site,
+                        "source": offer.source,
+                        "outcome": outcome.kind,
+                        "sop_instance_uid": outcome.sop_instance_uid,
+                        "quarantine_id": quarantine_id,
+                        "at": utcnow(),
+                    }
+                )
+                details: dict[str, object] = {
+                    "site": offer.site,
+                    "source": offer.source,
+                    "run_id": offer.run_id,
+                }
+                if outcome.reason_code:
+                    details["reason_code"] = outcome.reason_code
+                subject = file.sha256 if isinstance(file, QuarantinedFile) else None
+                audit.append(
+                    AuditEntry(
+                        self.actor,
+                        f"ingest.{outcome.kind}",
+                        subject or outcome.sop_instance_uid,
+                        details,
+                    )
+                )
+            session.execute(insert(IngestEvent), events)
+            append_audit_many(session, audit)
+        # Only ids of committed rows may be reused by later batches.
+        if len(self._ids) > _ID_CACHE_LIMIT:
+            self._ids.clear()
+        self._ids.update(new_ids)
         for outcome in outcomes:
             if outcome.kind == "quarantined":
                 logger.info("quarantined an input: %s", outcome.reason_code)
@@ -343,14 +385,35 @@ class IngestPipeline:
                 logger.debug("%s %s", outcome.kind, outcome.sop_instance_uid)
         return outcomes
 
+    def _id(
+        self,
+        session: Session,
+        model: type[Patient | Study | Series],
+        column: str,
+        values: dict[str, object],
+        new_ids: dict[tuple[str, str], int],
+    ) -> int:
+        """The row id for a patient/study/series, from the cache or get-or-create."""
+        key = (model.__tablename__, str(values[column]))
+        known = self._ids.get(key) or new_ids.get(key)
+        if known is None:
+            known = get_or_create_id(session, model, column, values)
+            new_ids[key] = known
+        return known
+
     def _catalogue_rows(
-        self, session: Session, offer: Offer, prepared: _Prepared, store_key: str
+        self,
+        session: Session,
+        offer: Offer,
+        prepared: _Prepared,
+        store_key: str,
+        new_ids: dict[tuple[str, str], int],
     ) -> Outcome:
         meta = prepared.metadata
-        patient_id = get_or_create_id(
-            session, Patient, "pseudonym", {"pseudonym": prepared.patient_pseudonym}
+        patient_id = self._id(
+            session, Patient, "pseudonym", {"pseudonym": prepared.patient_pseudonym}, new_ids
         )
-        study_id = get_or_create_id(
+        study_id = self._id(
             session,
             Study,
             "study_uid",
@@ -360,8 +423,9 @@ class IngestPipeline:
                 "site_id": offer.site,
                 "study_date": meta.study_date,
             },
+            new_ids,
         )
-        series_id = get_or_create_id(
+        series_id = self._id(
             session,
             Series,
             "series_uid",
@@ -372,40 +436,38 @@ class IngestPipeline:
                 "body_part": meta.body_part,
                 "series_number": meta.series_number,
             },
+            new_ids,
         )
         # A concurrent worker (or an earlier offer in this batch) may have catalogued the
         # same instance since the dedupe check: the unique SOPInstanceUID decides.
-        _, created = get_or_create_id(
-            session,
-            Instance,
-            "sop_instance_uid",
-            {
-                "sop_instance_uid": prepared.sop_uid,
-                "sop_class_uid": meta.sop_class_uid,
-                "series_id": series_id,
-                "site_id": offer.site,
-                "modality": meta.modality,
-                "body_part": meta.body_part,
-                "view_position": meta.view_position,
-                "manufacturer": meta.manufacturer,
-                "rows": meta.rows,
-                "columns": meta.columns,
-                "number_of_frames": meta.number_of_frames,
-                "transfer_syntax_uid": meta.transfer_syntax_uid,
-                "store_key": store_key,
-                "byte_size": len(prepared.data),
-                "source": offer.source,
-            },
-            return_created=True,
+        inserted = session.execute(
+            insert_ignore(
+                Instance,
+                sop_instance_uid=prepared.sop_uid,
+                sop_class_uid=meta.sop_class_uid,
+                series_id=series_id,
+                site_id=offer.site,
+                modality=meta.modality,
+                body_part=meta.body_part,
+                view_position=meta.view_position,
+                manufacturer=meta.manufacturer,
+                rows=meta.rows,
+                columns=meta.columns,
+                number_of_frames=meta.number_of_frames,
+                transfer_syntax_uid=meta.transfer_syntax_uid,
+                store_key=store_key,
+                byte_size=len(prepared.data),
+                source=offer.source,
+                received_at=utcnow(),
+            )
         )
-        kind: OutcomeKind = "stored" if created else "duplicate"
-        self._event(session, kind, offer, sop_uid=prepared.sop_uid)
+        kind: OutcomeKind = "stored" if inserted.rowcount == 1 else "duplicate"  # type: ignore[attr-defined]
         return Outcome(kind, prepared.sop_uid)
 
-    def _quarantine_rows(
+    def _quarantine_row(
         self, session: Session, offer: Offer, reason: Rejected, kept: QuarantinedFile
-    ) -> Outcome:
-        quarantine_id = get_or_create_id(
+    ) -> int:
+        return get_or_create_id(
             session,
             QuarantineEntry,
             "raw_sha256",
@@ -418,49 +480,4 @@ class IngestPipeline:
                 "relative_path": kept.relative_path,
                 "byte_size": kept.byte_size,
             },
-        )
-        self._event(
-            session,
-            "quarantined",
-            offer,
-            quarantine_id=quarantine_id,
-            reason_code=reason.reason_code,
-            subject=kept.sha256,
-        )
-        return Outcome.quarantined(reason.reason_code, str(reason))
-
-    def _event(
-        self,
-        session: Session,
-        outcome: OutcomeKind,
-        offer: Offer,
-        *,
-        sop_uid: str | None = None,
-        quarantine_id: int | None = None,
-        reason_code: str | None = None,
-        subject: str | None = None,
-    ) -> None:
-        session.add(
-            IngestEvent(
-                run_id=offer.run_id,
-                site_id=offer.site,
-                source=offer.source,
-                outcome=outcome,
-                sop_instance_uid=sop_uid,
-                quarantine_id=quarantine_id,
-            )
-        )
-        details: dict[str, object] = {
-            "site": offer.site,
-            "source": offer.source,
-            "run_id": offer.run_id,
-        }
-        if reason_code:
-            details["reason_code"] = reason_code
-        append_audit(
-            session,
-            actor=self.actor,
-            action=f"ingest.{outcome}",
-            subject=subject or sop_uid,
-            details=details,
         )
