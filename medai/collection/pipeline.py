@@ -10,14 +10,12 @@ a row without its file; re-sending anything is harmless.
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-import pydicom
 from sqlalchemy import insert, select
 from sqlalchemy.exc import OperationalError
 
@@ -40,6 +38,7 @@ from medai.collection.quarantine import Quarantine, QuarantinedFile
 from medai.config import Settings, get_settings
 from medai.dicom.metadata import InstanceMetadata, normalized_metadata
 from medai.dicom.read import parse_instance
+from medai.dicom.write import encode_part10
 from medai.errors import CampaignError, CannotDeidentify, Rejected, UnknownSite
 from medai.store import ObjectStore
 
@@ -299,10 +298,8 @@ class IngestPipeline:
     def _prepare(self, data: bytes) -> _Prepared:
         ds = parse_instance(data, max_bytes=self.max_instance_bytes)
         ds = self.deidentifier.deidentify(ds)
-        buffer = io.BytesIO()
-        pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
         return _Prepared(
-            data=buffer.getvalue(),
+            data=encode_part10(ds),
             patient_pseudonym=str(ds.PatientID),
             study_uid=str(ds.StudyInstanceUID),
             series_uid=str(ds.SeriesInstanceUID),

@@ -370,7 +370,7 @@ BURNED_IN = ["examples_palette.dcm", "examples_rgb_color.dcm", "JPEG2000.dcm", "
 
 def bundled(name: str) -> Dataset:
     """One of pydicom's bundled test files, fully read."""
-    path = get_testdata_file(name)
+    path = get_testdata_file(name, download=False)
     assert isinstance(path, str), f"pydicom test file {name} is not installed"
     return dcmread(path, force=True)
 

@@ -97,7 +97,7 @@ BUNDLED = {
 
 @pytest.mark.parametrize("name", sorted(BUNDLED))
 def test_bundled_files_parse_in_their_transfer_syntax(name: str) -> None:
-    data = Path(get_testdata_file(name)).read_bytes()  # type: ignore[arg-type]
+    data = Path(get_testdata_file(name, download=False)).read_bytes()  # type: ignore[arg-type]
     with config.strict_reading():
         ds = parse_instance(data, max_bytes=LIMIT)
     assert ds.file_meta.TransferSyntaxUID == BUNDLED[name]
@@ -176,7 +176,7 @@ def test_not_dicom(name: str) -> None:
 
 def test_bundled_non_dicom_files_are_not_dicom() -> None:
     for name in ("README.txt", "crayons.icc", "zipMR.gz", "test1.json"):
-        data = Path(get_testdata_file(name)).read_bytes()  # type: ignore[arg-type]
+        data = Path(get_testdata_file(name, download=False)).read_bytes()  # type: ignore[arg-type]
         with pytest.raises(NotDicom):
             parse_instance(data, max_bytes=LIMIT)
 
@@ -315,7 +315,7 @@ def test_transfer_syntax_without_any_decoder() -> None:
     "name", ["MR_small_jp2klossless.dcm", "MR_small_RLE.dcm", "SC_rgb_jpeg_gdcm.dcm"]
 )
 def test_corrupt_compressed_pixel_data(name: str) -> None:
-    ds = pydicom.dcmread(get_testdata_file(name))
+    ds = pydicom.dcmread(get_testdata_file(name, download=False))
     fragment = bytes(np.random.default_rng(1).integers(0, 256, 600, dtype=np.uint8))
     ds.PixelData = encapsulate([fragment])
     data = _bytes(ds, enforce_file_format=True)
@@ -324,7 +324,7 @@ def test_corrupt_compressed_pixel_data(name: str) -> None:
 
 
 def test_encapsulated_data_under_a_native_syntax() -> None:
-    data = Path(get_testdata_file("MR_small_RLE.dcm")).read_bytes()  # type: ignore[arg-type]
+    data = Path(get_testdata_file("MR_small_RLE.dcm", download=False)).read_bytes()  # type: ignore[arg-type]
     # Same length, so the file stays well formed; only the stated syntax is wrong.
     data = data.replace(b"1.2.840.10008.1.2.5\x00", b"1.2.840.10008.1.2.1\x00", 1)
     with pytest.raises(UndecodableTransferSyntax, match="encapsulated"):

@@ -1,0 +1,118 @@
+"""Encode a dataset as a DICOM Part 10 file, fast for elements still as read from the file.
+
+pydicom's ``dcmwrite`` spends most of its time on per-element bookkeeping. An
+element that was never decoded (a ``RawDataElement``) can be written back as
+its tag, VR, length and the very bytes it was read with; everything else goes
+through pydicom's own element writer. The output is byte-identical to
+``pydicom.dcmwrite(..., enforce_file_format=True)`` with a zeroed preamble
+(tested), so the content address of a file does not depend on which path wrote it.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import pydicom
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset, validate_file_meta
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element, write_file_meta_info
+from pydicom.tag import BaseTag
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
+
+__all__ = ["encode_part10"]
+
+# A preamble can carry data (e.g. a TIFF header in dual-personality files): never keep it.
+_PREAMBLE = b"\x00" * 128 + b"DICM"
+_UNDEFINED = 0xFFFFFFFF
+_PIXEL_DATA = BaseTag(0x7FE00010)
+_SEQUENCE_DELIMITER = struct.pack("<HHL", 0xFFFE, 0xE0DD, 0)
+_TAG = struct.Struct("<HH")
+_US = struct.Struct("<H")
+_UL = struct.Struct("<L")
+_LONG_VRS = frozenset(str(vr) for vr in EXPLICIT_VR_LENGTH_32)
+
+
+def encode_part10(ds: Dataset) -> bytes:
+    """The Part 10 bytes of ``ds`` (preamble zeroed, file meta validated and written).
+
+    Parameters
+    ----------
+    ds
+        A dataset with ``file_meta`` holding its TransferSyntaxUID and the
+        Media Storage SOP Class/Instance UIDs matching the dataset.
+
+    Returns
+    -------
+    bytes
+        What ``pydicom.dcmwrite(buffer, ds, enforce_file_format=True)`` writes
+        for ``ds`` with a zero preamble.
+    """
+    ds.preamble = _PREAMBLE[:128]
+    syntax = UID(ds.file_meta.TransferSyntaxUID)
+    implicit, little = syntax.is_implicit_VR, syntax.is_little_endian
+    if (
+        syntax == DeflatedExplicitVRLittleEndian
+        or not little
+        or ds.original_encoding != (implicit, little)
+        or ds.original_character_set != ds._character_set
+        or ds.file_meta.get("MediaStorageSOPInstanceUID") != ds.get("SOPInstanceUID")
+        or ds.file_meta.get("MediaStorageSOPClassUID") != ds.get("SOPClassUID")
+    ):
+        # Re-encoding, deflate or meta fix-ups: pydicom's writer does all of it.
+        buffer = io.BytesIO()
+        pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+        return buffer.getvalue()
+
+    validate_file_meta(ds.file_meta, enforce_standard=True)
+    fp = DicomBytesIO()
+    fp.is_implicit_VR, fp.is_little_endian = implicit, little
+    fp.write(_PREAMBLE)
+    write_file_meta_info(fp, ds.file_meta, enforce_standard=True)
+    if "PixelData" in ds and not isinstance(ds._dict[_PIXEL_DATA], RawDataElement):
+        ds["PixelData"].is_undefined_length = syntax.is_compressed
+    encodings = ds.get("SpecificCharacterSet", "iso8859")
+    elements = ds._dict
+    for tag in sorted(elements):
+        if tag.element == 0 and tag.group > 6:
+            continue  # retired group lengths are not written (PS3.5 7.2)
+        elem = elements[tag]
+        if isinstance(elem, RawDataElement) and _write_raw(fp, elem, implicit, syntax):
+            continue
+        write_data_element(fp, ds.get_item(tag), encodings)
+    return fp.getvalue()
+
+
+def _write_raw(fp: DicomBytesIO, elem: RawDataElement, implicit: bool, syntax: UID) -> bool:
+    """Write ``elem`` exactly as pydicom would; False when the fast path does not apply."""
+    value = elem.value or b""
+    undefined = elem.length == _UNDEFINED
+    vr = elem.VR
+    if undefined and elem.tag == 0x7FE00010 and not syntax.is_compressed:
+        return False  # let pydicom raise its clear error
+    if not implicit and (vr is None or len(vr) != 2):
+        return False
+    if not implicit and vr not in _LONG_VRS and not undefined and len(value) > 0xFFFF:
+        return False  # pydicom rewrites the VR as UN (with a warning)
+    fp.write(_TAG.pack(elem.tag >> 16, elem.tag & 0xFFFF))
+    if not implicit:
+        assert vr is not None
+        fp.write(vr.encode("ascii"))
+        if vr in _LONG_VRS:
+            fp.write(b"\x00\x00")
+        else:
+            if undefined:
+                fp.write(_UL.pack(_UNDEFINED))
+            else:
+                fp.write(_US.pack(len(value)))
+            fp.write(value)
+            if undefined:
+                fp.write(_SEQUENCE_DELIMITER)
+            return True
+    fp.write(_UL.pack(_UNDEFINED if undefined else len(value)))
+    fp.write(value)
+    if undefined:
+        fp.write(_SEQUENCE_DELIMITER)
+    return True
