@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import NoReturn
 
@@ -43,6 +44,7 @@ def import_command(
     from medai.collection.folder_import import import_path
     from medai.errors import MedaiError
 
+    # No refresh thread: the import forks its workers, which is only safe single-threaded.
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -50,15 +52,25 @@ def import_command(
         TimeRemainingColumn(),
         console=err_console,
         transient=False,
+        auto_refresh=False,
     ) as progress:
         task = progress.add_task(f"importing for {site}", total=None)
+        last_refresh = [0.0]
+
+        def advance(_outcome: object) -> None:
+            progress.advance(task)
+            now = time.monotonic()
+            if now - last_refresh[0] > 0.1:
+                last_refresh[0] = now
+                progress.refresh()
+
+        def set_total(total: int) -> None:
+            progress.update(task, total=total)
+            progress.refresh()
+
         try:
             summary = import_path(
-                path,
-                site,
-                workers=workers,
-                on_total=lambda total: progress.update(task, total=total),
-                on_outcome=lambda _outcome: progress.advance(task),
+                path, site, workers=workers, on_total=set_total, on_outcome=advance
             )
         except MedaiError as exc:
             progress.stop()
@@ -157,9 +169,7 @@ def quarantine_command(
         table.add_row(site, reason, str(count))
     console.print(table)
     oldest = summary.oldest_held.date().isoformat() if summary.oldest_held else "-"
-    console.print(
-        f"held {summary.held}, purged {summary.released}; oldest held since {oldest}"
-    )
+    console.print(f"held {summary.held}, purged {summary.released}; oldest held since {oldest}")
 
 
 @audit_app.command("verify")

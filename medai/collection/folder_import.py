@@ -12,6 +12,7 @@ import logging
 import multiprocessing
 import os
 import struct
+import threading
 import time
 import zipfile
 from collections import Counter
@@ -262,6 +263,8 @@ def import_path(
             ):
                 record(outcome)
     else:
+        # Workers open their own connections: none may be inherited across fork.
+        pipeline.engine.dispose()
         _run_pool(refs, site, run_id, settings, count, record)
     _finish_run(pipeline, run_id, summary)
     summary.seconds = time.perf_counter() - started
@@ -276,8 +279,7 @@ def _run_pool(
     workers: int,
     record: Callable[[Outcome], None],
 ) -> None:
-    # spawn: each worker opens its own database connections (never inherited sockets).
-    context = multiprocessing.get_context("spawn")
+    context = _worker_context()
     in_flight_limit = workers * 2  # bounded, so memory stays flat however many inputs
     with ProcessPoolExecutor(
         max_workers=workers,
@@ -296,6 +298,18 @@ def _run_pool(
         for future in pending:
             for outcome in future.result():
                 record(outcome)
+
+
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """How to start workers: fork when that is safe (instant, modules already loaded).
+
+    Forking is safe here only when this process runs no other thread (a lock held
+    by another thread would stay locked in the child) and holds no database
+    connection (the caller disposes its engine first); otherwise spawn.
+    """
+    if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
 
 
 def _start_run(pipeline: IngestPipeline, site: str, inputs: int, root: Path) -> int:
