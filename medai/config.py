@@ -44,7 +44,7 @@ class Settings(BaseSettings):
         ge=1024,
         description="Largest single DICOM instance (or zip member) accepted, in bytes.",
     )
-    import_workers: int = Field(default=0, ge=0, description="0 = one per CPU core.")
+    import_workers: int = Field(default=0, ge=0, description="0 = one per CPU core, plus one.")
 
     @property
     def resolved_home(self) -> Path:

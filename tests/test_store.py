@@ -111,3 +111,15 @@ def test_failed_write_leaves_nothing(store: ObjectStore, monkeypatch: pytest.Mon
     monkeypatch.undo()
     assert list(store.keys()) == [earlier]
     assert not list((store.root / ".tmp").iterdir())
+
+
+def test_put_many_stores_each_object_once_in_order(tmp_path: Path) -> None:
+    from medai.store import ObjectStore
+
+    store = ObjectStore(tmp_path / "store")
+    blobs = [b"first", b"second", b"first"]
+    keys = store.put_many(blobs)
+    assert keys == [store.put(b"first"), store.put(b"second"), store.put(b"first")]
+    assert [store.read(key) for key in keys] == blobs
+    assert sorted(store.keys()) == sorted(set(keys))
+    assert store.put_many([]) == []

@@ -32,7 +32,7 @@ def import_command(
     path: Path = typer.Argument(..., help="A folder, a zip file or a DICOM file to import."),
     site: str = typer.Option(..., "--site", help="The campaign site id the data comes from."),
     workers: int = typer.Option(
-        0, "--workers", "-j", min=0, help="Worker processes (0: one per CPU core)."
+        0, "--workers", "-j", min=0, help="Worker processes (0: one per CPU core, plus one)."
     ),
 ) -> None:
     """Import a site's folder or zip hand-over: de-identify, catalogue, quarantine the rest.

@@ -254,7 +254,8 @@ def import_path(
             on_outcome(outcome)
 
     count = workers if workers is not None else settings.import_workers
-    count = count or (os.cpu_count() or 1)
+    # One more worker than cores: while one waits on fsync, the cores stay busy.
+    count = count or (os.cpu_count() or 1) + 1
     # Starting worker processes costs seconds; a small hand-over is faster in-process.
     if count <= 1 or len(refs) < count * _MIN_INPUTS_PER_WORKER:
         for batch in _batches(refs, _BATCH_SIZE):

@@ -241,6 +241,12 @@ class IngestPipeline:
         ]
         already = self._catalogued([step.sop_uid for step in steps if isinstance(step, _Prepared)])
         # Durable files first (store for accepted, quarantine for rejected), then the rows.
+        to_store = [
+            step.data
+            for step in steps
+            if isinstance(step, _Prepared) and step.sop_uid not in already
+        ]
+        stored_keys = iter(self.store.put_many(to_store))
         kept: list[str | QuarantinedFile | None] = []
         for offer, step in zip(offers, steps, strict=True):
             if isinstance(step, Rejected):
@@ -256,7 +262,7 @@ class IngestPipeline:
             elif step.sop_uid in already:
                 kept.append(None)
             else:
-                kept.append(self.store.put(step.data))
+                kept.append(next(stored_keys))
         for attempt in range(1, _COMMIT_ATTEMPTS + 1):
             try:
                 return self._commit(offers, steps, kept)
