@@ -156,8 +156,13 @@ def main() -> None:
         mib = sum(p.stat().st_size for p in paths) / 2**20
         print(f"{len(paths)} files, {mib:.0f} MiB; {os.cpu_count()} CPU cores\n")
 
+        # Each tool starts with no dirty pages left by the one before: the writeback of
+        # gigabytes written earlier would otherwise stall the fsyncs medai makes.
+        os.sync()
         floor = pydicom_floor(paths, work / "pydicom-out")
+        os.sync()
         dicognito = dicognito_rate(paths, work / "dicognito-out")
+        os.sync()
         if args.database_url and args.database_url.startswith("postgresql"):
             reset_postgres(args.database_url)
         medai, rss = medai_import(work / "in", work / "home", args.workers, args.database_url)
@@ -182,6 +187,7 @@ def main() -> None:
             shutil.rmtree(work / "pydicom-out", ignore_errors=True)
             shutil.rmtree(work / "dicognito-out", ignore_errors=True)
             make_files(work / "in5", big)
+            os.sync()
             if args.database_url and args.database_url.startswith("postgresql"):
                 reset_postgres(args.database_url)
             rate5, rss5 = medai_import(
