@@ -15,7 +15,7 @@ import struct
 
 import pydicom
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset, validate_file_meta
+from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.tag import BaseTag
@@ -28,6 +28,14 @@ __all__ = ["encode_part10"]
 _PREAMBLE = b"\x00" * 128 + b"DICM"
 _UNDEFINED = 0xFFFFFFFF
 _PIXEL_DATA = BaseTag(0x7FE00010)
+_GROUP_LENGTH = BaseTag(0x00020000)
+_REQUIRED_META = (
+    "FileMetaInformationVersion",
+    "MediaStorageSOPClassUID",
+    "MediaStorageSOPInstanceUID",
+    "TransferSyntaxUID",
+    "ImplementationClassUID",
+)
 _SEQUENCE_DELIMITER = struct.pack("<HHL", 0xFFFE, 0xE0DD, 0)
 _TAG = struct.Struct("<HH")
 _US = struct.Struct("<H")
@@ -66,11 +74,11 @@ def encode_part10(ds: Dataset) -> bytes:
         pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
         return buffer.getvalue()
 
-    validate_file_meta(ds.file_meta, enforce_standard=True)
-    fp = DicomBytesIO()
-    fp.is_implicit_VR, fp.is_little_endian = implicit, little
-    fp.write(_PREAMBLE)
-    write_file_meta_info(fp, ds.file_meta, enforce_standard=True)
+    chunks = [_PREAMBLE]
+    # pydicom's element writer, used for the elements that were decoded or changed.
+    scratch = DicomBytesIO()
+    scratch.is_implicit_VR, scratch.is_little_endian = implicit, little
+    scratch.write(_file_meta_bytes(ds.file_meta))
     if "PixelData" in ds and not isinstance(ds._dict[_PIXEL_DATA], RawDataElement):
         ds["PixelData"].is_undefined_length = syntax.is_compressed
     encodings = ds.get("SpecificCharacterSet", "iso8859")
@@ -79,40 +87,67 @@ def encode_part10(ds: Dataset) -> bytes:
         if tag.element == 0 and tag.group > 6:
             continue  # retired group lengths are not written (PS3.5 7.2)
         elem = elements[tag]
-        if isinstance(elem, RawDataElement) and _write_raw(fp, elem, implicit, syntax):
-            continue
-        write_data_element(fp, ds.get_item(tag), encodings)
-    return fp.getvalue()
+        if isinstance(elem, RawDataElement):
+            encoded = _raw_bytes(elem, implicit, syntax)
+            if encoded is not None:
+                chunks.append(scratch.getvalue())
+                scratch = _fresh(scratch)
+                chunks.append(encoded)
+                continue
+        write_data_element(scratch, ds.get_item(tag), encodings)
+    chunks.append(scratch.getvalue())
+    return b"".join(chunks)
 
 
-def _write_raw(fp: DicomBytesIO, elem: RawDataElement, implicit: bool, syntax: UID) -> bool:
-    """Write ``elem`` exactly as pydicom would; False when the fast path does not apply."""
+def _fresh(previous: DicomBytesIO) -> DicomBytesIO:
+    if not previous.tell():
+        return previous
+    buffer = DicomBytesIO()
+    buffer.is_implicit_VR, buffer.is_little_endian = previous.is_implicit_VR, True
+    return buffer
+
+
+def _file_meta_bytes(meta: FileMetaDataset) -> bytes:
+    """Group 0002 as ``write_file_meta_info(..., enforce_standard=True)`` writes it.
+
+    pydicom deep-copies the meta on every call; here the few elements are written
+    directly, and pydicom's own validation runs only when something it would add
+    or reject is missing.
+    """
+    buffer = DicomBytesIO()
+    buffer.is_implicit_VR, buffer.is_little_endian = False, True
+    if any(not meta.get(keyword) for keyword in _REQUIRED_META):
+        validate_file_meta(meta, enforce_standard=True)  # adds defaults, or raises
+        write_file_meta_info(buffer, meta, enforce_standard=True)
+        return bytes(buffer.getvalue())
+    for tag in sorted(meta._dict):
+        if tag != _GROUP_LENGTH:
+            write_data_element(buffer, meta[tag])
+    encoded = bytes(buffer.getvalue())
+    return struct.pack("<HH2sHL", 0x0002, 0x0000, b"UL", 4, len(encoded)) + encoded
+
+
+def _raw_bytes(elem: RawDataElement, implicit: bool, syntax: UID) -> bytes | None:
+    """``elem`` encoded exactly as pydicom would; None when the fast path does not apply."""
     value = elem.value or b""
     undefined = elem.length == _UNDEFINED
     vr = elem.VR
     if undefined and elem.tag == 0x7FE00010 and not syntax.is_compressed:
-        return False  # let pydicom raise its clear error
+        return None  # let pydicom raise its clear error
     if not implicit and (vr is None or len(vr) != 2):
-        return False
+        return None
     if not implicit and vr not in _LONG_VRS and not undefined and len(value) > 0xFFFF:
-        return False  # pydicom rewrites the VR as UN (with a warning)
-    fp.write(_TAG.pack(elem.tag >> 16, elem.tag & 0xFFFF))
-    if not implicit:
+        return None  # pydicom rewrites the VR as UN (with a warning)
+    tag = _TAG.pack(elem.tag >> 16, elem.tag & 0xFFFF)
+    length = _UNDEFINED if undefined else len(value)
+    if implicit:
+        header = tag + _UL.pack(length)
+    elif vr in _LONG_VRS or undefined:
         assert vr is not None
-        fp.write(vr.encode("ascii"))
-        if vr in _LONG_VRS:
-            fp.write(b"\x00\x00")
-        else:
-            if undefined:
-                fp.write(_UL.pack(_UNDEFINED))
-            else:
-                fp.write(_US.pack(len(value)))
-            fp.write(value)
-            if undefined:
-                fp.write(_SEQUENCE_DELIMITER)
-            return True
-    fp.write(_UL.pack(_UNDEFINED if undefined else len(value)))
-    fp.write(value)
-    if undefined:
-        fp.write(_SEQUENCE_DELIMITER)
-    return True
+        reserved = b"\x00\x00" if vr in _LONG_VRS else b""
+        header = tag + vr.encode("ascii") + reserved + _UL.pack(length)
+    else:
+        assert vr is not None
+        header = tag + vr.encode("ascii") + _US.pack(length)
+    trailer = _SEQUENCE_DELIMITER if undefined else b""
+    return b"".join((header, value, trailer))
