@@ -29,6 +29,8 @@ _PREAMBLE = b"\x00" * 128 + b"DICM"
 _UNDEFINED = 0xFFFFFFFF
 _PIXEL_DATA = BaseTag(0x7FE00010)
 _GROUP_LENGTH = BaseTag(0x00020000)
+_SOP_CLASS_UID = BaseTag(0x00080016)
+_SOP_INSTANCE_UID = BaseTag(0x00080018)
 _REQUIRED_META = (
     "FileMetaInformationVersion",
     "MediaStorageSOPClassUID",
@@ -66,8 +68,8 @@ def encode_part10(ds: Dataset) -> bytes:
         or not little
         or ds.original_encoding != (implicit, little)
         or ds.original_character_set != ds._character_set
-        or ds.file_meta.get("MediaStorageSOPInstanceUID") != ds.get("SOPInstanceUID")
-        or ds.file_meta.get("MediaStorageSOPClassUID") != ds.get("SOPClassUID")
+        or ds.file_meta.get("MediaStorageSOPInstanceUID") != _uid_value(ds, _SOP_INSTANCE_UID)
+        or ds.file_meta.get("MediaStorageSOPClassUID") != _uid_value(ds, _SOP_CLASS_UID)
     ):
         # Re-encoding, deflate or meta fix-ups: pydicom's writer does all of it.
         buffer = io.BytesIO()
@@ -97,6 +99,16 @@ def encode_part10(ds: Dataset) -> bytes:
         write_data_element(scratch, ds.get_item(tag), encodings)
     chunks.append(scratch.getvalue())
     return b"".join(chunks)
+
+
+def _uid_value(ds: Dataset, tag: BaseTag) -> str | None:
+    """A UI value without decoding its element (decoding would cost the fast path)."""
+    elem = ds._dict.get(tag)
+    if elem is None:
+        return None
+    if isinstance(elem, RawDataElement):
+        return (elem.value or b"").rstrip(b"\x00 ").decode("ascii", "replace")
+    return str(elem.value)
 
 
 def _fresh(previous: DicomBytesIO) -> DicomBytesIO:
