@@ -165,42 +165,9 @@ def append_audit(
     medai.catalog.models.AuditRecord
         The new, flushed record.
     """
-    for name, value in (("actor", actor), ("action", action), ("subject", subject)):
-        if value is not None and len(value) > _MAX_LENGTHS[name]:
-            raise ValueError(f"audit {name} longer than {_MAX_LENGTHS[name]} characters")
-    # Store exactly what is hashed: tuples become lists, keys strings, and a
-    # value JSON cannot hold fails here rather than in verification.
-    normalized = json.loads(canonical_json(dict(details or {})))
-
-    lock_audit_chain(session)
-    last = session.execute(
-        sa.select(AuditRecord.seq, AuditRecord.record_hash)
-        .order_by(AuditRecord.seq.desc())
-        .limit(1)
-    ).first()
-    seq, prev_hash = (1, GENESIS_HASH) if last is None else (last.seq + 1, last.record_hash)
-    at = utcnow()
-    record = AuditRecord(
-        seq=seq,
-        at=at,
-        actor=actor,
-        action=action,
-        subject=subject,
-        details=normalized,
-        prev_hash=prev_hash,
-        record_hash=compute_record_hash(
-            prev_hash,
-            seq=seq,
-            at=at,
-            actor=actor,
-            action=action,
-            subject=subject,
-            details=normalized,
-        ),
-    )
-    session.add(record)
+    seq = append_audit_many(session, [AuditEntry(actor, action, subject, details)])
     session.flush()
-    return record
+    return session.scalars(sa.select(AuditRecord).where(AuditRecord.seq == seq)).one()
 
 
 @dataclass(frozen=True)
@@ -213,14 +180,16 @@ class AuditEntry:
     details: Mapping[str, Any] | None = None
 
 
-def append_audit_many(session: Session, entries: Sequence[AuditEntry]) -> None:
+def append_audit_many(session: Session, entries: Sequence[AuditEntry]) -> int:
     """Append several records in order, inside the caller's transaction.
 
     The same chain and locking as :func:`append_audit`, with one read of the
     chain's head and one multi-row insert: what a batch of ingests needs.
+    Returns the ``seq`` of the last record appended (of the chain's head if none).
     """
     if not entries:
-        return
+        head = session.scalar(sa.select(sa.func.max(AuditRecord.seq)))
+        return int(head or 0)
     normalized = []
     for entry in entries:
         for name in ("actor", "action", "subject"):
@@ -262,6 +231,7 @@ def append_audit_many(session: Session, entries: Sequence[AuditEntry]) -> None:
         )
         prev_hash = record_hash
     session.execute(sa.insert(AuditRecord), rows)
+    return seq
 
 
 def verify_audit_chain(session: Session, *, batch_size: int = 1000) -> AuditReport:
