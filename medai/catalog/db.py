@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any, Literal, cast, overload
 
@@ -93,6 +94,32 @@ def create_engine_for(
     )
 
 
+def _ensure_wal(cursor: Any, timeout_s: float) -> None:
+    """Switch the database file to WAL (a persistent setting), waiting out other connections.
+
+    Changing the journal mode needs an exclusive lock, and SQLite may answer
+    "database is locked" at once, without its busy handler, while other
+    processes open the same new database: retry until the busy timeout.
+    """
+    import sqlite3
+
+    deadline = time.monotonic() + timeout_s
+    delay = 0.005
+    while True:
+        try:
+            mode = str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+            if mode != "wal":
+                cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+
 def _sqlite_engine(url: URL, synchronous: str, busy_timeout_s: float, echo: bool) -> Engine:
     if synchronous not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
         raise ValueError(f"invalid SQLite synchronous setting {synchronous!r}")
@@ -110,7 +137,7 @@ def _sqlite_engine(url: URL, synchronous: str, busy_timeout_s: float, echo: bool
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _ensure_wal(cursor, busy_timeout_s)
             cursor.execute(f"PRAGMA synchronous = {synchronous}")
             cursor.execute("PRAGMA foreign_keys = ON")
         finally:
