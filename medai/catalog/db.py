@@ -126,7 +126,11 @@ def _sqlite_engine(url: URL, synchronous: str, busy_timeout_s: float, echo: bool
     database = url.database or ""
     if database and database != ":memory:" and not database.startswith("file:"):
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, echo=echo, connect_args={"timeout": busy_timeout_s})
+    # check_same_thread off: the pool hands a connection to one thread at a time, e.g.
+    # to the C-STORE association threads.
+    engine = sa.create_engine(
+        url, echo=echo, connect_args={"timeout": busy_timeout_s, "check_same_thread": False}
+    )
     busy_ms = int(busy_timeout_s * 1000)
 
     @event.listens_for(engine, "connect")

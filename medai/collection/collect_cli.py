@@ -91,6 +91,52 @@ def import_command(
         _fail(f"accounted for {summary.offered} of {summary.inputs} inputs", code=1)
 
 
+@collect_app.command("listen")
+def listen_command(
+    port: int = typer.Option(11112, "--port", min=1, max=65535, help="TCP port to listen on."),
+    ae_title: str = typer.Option("MEDAI", "--ae-title", help="medai's own AE title."),
+    host: str = typer.Option("0.0.0.0", "--host", help="Address to bind."),
+) -> None:
+    """Receive DICOM pushed by the sites' PACS (C-STORE SCP, with C-ECHO).
+
+    The calling AE title names the site (see the campaign's sites); unknown callers
+    are rejected. Runs until Ctrl-C or SIGTERM, then finishes what is in flight.
+    """
+    import signal
+    import threading
+
+    from medai.collection.cstore import build_storage_scp, site_by_ae_title
+    from medai.collection.pipeline import IngestPipeline
+    from medai.errors import MedaiError
+
+    try:
+        pipeline = IngestPipeline.from_settings()
+    except MedaiError as exc:
+        _fail(str(exc))
+    sites = site_by_ae_title(pipeline)
+    if not sites:
+        _fail("the campaign defines no AE titles: add them to the sites and run campaign init")
+    ae, handlers = build_storage_scp(pipeline, ae_title, sites)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        server = ae.start_server((host, port), block=False, evt_handlers=handlers)
+    except OSError as exc:
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port")
+    assert server is not None  # block=False returns the running server
+    console.print(
+        f"listening as {ae_title} on {host}:{port} for "
+        + ", ".join(f"{title} ({site})" for title, site in sorted(sites.items()))
+    )
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    server.shutdown()
+    console.print("listener stopped")
+
+
 @collect_app.command("verify")
 def verify_command(
     rehash: bool = typer.Option(

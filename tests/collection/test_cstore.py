@@ -1,0 +1,165 @@
+"""`medai collect listen` against real dcmtk clients (echoscu, storescu) on loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from medai.collection.accounting import verify_collection
+from medai.config import Settings
+from medai.dicom.synth import generate
+from tests.utils.campaign import init_example_campaign
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        shutil.which("storescu") is None and not os.environ.get("CI"),
+        reason="dcmtk is not installed (apt-get install dcmtk)",
+    ),
+]
+
+SITE_A_AE = "STMARY_PACS"  # collection/example-campaign.toml
+BUNDLED = ["CT_small.dcm", "MR_small_implicit.dcm", "JPEG2000.dcm", "MR_small_RLE.dcm"]
+# MR_small_RLE.dcm is MR_small_implicit.dcm re-encoded (same SOPInstanceUID): a duplicate.
+# JPEG2000.dcm is a secondary capture: quarantined for possible burned-in annotation.
+BUNDLED_STORED, BUNDLED_DUPLICATE, BUNDLED_QUARANTINED = 2, 1, 1
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def listener(settings: Settings) -> Iterator[int]:
+    init_example_campaign(settings)
+    port = _free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "medai.cli",
+            "collect",
+            "listen",
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+        ],
+        env=os.environ.copy(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while _echo(port, SITE_A_AE).returncode != 0:
+        assert process.poll() is None, process.stdout.read() if process.stdout else ""
+        assert time.monotonic() < deadline, "the listener did not answer C-ECHO"
+        time.sleep(0.2)
+    yield port
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert "listener stopped" in output
+
+
+def _echo(port: int, calling: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["echoscu", "-aet", calling, "-aec", "MEDAI", "127.0.0.1", str(port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+# storescu proposes one family of transfer syntaxes per run: the flag for each.
+_PROPOSE = {
+    "1.2.840.10008.1.2.1": [],
+    "1.2.840.10008.1.2": ["--propose-implicit"],
+    "1.2.840.10008.1.2.1.99": ["--propose-deflated"],
+    "1.2.840.10008.1.2.5": ["--propose-rle"],
+    "1.2.840.10008.1.2.4.90": ["--propose-j2k-lossless"],
+    "1.2.840.10008.1.2.4.91": ["--propose-j2k-lossy"],
+    "1.2.840.10008.1.2.4.70": ["--propose-lossless"],
+}
+
+
+def _store(port: int, calling: str, files: list[Path]) -> list[str]:
+    """Send ``files`` with storescu, one run per transfer syntax; returns the runs' errors."""
+    by_syntax: dict[str, list[Path]] = {}
+    for path in files:
+        syntax = pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
+        by_syntax.setdefault(str(syntax), []).append(path)
+    failures = []
+    for syntax, group in sorted(by_syntax.items()):
+        run = subprocess.run(
+            [
+                "storescu",
+                *_PROPOSE[syntax],
+                "-aet",
+                calling,
+                "-aec",
+                "MEDAI",
+                "127.0.0.1",
+                str(port),
+                *map(str, group),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if run.returncode != 0:
+            failures.append(f"{syntax}: {run.stdout}{run.stderr}")
+    return failures
+
+
+def test_storescu_pushes_are_catalogued_once(
+    listener: int, settings: Settings, tmp_path: Path
+) -> None:
+    synth = generate(tmp_path / "in", studies=6, seed=21, image_size=32, ct_slices=2)
+    bundled = tmp_path / "bundled"
+    bundled.mkdir()
+    for name in BUNDLED:
+        source = get_testdata_file(name, download=False)
+        assert source, name
+        shutil.copy(str(source), bundled / name)
+    expected = len(synth.files) + BUNDLED_STORED
+
+    files = [*synth.files, *sorted(bundled.iterdir())]
+    syntaxes = {
+        str(pydicom.dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID) for p in files
+    }
+    assert len(syntaxes) >= 5  # all the generator's syntaxes, plus JPEG 2000 lossy
+    assert _store(listener, SITE_A_AE, files) == []
+    report = verify_collection(settings)
+    assert report.ok, report.problems
+    assert report.instances == expected  # every transfer syntax was received and taken
+    assert report.events["quarantined"] == BUNDLED_QUARANTINED  # in custody: Success
+
+    assert _store(listener, "STMARY_CR1", synth.files) == []  # the same site, another AE
+    report = verify_collection(settings)
+    assert report.instances == expected
+    assert report.events == {
+        "stored": expected,
+        "duplicate": len(synth.files) + BUNDLED_DUPLICATE,
+        "quarantined": BUNDLED_QUARANTINED,
+    }
+
+
+def test_unknown_calling_ae_is_rejected_at_association(listener: int, settings: Settings) -> None:
+    refused = _echo(listener, "SOMEONE_ELSE")
+    assert refused.returncode != 0
+    assert "Calling AE Title Not Recognized" in refused.stdout + refused.stderr
+    assert verify_collection(settings).inputs == 0
