@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import func, select
@@ -88,7 +87,6 @@ def verify_collection(
     settings: Settings | None = None,
     *,
     rehash: bool = True,
-    on_progress: Callable[[int, int], None] | None = None,
 ) -> VerifyReport:
     """Check the accounting of everything ever offered; see the module docstring.
 
@@ -96,8 +94,6 @@ def verify_collection(
     ----------
     rehash
         Re-hash every stored file (slow on a large store) instead of checking existence.
-    on_progress
-        Called with (files checked, files to check).
     """
     settings = settings or get_settings()
     engine = create_engine_for(settings.resolved_database_url)
@@ -141,8 +137,6 @@ def verify_collection(
             )
         )
 
-    total = len(referenced)
-    checked = 0
     if rehash:
         for problem in store.verify(sorted(referenced)):
             (report.missing_files if problem.kind == "missing" else report.corrupt_files).append(
@@ -150,9 +144,6 @@ def verify_collection(
             )
     else:
         report.missing_files = sorted(key for key in referenced if not store.exists(key))
-    checked = total
-    if on_progress:
-        on_progress(checked, total)
     root = settings.resolved_quarantine_dir
     report.quarantine_missing = [path for path in quarantined if not (root / path).exists()]
     report.orphan_files = sorted(key for key in store.keys() if key not in referenced)

@@ -28,7 +28,15 @@ from medai.collection.pipeline import IngestPipeline, Offer, Outcome
 from medai.config import Settings, get_settings
 from medai.errors import MedaiError, Rejected, TooLarge
 
-__all__ = ["ImportSummary", "InputRef", "Unreadable", "import_path", "iter_inputs", "read_input"]
+__all__ = [
+    "ImportSummary",
+    "InputRef",
+    "OversizedInput",
+    "Unreadable",
+    "import_path",
+    "iter_inputs",
+    "read_input",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +47,18 @@ _MIN_INPUTS_PER_WORKER = 16
 # makes a re-run redo.
 _BATCH_SIZE = 16
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # the zip local file header, 30 bytes
+
+
+class OversizedInput(TooLarge):
+    """An input over the size limit, with what can be kept of it for the quarantine.
+
+    ``raw`` is a zip member's compressed bytes (never inflated), or empty for a
+    plain file too large to copy.
+    """
+
+    def __init__(self, message: str, raw: bytes) -> None:
+        super().__init__(message)
+        self.raw = raw
 
 
 class Unreadable(Rejected):
@@ -129,9 +149,8 @@ def read_input(ref: InputRef, max_bytes: int) -> bytes:
 
     Raises
     ------
-    TooLarge
-        With ``.raw`` set to what can be kept of the input (a zip member's
-        compressed bytes), when the input exceeds ``max_bytes``.
+    OversizedInput
+        When the input exceeds ``max_bytes``; its ``raw`` is what can be kept.
     Unreadable
         When the file cannot be read.
     """
@@ -139,13 +158,13 @@ def read_input(ref: InputRef, max_bytes: int) -> bytes:
         if ref.member is None:
             size = ref.path.stat().st_size
             if size > max_bytes:
-                raise _too_large(f"file of {size} bytes exceeds the limit of {max_bytes}", b"")
+                raise OversizedInput(f"file of {size} bytes exceeds the limit of {max_bytes}", b"")
             return ref.path.read_bytes()
         with zipfile.ZipFile(ref.path) as archive:
             info = archive.getinfo(ref.member)
             if info.file_size > max_bytes:
                 raw = _raw_member(ref.path, info, max_bytes)
-                raise _too_large(
+                raise OversizedInput(
                     f"zip member declares {info.file_size} bytes uncompressed "
                     f"({info.compress_size} compressed), over the limit of {max_bytes}",
                     raw,
@@ -155,17 +174,11 @@ def read_input(ref: InputRef, max_bytes: int) -> bytes:
                 data = member.read(max_bytes + 1)
             if len(data) > max_bytes:
                 raw = _raw_member(ref.path, info, max_bytes)
-                raise _too_large(f"zip member inflates past the limit of {max_bytes}", raw)
+                raise OversizedInput(f"zip member inflates past the limit of {max_bytes}", raw)
             return data
     except (OSError, zipfile.BadZipFile, RuntimeError, NotImplementedError) as exc:
         # RuntimeError/NotImplementedError: encrypted members, unsupported compression.
         raise Unreadable(f"cannot read the input ({type(exc).__name__})") from exc
-
-
-def _too_large(message: str, raw: bytes) -> TooLarge:
-    error = TooLarge(message)
-    error.raw = raw  # type: ignore[attr-defined]
-    return error
 
 
 # -- worker processes --------------------------------------------------------------
@@ -190,7 +203,7 @@ def _offer(ref: InputRef, site: str, run_id: int, max_bytes: int) -> Offer:
     try:
         data = read_input(ref, max_bytes)
     except Rejected as exc:
-        raw: bytes = getattr(exc, "raw", b"")
+        raw = exc.raw if isinstance(exc, OversizedInput) else b""
         return Offer(raw, site, SOURCE, run_id, ref.name, rejected=exc)
     return Offer(data, site, SOURCE, run_id, ref.name)
 

@@ -21,7 +21,6 @@ from sqlalchemy.exc import OperationalError
 
 from medai.catalog.db import create_engine_for, get_or_create_id, insert_ignore, session_factory
 from medai.catalog.models import (
-    Campaign,
     IngestEvent,
     Instance,
     Patient,
@@ -32,6 +31,7 @@ from medai.catalog.models import (
     utcnow,
 )
 from medai.collection.audit import AuditEntry, append_audit_many, lock_audit_chain
+from medai.collection.campaign import get_site, stored_campaign
 from medai.collection.deid import Deidentifier
 from medai.collection.pseudonymize import Pseudonymizer, load_key
 from medai.collection.quarantine import Quarantine, QuarantinedFile
@@ -39,7 +39,7 @@ from medai.config import Settings, get_settings
 from medai.dicom.metadata import InstanceMetadata, normalized_metadata
 from medai.dicom.read import parse_instance
 from medai.dicom.write import encode_part10
-from medai.errors import CampaignError, CannotDeidentify, Rejected, UnknownSite
+from medai.errors import CannotDeidentify, Rejected
 from medai.store import ObjectStore
 
 if TYPE_CHECKING:
@@ -145,21 +145,10 @@ class IngestPipeline:
         KeyFileError
             When the campaign key file is missing.
         """
-        from medai.collection.campaign import CampaignDefinition
-
         settings = settings or get_settings()
         engine = create_engine_for(settings.resolved_database_url)
         with session_factory(engine)() as session:
-            campaign = session.scalars(select(Campaign).order_by(Campaign.id)).first()
-        if campaign is None:
-            raise CampaignError(
-                "no campaign in the catalog at "
-                f"{settings.resolved_database_url.split('@')[-1]}: "
-                "run `medai campaign init CAMPAIGN.toml` first"
-            )
-        options = CampaignDefinition.model_validate(
-            campaign.definition
-        ).deidentification.to_deid_options()
+            options = stored_campaign(session).deidentification.to_deid_options()
         pseudonymizer = Pseudonymizer(load_key(settings.resolved_key_file))
         return cls(
             engine=engine,
@@ -280,11 +269,9 @@ class IngestPipeline:
         if site in self._known_sites:
             return
         with self._read_sessions() as session:
-            known = set(session.scalars(select(Site.id)))
-        self._known_sites = known
-        if site not in known:
-            listed = ", ".join(sorted(known)) or "none (run `medai campaign init`)"
-            raise UnknownSite(f"unknown site {site!r}; the campaign's sites are: {listed}")
+            self._known_sites = set(session.scalars(select(Site.id)))
+            if site not in self._known_sites:
+                get_site(session, site)  # raises UnknownSite naming the campaign's sites
 
     # -- steps ----------------------------------------------------------------------
 

@@ -76,11 +76,7 @@ def encode_part10(ds: Dataset) -> bytes:
         pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
         return buffer.getvalue()
 
-    chunks = [_PREAMBLE]
-    # pydicom's element writer, used for the elements that were decoded or changed.
-    scratch = DicomBytesIO()
-    scratch.is_implicit_VR, scratch.is_little_endian = implicit, little
-    scratch.write(_file_meta_bytes(ds.file_meta))
+    chunks = [_PREAMBLE, _file_meta_bytes(ds.file_meta)]
     if "PixelData" in ds and not isinstance(ds._dict[_PIXEL_DATA], RawDataElement):
         ds["PixelData"].is_undefined_length = syntax.is_compressed
     encodings = ds.get("SpecificCharacterSet", "iso8859")
@@ -89,15 +85,14 @@ def encode_part10(ds: Dataset) -> bytes:
         if tag.element == 0 and tag.group > 6:
             continue  # retired group lengths are not written (PS3.5 7.2)
         elem = elements[tag]
-        if isinstance(elem, RawDataElement):
-            encoded = _raw_bytes(elem, implicit, syntax)
-            if encoded is not None:
-                chunks.append(scratch.getvalue())
-                scratch = _fresh(scratch)
-                chunks.append(encoded)
-                continue
-        write_data_element(scratch, ds.get_item(tag), encodings)
-    chunks.append(scratch.getvalue())
+        encoded = _raw_bytes(elem, implicit, syntax) if isinstance(elem, RawDataElement) else None
+        if encoded is None:
+            # Decoded or changed elements: pydicom's own element writer.
+            element = DicomBytesIO()
+            element.is_implicit_VR, element.is_little_endian = implicit, little
+            write_data_element(element, ds.get_item(tag), encodings)
+            encoded = element.getvalue()
+        chunks.append(encoded)
     return b"".join(chunks)
 
 
@@ -109,14 +104,6 @@ def _uid_value(ds: Dataset, tag: BaseTag) -> str | None:
     if isinstance(elem, RawDataElement):
         return (elem.value or b"").rstrip(b"\x00 ").decode("ascii", "replace")
     return str(elem.value)
-
-
-def _fresh(previous: DicomBytesIO) -> DicomBytesIO:
-    if not previous.tell():
-        return previous
-    buffer = DicomBytesIO()
-    buffer.is_implicit_VR, buffer.is_little_endian = previous.is_implicit_VR, True
-    return buffer
 
 
 def _file_meta_bytes(meta: FileMetaDataset) -> bytes:
