@@ -176,3 +176,19 @@ def test_kill_9_midway_then_rerun_loses_and_duplicates_nothing(
     assert len(_entries(campaign)) == len({e.raw_sha256 for e in _entries(campaign)})
     assert "too-large" in reasons and "truncated" in reasons
     assert all(run.balanced for run in report.runs if run.finished)
+
+
+def test_cli_quarantine_lists_reasons_and_purges(campaign: Settings, tmp_path: Path) -> None:
+    folder = tmp_path / "handover"
+    folder.mkdir()
+    (folder / "referral.txt").write_text("a scanned referral, not an image")
+    imported = runner.invoke(app, ["collect", "import", str(folder), "--site", "site-c"])
+    assert imported.exit_code == 0, imported.output
+    listed = runner.invoke(app, ["collect", "quarantine"])
+    assert listed.exit_code == 0, listed.output
+    assert "site-c" in listed.output and "not-dicom" in listed.output
+    assert "held 1, purged 0" in listed.output
+    # Nothing is older than the retention yet: --purge keeps it.
+    purged = runner.invoke(app, ["collect", "quarantine", "--purge"])
+    assert purged.exit_code == 0 and "purged 0 file(s)" in purged.output
+    assert any(campaign.resolved_quarantine_dir.rglob("*.raw"))
