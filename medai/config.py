@@ -45,6 +45,18 @@ class Settings(BaseSettings):
         description="Largest single DICOM instance (or zip member) accepted, in bytes.",
     )
     import_workers: int = Field(default=0, ge=0, description="0 = one per CPU core, plus one.")
+    study_quiet_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="A study counts as complete once no new instance arrived for this long "
+        "(like Orthanc's StableAge).",
+    )
+    max_request_bytes: int = Field(
+        default=1024**3,
+        ge=1024,
+        description="Largest web request body accepted (a STOW-RS upload), in bytes; "
+        "held in memory, never spooled to disk.",
+    )
 
     @property
     def resolved_home(self) -> Path:

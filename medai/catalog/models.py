@@ -29,6 +29,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 __all__ = [
+    "ApiKey",
     "AuditRecord",
     "Base",
     "Campaign",
@@ -141,8 +142,13 @@ class Study(Base):
     # The date after the per-patient shift, never the real one.
     study_date: Mapped[dt.date | None] = mapped_column(Date, nullable=True)
     first_received_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
-    # Set when no instance arrived for the quiet period (the network issue fills it).
-    completed_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, nullable=True)
+    # When the latest new instance of the study was catalogued (quiet-period clock).
+    last_received_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, nullable=True)
+    # Set once no new instance arrived for the quiet period (like Orthanc's StableAge);
+    # cleared again if a late instance arrives, so the study completes anew.
+    completed_at: Mapped[dt.datetime | None] = mapped_column(
+        Timestamp, nullable=True, index=True
+    )
 
     patient: Mapped[Patient] = relationship(back_populates="studies")
     series: Mapped[list[Series]] = relationship(back_populates="study")
@@ -270,3 +276,23 @@ class AuditRecord(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     record_hash: Mapped[str] = mapped_column(String(64))
+
+
+class ApiKey(Base):
+    """An API key of the web service. Only the key's sha256 is stored, never the key.
+
+    Keys are 256-bit random tokens, so a plain (unsalted) hash is enough: there is
+    nothing to brute-force, and a lookup by hash stays one indexed query.
+    """
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # The key's first characters, shown in listings so an operator can tell keys apart.
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, nullable=True)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, nullable=True)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import OperationalError
 
 from medai.catalog.db import create_engine_for, get_or_create_id, insert_ignore, session_factory
@@ -319,6 +319,7 @@ class IngestPipeline:
         """One catalog transaction for the batch: rows, ingest events, audit records."""
         outcomes: list[Outcome] = []
         new_ids: dict[tuple[str, str], int] = {}
+        touched_studies: set[int] = set()
         with self._sessions.begin() as session:
             lock_audit_chain(session)  # before any row: see lock_audit_chain
             events: list[dict[str, object]] = []
@@ -333,7 +334,9 @@ class IngestPipeline:
                     outcome = Outcome("duplicate", step.sop_uid)
                 else:
                     assert isinstance(file, str)
-                    outcome = self._catalogue_rows(session, offer, step, file, new_ids)
+                    outcome, study_id = self._catalogue_rows(session, offer, step, file, new_ids)
+                    if outcome.kind == "stored":
+                        touched_studies.add(study_id)
                 outcomes.append(outcome)
                 events.append(
                     {
@@ -363,6 +366,14 @@ class IngestPipeline:
                     )
                 )
             session.execute(insert(IngestEvent), events)
+            if touched_studies:
+                # A new instance restarts the study's quiet period (and reopens it if it
+                # had been marked complete): see medai.collection.study_completion.
+                session.execute(
+                    update(Study)
+                    .where(Study.id.in_(sorted(touched_studies)))
+                    .values(last_received_at=utcnow(), completed_at=None)
+                )
             append_audit_many(session, audit)
         # Only ids of committed rows may be reused by later batches.
         if len(self._ids) > _ID_CACHE_LIMIT:
@@ -398,7 +409,8 @@ class IngestPipeline:
         prepared: _Prepared,
         store_key: str,
         new_ids: dict[tuple[str, str], int],
-    ) -> Outcome:
+    ) -> tuple[Outcome, int]:
+        """Insert the instance's rows; returns its outcome and its study's row id."""
         meta = prepared.metadata
         patient_id = self._id(
             session, Patient, "pseudonym", {"pseudonym": prepared.patient_pseudonym}, new_ids
@@ -452,7 +464,7 @@ class IngestPipeline:
             )
         )
         kind: OutcomeKind = "stored" if inserted.rowcount == 1 else "duplicate"  # type: ignore[attr-defined]
-        return Outcome(kind, prepared.sop_uid)
+        return Outcome(kind, prepared.sop_uid), study_id
 
     def _quarantine_row(
         self, session: Session, offer: Offer, reason: Rejected, kept: QuarantinedFile
