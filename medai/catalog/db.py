@@ -344,3 +344,47 @@ def get_or_create_id(
         created = result.rowcount == 1
         found = session.execute(query).scalar_one()
     return (int(found), created) if return_created else int(found)
+
+
+def add_to_counters(
+    session: Session,
+    model: type[Base],
+    key_columns: tuple[str, ...],
+    rows: list[dict[str, Any]],
+) -> None:
+    """Add each row's counts to the row with the same key, creating it when missing.
+
+    ``INSERT ... ON CONFLICT (key) DO UPDATE SET n = n + excluded.n`` on SQLite and
+    PostgreSQL: atomic per row, so concurrent writers never lose an increment.
+
+    Parameters
+    ----------
+    session
+        The caller's session; the upsert joins its transaction.
+    model
+        A mapped class with a unique constraint over exactly ``key_columns``.
+    key_columns
+        The columns identifying a counter row.
+    rows
+        Dicts holding the key columns and the amounts to add (all other columns).
+    """
+    if not rows:
+        return
+    table = cast(sa.Table, model.__table__)
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
+    else:  # pragma: no cover - the catalog supports these two
+        raise CompileError(f"counters are not implemented for {dialect}")
+    amounts = [name for name in rows[0] if name not in key_columns]
+    # Sorted keys: concurrent PostgreSQL writers then lock counter rows in the same order.
+    for row in sorted(rows, key=lambda r: tuple(str(r[c]) for c in key_columns)):
+        stmt = dialect_insert(table).values(**row)
+        session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=list(key_columns),
+                set_={name: table.c[name] + stmt.excluded[name] for name in amounts},
+            )
+        )

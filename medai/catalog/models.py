@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Date,
     DateTime,
     ForeignKey,
@@ -36,11 +37,15 @@ __all__ = [
     "ImportRun",
     "IngestEvent",
     "Instance",
+    "LabelImport",
+    "LabelRow",
+    "ProgressCount",
     "Patient",
     "QuarantineEntry",
     "Series",
     "Site",
     "Study",
+    "StudyLabel",
     "UTCDateTime",
     "utcnow",
 ]
@@ -141,6 +146,13 @@ class Study(Base):
     site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"), index=True)
     # The date after the per-patient shift, never the real one.
     study_date: Mapped[dt.date | None] = mapped_column(Date, nullable=True)
+    # What the study counts as towards the campaign's targets: the modality and body part
+    # of its first stored instance (a study is counted once, under one kind).
+    modality: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    body_part: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Keyed hash of the site's accession number (the number itself is removed by the
+    # Annex E profile): how label-sheet rows keyed by accession number find the study.
+    accession_key: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     first_received_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
     # When the latest new instance of the study was catalogued (quiet-period clock).
     last_received_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, nullable=True)
@@ -296,3 +308,86 @@ class ApiKey(Base):
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, nullable=True)
     last_used_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, nullable=True)
+
+
+class ProgressCount(Base):
+    """Studies and instances newly catalogued per site, day, modality and body part.
+
+    Kept by the ingest pipeline in the same transaction as the rows it counts, so
+    campaign progress is a small query over a few thousand rows, not a scan of every
+    instance, and stays exact under concurrent ingest. ``day`` is the UTC day of
+    receipt; an unknown modality or body part is stored as ``""`` (so the unique key
+    holds on every database).
+    """
+
+    __tablename__ = "progress_counts"
+    __table_args__ = (UniqueConstraint("site_id", "day", "modality", "body_part"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"))
+    day: Mapped[dt.date] = mapped_column(Date)
+    modality: Mapped[str] = mapped_column(String(16))
+    body_part: Mapped[str] = mapped_column(String(64))
+    studies: Mapped[int] = mapped_column(BigInteger, default=0)
+    instances: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class LabelImport(Base):
+    """One label sheet imported for a site (identified by its hash, not its name)."""
+
+    __tablename__ = "label_imports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"), index=True)
+    sheet_sha256: Mapped[str] = mapped_column(String(64))
+    rows: Mapped[int] = mapped_column(Integer)
+    actor: Mapped[str] = mapped_column(String(128))
+    imported_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class LabelRow(Base):
+    """One row of a label sheet, pseudonymized, kept until (and after) it finds its study.
+
+    ``ref`` is the pseudonymized study UID (``ref_kind = "study_uid"``) or the keyed
+    hash of the accession number (``"accession"``), computed exactly as the ingest
+    pipeline computes them for the images. ``status``: ``unmatched`` (no such study
+    catalogued yet; re-matched when the images arrive), ``matched``, ``conflict``
+    (disagrees with a label the study already has; flagged, not applied) or
+    ``duplicate`` (repeats a label the study already has).
+    """
+
+    __tablename__ = "label_rows"
+    __table_args__ = (Index("ix_label_rows_ref", "site_id", "ref_kind", "ref"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    import_id: Mapped[int] = mapped_column(ForeignKey("label_imports.id"), index=True)
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"))
+    row_number: Mapped[int] = mapped_column(Integer)
+    ref_kind: Mapped[str] = mapped_column(String(16))
+    ref: Mapped[str] = mapped_column(String(64))
+    findings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    study_id: Mapped[int | None] = mapped_column(
+        ForeignKey("studies.id"), nullable=True, index=True
+    )
+    status: Mapped[str] = mapped_column(String(16), index=True)
+
+
+class StudyLabel(Base):
+    """The label of one finding for one study: 1 present, 0 absent."""
+
+    __tablename__ = "study_labels"
+    __table_args__ = (
+        UniqueConstraint("study_id", "finding"),
+        Index("ix_study_labels_site_finding", "site_id", "finding", "value"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"))
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"))
+    finding: Mapped[str] = mapped_column(String(64))
+    value: Mapped[int] = mapped_column(Integer)
+    label_row_id: Mapped[int] = mapped_column(ForeignKey("label_rows.id"))
+    # Set when a later sheet row disagreed: the first value is kept until a steward decides.
+    conflict: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)

@@ -12,18 +12,26 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import OperationalError
 
-from medai.catalog.db import create_engine_for, get_or_create_id, insert_ignore, session_factory
+from medai.catalog.db import (
+    add_to_counters,
+    create_engine_for,
+    get_or_create_id,
+    insert_ignore,
+    session_factory,
+)
 from medai.catalog.models import (
     IngestEvent,
     Instance,
     Patient,
+    ProgressCount,
     QuarantineEntry,
     Series,
     Site,
@@ -93,6 +101,8 @@ class _Prepared:
     series_uid: str
     sop_uid: str
     metadata: InstanceMetadata
+    # Keyed hash of the site's accession number, for label sheets (None when absent).
+    accession_key: str | None
 
 
 class IngestPipeline:
@@ -225,7 +235,9 @@ class IngestPipeline:
         for offer in offers:
             self.check_site(offer.site)
         steps: list[_Prepared | Rejected] = [
-            offer.rejected if offer.rejected is not None else self._prepare_or_reject(offer.data)
+            offer.rejected
+            if offer.rejected is not None
+            else self._prepare_or_reject(offer.data, offer.site)
             for offer in offers
         ]
         already = self._catalogued([step.sop_uid for step in steps if isinstance(step, _Prepared)])
@@ -275,9 +287,9 @@ class IngestPipeline:
 
     # -- steps ----------------------------------------------------------------------
 
-    def _prepare_or_reject(self, data: bytes) -> _Prepared | Rejected:
+    def _prepare_or_reject(self, data: bytes, site: str) -> _Prepared | Rejected:
         try:
-            return self._prepare(data)
+            return self._prepare(data, site)
         except Rejected as exc:
             return exc
         except Exception as exc:  # noqa: BLE001 - real-world files break libraries in odd ways
@@ -288,8 +300,13 @@ class IngestPipeline:
                 f"unexpected {type(exc).__name__} while reading or de-identifying the file"
             )
 
-    def _prepare(self, data: bytes) -> _Prepared:
+    def _prepare(self, data: bytes, site: str) -> _Prepared:
         ds = parse_instance(data, max_bytes=self.max_instance_bytes)
+        # Read before de-identification removes it; only its keyed hash is kept.
+        accession = str(ds.get("AccessionNumber", "") or "").strip(" \x00")
+        accession_key = (
+            self.deidentifier.pseudonymizer.accession_key(site, accession) if accession else None
+        )
         ds = self.deidentifier.deidentify(ds)
         return _Prepared(
             data=encode_part10(ds),
@@ -298,6 +315,7 @@ class IngestPipeline:
             series_uid=str(ds.SeriesInstanceUID),
             sop_uid=str(ds.SOPInstanceUID),
             metadata=normalized_metadata(ds),
+            accession_key=accession_key,
         )
 
     def _catalogued(self, sop_uids: list[str]) -> set[str]:
@@ -320,6 +338,7 @@ class IngestPipeline:
         outcomes: list[Outcome] = []
         new_ids: dict[tuple[str, str], int] = {}
         touched_studies: set[int] = set()
+        counters = _ProgressCounters()
         with self._sessions.begin() as session:
             lock_audit_chain(session)  # before any row: see lock_audit_chain
             events: list[dict[str, object]] = []
@@ -334,9 +353,12 @@ class IngestPipeline:
                     outcome = Outcome("duplicate", step.sop_uid)
                 else:
                     assert isinstance(file, str)
-                    outcome, study_id = self._catalogue_rows(session, offer, step, file, new_ids)
+                    outcome, study_id = self._catalogue_rows(
+                        session, offer, step, file, new_ids, counters
+                    )
                     if outcome.kind == "stored":
                         touched_studies.add(study_id)
+                        counters.add_instance(offer.site, step)
                 outcomes.append(outcome)
                 events.append(
                     {
@@ -374,6 +396,7 @@ class IngestPipeline:
                     .where(Study.id.in_(sorted(touched_studies)))
                     .values(last_received_at=utcnow(), completed_at=None)
                 )
+            add_to_counters(session, ProgressCount, _ProgressCounters.KEY, counters.rows())
             append_audit_many(session, audit)
         # Only ids of committed rows may be reused by later batches.
         if len(self._ids) > _ID_CACHE_LIMIT:
@@ -393,13 +416,20 @@ class IngestPipeline:
         column: str,
         values: dict[str, object],
         new_ids: dict[tuple[str, str], int],
+        on_create: Callable[[], None] | None = None,
     ) -> int:
-        """The row id for a patient/study/series, from the cache or get-or-create."""
+        """The row id for a patient/study/series, from the cache or get-or-create.
+
+        ``on_create`` runs when this call inserted the row (not when another
+        transaction did), so each row is counted exactly once.
+        """
         key = (model.__tablename__, str(values[column]))
         known = self._ids.get(key) or new_ids.get(key)
         if known is None:
-            known = get_or_create_id(session, model, column, values)
+            known, created = get_or_create_id(session, model, column, values, return_created=True)
             new_ids[key] = known
+            if created and on_create is not None:
+                on_create()
         return known
 
     def _catalogue_rows(
@@ -409,23 +439,29 @@ class IngestPipeline:
         prepared: _Prepared,
         store_key: str,
         new_ids: dict[tuple[str, str], int],
+        counters: _ProgressCounters,
     ) -> tuple[Outcome, int]:
         """Insert the instance's rows; returns its outcome and its study's row id."""
         meta = prepared.metadata
         patient_id = self._id(
             session, Patient, "pseudonym", {"pseudonym": prepared.patient_pseudonym}, new_ids
         )
+        study_values = {
+            "study_uid": prepared.study_uid,
+            "patient_id": patient_id,
+            "site_id": offer.site,
+            "study_date": meta.study_date,
+            "modality": meta.modality,
+            "body_part": meta.body_part,
+            "accession_key": prepared.accession_key,
+        }
         study_id = self._id(
             session,
             Study,
             "study_uid",
-            {
-                "study_uid": prepared.study_uid,
-                "patient_id": patient_id,
-                "site_id": offer.site,
-                "study_date": meta.study_date,
-            },
+            study_values,
             new_ids,
+            on_create=lambda: counters.add_study(offer.site, prepared),
         )
         series_id = self._id(
             session,
@@ -483,3 +519,43 @@ class IngestPipeline:
                 "byte_size": kept.byte_size,
             },
         )
+
+
+class _ProgressCounters:
+    """The batch's additions to :class:`ProgressCount`, written in its transaction."""
+
+    KEY = ("site_id", "day", "modality", "body_part")
+
+    def __init__(self) -> None:
+        self._today = utcnow().date()
+        self._studies: Counter[tuple[str, str, str]] = Counter()
+        self._instances: Counter[tuple[str, str, str]] = Counter()
+        self._bytes: Counter[tuple[str, str, str]] = Counter()
+
+    @staticmethod
+    def _kind(site: str, prepared: _Prepared) -> tuple[str, str, str]:
+        meta = prepared.metadata
+        return (site, meta.modality or "", meta.body_part or "")
+
+    def add_study(self, site: str, prepared: _Prepared) -> None:
+        self._studies[self._kind(site, prepared)] += 1
+
+    def add_instance(self, site: str, prepared: _Prepared) -> None:
+        kind = self._kind(site, prepared)
+        self._instances[kind] += 1
+        self._bytes[kind] += len(prepared.data)
+
+    def rows(self) -> list[dict[str, object]]:
+        kinds = set(self._studies) | set(self._instances)
+        return [
+            {
+                "site_id": site,
+                "day": self._today,
+                "modality": modality,
+                "body_part": body_part,
+                "studies": self._studies[(site, modality, body_part)],
+                "instances": self._instances[(site, modality, body_part)],
+                "bytes": self._bytes[(site, modality, body_part)],
+            }
+            for site, modality, body_part in kinds
+        ]

@@ -28,6 +28,7 @@ _CREATE_HINT = "create one with `medai campaign init CAMPAIGN.toml` or point MED
 _DOMAIN_PATIENT = b"medai/v1/patient-id\x00"
 _DOMAIN_UID = b"medai/v1/uid\x00"
 _DOMAIN_DATE = b"medai/v1/date-offset\x00"
+_DOMAIN_ACCESSION = b"medai/v1/accession\x00"
 
 
 def create_key_file(path: Path) -> None:
@@ -172,6 +173,29 @@ class Pseudonymizer:
         raw[6] = (raw[6] & 0x0F) | 0x80  # version 8: custom (here: keyed hash) UUID
         raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 9562 variant
         return f"2.25.{int.from_bytes(raw, 'big')}"
+
+    def accession_key(self, site: str, accession_number: str) -> str:
+        """The keyed hash that links a site's accession number to its study.
+
+        Accession numbers are unique only within one hospital, so the site is part of
+        the hashed value. The ingest pipeline records it on the study (the number
+        itself is removed by the profile) and label import computes it from the
+        sheet, so the two meet without the number ever being stored.
+
+        Parameters
+        ----------
+        site
+            The campaign site id.
+        accession_number
+            The original AccessionNumber (surrounding spaces and NUL padding ignored).
+
+        Returns
+        -------
+        str
+            32 hex digits (128 bits).
+        """
+        value = site + "\x00" + _normalize(accession_number)
+        return self._mac(_DOMAIN_ACCESSION, value)[:16].hex()
 
     def date_offset_days(self, patient_id: str) -> int:
         """Days to add to every date of one patient; intervals between dates survive.

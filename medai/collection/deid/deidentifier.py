@@ -88,6 +88,11 @@ class Deidentifier:
         self._collect = options.clean_descriptors or options.retain_patient_characteristics
         self._stamps: dict[tuple[bool, bool], list[RawDataElement]] = {}
 
+    @property
+    def pseudonymizer(self) -> Pseudonymizer:
+        """The keyed pseudonymizer (receivers use it to find what they already hold)."""
+        return self._pseudo
+
     def deidentify(self, ds: Dataset) -> Dataset:
         """De-identify ``ds`` in place (file meta included) and return it.
 

@@ -41,7 +41,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("studies") as batch:
-        batch.drop_index("ix_studies_completed_at")
-        batch.drop_column("last_received_at")
+    # Plain ALTER TABLE ... DROP COLUMN (SQLite >= 3.35), see 0003.
+    op.drop_index("ix_studies_completed_at", table_name="studies")
+    op.drop_column("studies", "last_received_at")
     op.drop_table("api_keys")
