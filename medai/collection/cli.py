@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 
     from medai.collection.campaign import CampaignDefinition
     from medai.collection.campaign_setup import InitResult
+    from medai.collection.progress import CampaignProgress
     from medai.errors import MedaiError
 
 __all__ = ["campaign_app", "register"]
@@ -26,12 +27,16 @@ campaign_app = typer.Typer(
 EXIT_USER_ERROR = 2
 
 
+class _UsageError(Exception):
+    """A bad option value (printed like the domain errors)."""
+
+
 def register(app: typer.Typer) -> None:
     """Add the collection sub-apps (``campaign``) to the root ``medai`` app."""
     app.add_typer(campaign_app, name="campaign")
 
 
-def _fail(error: MedaiError, hint: str | None = None) -> typer.Exit:
+def _fail(error: MedaiError | _UsageError, hint: str | None = None) -> typer.Exit:
     """Print ``error`` in red on stderr (with what to do next) and return the exit to raise."""
     from rich.console import Console
     from rich.text import Text
@@ -129,3 +134,193 @@ def _print_init_summary(
             style="bold yellow",
         )
     )
+
+
+def _progress_report(today: str | None) -> CampaignProgress:
+    """Compute the campaign's progress from the configured catalog (exits on errors)."""
+    import datetime as dt
+
+    from medai.catalog.db import create_engine_for, session_factory
+    from medai.collection.progress import compute_progress
+    from medai.config import get_settings
+    from medai.errors import MedaiError
+
+    day = None
+    if today is not None:
+        try:
+            day = dt.date.fromisoformat(today)
+        except ValueError:
+            raise _fail(
+                _UsageError(f"--today {today!r} is not a date"), "Write it as YYYY-MM-DD."
+            ) from None
+    engine = create_engine_for(get_settings().resolved_database_url)
+    try:
+        # Reads only: no write lock on SQLite, so it never waits behind an import.
+        sessions = session_factory(engine.execution_options(sqlite_begin="DEFERRED"))
+        with sessions() as session:
+            return compute_progress(session, today=day)
+    except MedaiError as exc:
+        raise _fail(exc) from None
+    finally:
+        engine.dispose()
+
+
+_TODAY_HELP = "Report as of this day (YYYY-MM-DD, UTC); default today."
+_STATUS_STYLE = {
+    "late": "bold red",
+    "at risk": "yellow",
+    "on track": "green",
+    "complete": "bold green",
+    "no targets": "dim",
+}
+
+
+@campaign_app.command("status")
+def status_command(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the full report as JSON (for scripts).")
+    ] = False,
+    today: Annotated[str | None, typer.Option("--today", help=_TODAY_HELP)] = None,
+) -> None:
+    """Show progress per site against its targets: late sites first, with the KPIs.
+
+    Status rule: complete when every target is met; late below 70% of the plan for today
+    (or when the campaign ended unmet); at risk at 70-90% of the plan, or when the 7-day
+    rate finishes after the last day; on track otherwise. The JSON form is the same
+    document as `medai campaign export --format json` (totals such as `studies` and
+    `instances` at the top level).
+    """
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    report = _progress_report(today)
+    console = Console()
+    if as_json:
+        typer.echo(report.model_dump_json(indent=2))
+        return
+    console.print(
+        Text.assemble(
+            (report.campaign, "bold cyan"),
+            f": day {report.day} of {report.length_days} ({report.start_date} to "
+            f"{report.end_date}), {report.days_left} days left — ",
+            (report.status, _STATUS_STYLE[report.status]),
+        )
+    )
+    table = Table(title="Progress by site (late first)")
+    for column, justify in (
+        ("Site", "left"),
+        ("Status", "left"),
+        ("Progress", "right"),
+        ("Plan today", "right"),
+        ("Studies", "right"),
+        ("Instances", "right"),
+        ("7-day rate", "right"),
+        ("Projected", "right"),
+        ("QC rejected", "right"),
+        ("Labelled", "right"),
+    ):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for site in report.sites:
+        table.add_row(
+            f"{site.site}\n[dim]{site.name}",
+            Text(site.status, style=_STATUS_STYLE[site.status]),
+            _percent(site.progress),
+            _percent(site.expected_progress),
+            str(site.studies),
+            str(site.instances),
+            "-" if site.rate_7d is None else f"{site.rate_7d * 100:.1f}%/day",
+            "done" if site.completed else str(site.projected_completion or "-"),
+            f"{site.quarantined} ({site.rejection_rate * 100:.1f}%)",
+            f"{site.labelled_studies} ({site.label_coverage * 100:.0f}%)",
+        )
+    table.add_section()
+    table.add_row(
+        "[bold]campaign",
+        Text(report.status, style=_STATUS_STYLE[report.status]),
+        _percent(report.progress),
+        _percent(report.expected_progress),
+        str(report.studies),
+        str(report.instances),
+        "-" if report.rate_7d is None else f"{report.rate_7d * 100:.1f}%/day",
+        "done" if report.completed else str(report.projected_completion or "-"),
+        f"{report.quarantined} ({report.rejection_rate * 100:.1f}%)",
+        f"{report.labelled_studies} ({report.label_coverage * 100:.0f}%)",
+    )
+    console.print(table)
+    targets = Table(title="Targets")
+    for column in ("Site", "Target", "Collected", "Goal", "Done"):
+        targets.add_column(column, justify="left" if column in ("Site", "Target") else "right")
+    for site in report.sites:
+        for target in site.targets:
+            what = " ".join(v for v in (target.modality, target.body_part, target.finding) if v)
+            targets.add_row(
+                site.site,
+                f"{what or 'any'} ({target.unit})",
+                str(target.collected),
+                str(target.target),
+                _percent(target.fraction),
+            )
+    console.print(targets)
+    if report.quarantine_reasons:
+        console.print(
+            "Quarantined by reason: "
+            + ", ".join(f"{reason} {n}" for reason, n in report.quarantine_reasons.items())
+        )
+    if report.late_sites:
+        console.print(Text("Late: " + ", ".join(report.late_sites), style="bold red"))
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.0f}%"
+
+
+@campaign_app.command("export")
+def export_command(
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="json (the full document) or csv (per site).")
+    ] = "json",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
+    ] = None,
+    today: Annotated[str | None, typer.Option("--today", help=_TODAY_HELP)] = None,
+    schema: Annotated[
+        bool, typer.Option("--schema", help="Print the JSON Schema of the json export and exit.")
+    ] = False,
+) -> None:
+    """Export progress for the city's monitoring system (stable field names, a timestamp).
+
+    JSON: the document described by collection/progress.schema.json (`--schema` prints
+    it). CSV: one row per site and a last row for the campaign (site `*`).
+    """
+    import csv
+    import io
+    import json
+
+    from medai.collection.progress import (
+        CSV_COLUMNS,
+        CampaignProgress,
+        progress_csv_rows,
+    )
+
+    if schema:
+        typer.echo(json.dumps(CampaignProgress.model_json_schema(), indent=2))
+        return
+    if fmt not in ("json", "csv"):
+        raise _fail(_UsageError(f"unknown format {fmt!r}"), "Use --format json or --format csv.")
+    report = _progress_report(today)
+    if fmt == "json":
+        text = report.model_dump_json(indent=2) + "\n"
+    else:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(progress_csv_rows(report))
+        text = buffer.getvalue()
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    tmp = output.with_name(output.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(output)  # the monitoring system never reads a half-written file
+    typer.echo(f"wrote {output}", err=True)
