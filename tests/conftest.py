@@ -114,7 +114,7 @@ def settings(
     home = tmp_path / "medai-home"
     for name in list(os.environ):
         # A developer's own MEDAI_* settings must not leak into the test.
-        if name.startswith("MEDAI_") and name != "MEDAI_TEST_POSTGRES_URL":
+        if name.startswith("MEDAI_") and not name.startswith("MEDAI_TEST_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("MEDAI_HOME", str(home))
     monkeypatch.setenv("MEDAI_DATABASE_URL", database_url)

@@ -116,3 +116,34 @@ def test_upgrade_backfills_counters_from_existing_rows(
     upgrade(engine)
     engine.dispose()
     assert _counters(settings) == expected
+
+
+def test_counters_stay_exact_under_concurrent_ingest(
+    settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Two importers (each with several worker processes) share studies: no lost update."""
+    import threading
+
+    from medai.collection.folder_import import import_path
+
+    init_example_campaign(settings)
+    out = tmp_path_factory.mktemp("concurrent")
+    synth = generate(out, studies=8, seed=23, sites=("site-a",), image_size=32, ct_slices=4)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            import_path(out / "site-a", "site-a", settings=settings, workers=2)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not errors
+    counters = _counters(settings)
+    assert counters == _truth(settings)
+    assert sum(c[1] for c in counters.values()) == synth.instances
+    assert sum(c[0] for c in counters.values()) == synth.studies
