@@ -41,6 +41,7 @@ from medai.catalog.db import create_engine_for, session_factory, upgrade  # noqa
 from medai.catalog.models import (  # noqa: E402
     Campaign,
     Instance,
+    LabelCount,
     LabelImport,
     LabelRow,
     Patient,
@@ -94,6 +95,7 @@ def fill(engine: Engine, n_instances: int, seed: int = 0) -> dict[str, int]:
     ct_studies = int(per_site * 0.6) // CT_INSTANCES
     cr_studies = (per_site - ct_studies * CT_INSTANCES) // CR_INSTANCES
     counts: Counter[tuple[str, dt.date, str, str, str]] = Counter()
+    label_counts: Counter[tuple[str, dt.date, str, str, str, str]] = Counter()
     totals = Counter[str]()
     with engine.begin() as conn:
         conn.execute(
@@ -199,7 +201,11 @@ def fill(engine: Engine, n_instances: int, seed: int = 0) -> dict[str, int]:
                         "status": "matched",
                     }
                 )
+                label_key = (site.id, received.date(), modality, "CHEST")
+                label_counts[(*label_key, "", "labelled")] += 1
                 for finding, value in findings.items():
+                    label_counts[(*label_key, finding, "labelled")] += 1
+                    label_counts[(*label_key, finding, "positives")] += value
                     study_labels.append(
                         {
                             "study_id": next_id["study"],
@@ -239,8 +245,24 @@ def fill(engine: Engine, n_instances: int, seed: int = 0) -> dict[str, int]:
             },
         )
         row[field] = value
+    label_rows_by_key: dict[tuple[str, dt.date, str, str, str], dict[str, object]] = {}
+    for (site_id, day, modality, body_part, finding, field), value in label_counts.items():
+        row = label_rows_by_key.setdefault(
+            (site_id, day, modality, body_part, finding),
+            {
+                "site_id": site_id,
+                "day": day,
+                "modality": modality,
+                "body_part": body_part,
+                "finding": finding,
+                "labelled": 0,
+                "positives": 0,
+            },
+        )
+        row[field] = value
     with engine.begin() as conn:
         conn.execute(insert(ProgressCount), list(rows_by_key.values()))
+        conn.execute(insert(LabelCount), list(label_rows_by_key.values()))
         if engine.dialect.name == "postgresql":
             conn.execute(text("ANALYZE"))
     if engine.dialect.name == "sqlite":
@@ -304,11 +326,14 @@ def dashboard_timers(engine_url: str, home: Path) -> list[tuple[str, Callable[[]
     settings = Settings(home=home, database_url=engine_url)
     engine = create_engine_for(engine_url)
     key = create_key(engine, name="bench-steward", role="steward").key
+    from medai.serving.dashboard import COOKIE
+
     client = TestClient(create_app(settings))
+    client.cookies.set(COOKIE, key)  # the dashboard's sign-in cookie
     headers = {"Authorization": f"Bearer {key}"}
     timers: list[tuple[str, Callable[[], object]]] = []
     for path in ("/v1/campaign/progress", "/dashboard"):
-        if client.get(path, headers=headers).status_code == 200:
+        if client.get(path, headers=headers, follow_redirects=False).status_code == 200:
             timers.append((f"GET {path}", lambda p=path: client.get(p, headers=headers)))
         else:
             print(f"  ({path} not available)")

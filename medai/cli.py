@@ -44,13 +44,14 @@ def _register_subapps() -> None:
     # modules inside their bodies so that --help stays instant).
     from medai import demo
     from medai.collection import cli as collection_cli
-    from medai.collection import collect_cli
+    from medai.collection import collect_cli, labels_cli
     from medai.dicom import cli as dicom_cli
 
     dicom_cli.register(app)
     demo.register(app)
     collection_cli.register(app)
     collect_cli.register(app)
+    labels_cli.register(app)
 
 
 _register_subapps()

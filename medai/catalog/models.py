@@ -37,6 +37,7 @@ __all__ = [
     "ImportRun",
     "IngestEvent",
     "Instance",
+    "LabelCount",
     "LabelImport",
     "LabelRow",
     "ProgressCount",
@@ -391,3 +392,27 @@ class StudyLabel(Base):
     # Set when a later sheet row disagreed: the first value is kept until a steward decides.
     conflict: Mapped[bool] = mapped_column(Boolean, default=False)
     updated_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class LabelCount(Base):
+    """Labelled and positive studies per site, receipt day, study kind and finding.
+
+    Kept by label import and re-match in the transaction that writes the labels, so the
+    dashboard's finding targets and label coverage never scan the label rows. The row
+    with ``finding = ""`` counts studies with at least one label. ``day``, ``modality``
+    and ``body_part`` are the study's (its first receipt, its kind; ``""`` if unknown).
+    """
+
+    __tablename__ = "label_counts"
+    __table_args__ = (
+        UniqueConstraint("site_id", "day", "modality", "body_part", "finding"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"))
+    day: Mapped[dt.date] = mapped_column(Date)
+    modality: Mapped[str] = mapped_column(String(16))
+    body_part: Mapped[str] = mapped_column(String(64))
+    finding: Mapped[str] = mapped_column(String(64))
+    labelled: Mapped[int] = mapped_column(BigInteger, default=0)
+    positives: Mapped[int] = mapped_column(BigInteger, default=0)

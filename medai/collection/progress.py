@@ -1,8 +1,9 @@
 """Campaign progress and KPIs, computed from the catalog for every site and the campaign.
 
 The figures come from small tables only: :class:`~medai.catalog.models.ProgressCount`
-(kept by the ingest pipeline in the same transaction as the rows it counts), the
-positive labels of :class:`~medai.catalog.models.StudyLabel` and the quarantine rows,
+(kept by the ingest pipeline in the same transaction as the rows it counts),
+:class:`~medai.catalog.models.LabelCount` (kept likewise by label import) and the
+quarantine rows,
 so the computation stays fast on a catalog of millions of instances and exact while
 ingest goes on.
 
@@ -37,17 +38,10 @@ from collections.abc import Iterable, Sequence
 from typing import Literal
 
 from pydantic import BaseModel, Field
-from sqlalchemy import Date, cast, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from medai.catalog.models import (
-    ProgressCount,
-    QuarantineEntry,
-    Site,
-    Study,
-    StudyLabel,
-    utcnow,
-)
+from medai.catalog.models import LabelCount, ProgressCount, QuarantineEntry, Site, utcnow
 from medai.collection.campaign import CampaignDefinition, Target, site_targets, stored_campaign
 
 __all__ = [
@@ -162,13 +156,6 @@ class CampaignProgress(BaseModel):
 # -- queries -------------------------------------------------------------------------
 
 
-def _utc_day(session: Session, column: object) -> object:
-    """SQL for the UTC calendar day of a timestamp column, on SQLite and PostgreSQL."""
-    if session.get_bind().dialect.name == "postgresql":
-        return cast(func.timezone("UTC", column), Date)
-    return func.date(column)
-
-
 def _as_date(value: object) -> dt.date:
     if isinstance(value, dt.datetime):
         return value.date()
@@ -204,31 +191,27 @@ _Findings = dict[tuple[str, str, str, str], dict[dt.date, int]]
 
 
 def _positive_findings(session: Session) -> _Findings:
-    day = _utc_day(session, Study.first_received_at)
     rows = session.execute(
         select(
-            StudyLabel.site_id,
-            StudyLabel.finding,
-            Study.modality,
-            Study.body_part,
-            day,  # type: ignore[call-overload]
-            func.count(),
-        )
-        .join(Study, Study.id == StudyLabel.study_id)
-        .where(StudyLabel.value == 1)
-        .group_by(StudyLabel.site_id, StudyLabel.finding, Study.modality, Study.body_part, day)
+            LabelCount.site_id,
+            LabelCount.finding,
+            LabelCount.modality,
+            LabelCount.body_part,
+            LabelCount.day,
+            LabelCount.positives,
+        ).where(LabelCount.finding != "", LabelCount.positives > 0)
     )
     findings: _Findings = defaultdict(dict)
-    for site, finding, modality, body_part, when, count in rows:
-        findings[(site, finding, modality or "", body_part or "")][_as_date(when)] = int(count)
+    for site, finding, modality, body_part, day, positives in rows:
+        findings[(site, finding, modality, body_part)][_as_date(day)] = int(positives)
     return findings
 
 
 def _labelled_studies(session: Session) -> dict[str, int]:
     rows = session.execute(
-        select(StudyLabel.site_id, func.count(func.distinct(StudyLabel.study_id))).group_by(
-            StudyLabel.site_id
-        )
+        select(LabelCount.site_id, func.sum(LabelCount.labelled))
+        .where(LabelCount.finding == "")
+        .group_by(LabelCount.site_id)
     )
     return {site: int(count) for site, count in rows}
 

@@ -71,7 +71,9 @@ def test_example_campaign_loads() -> None:
     )
     findings = {t.finding for s in campaign.sites for t in s.targets if t.finding}
     assert findings == {"nodule", "effusion", "cardiomegaly"}
-    assert set(campaign.labels["findings"]) == findings
+    assert campaign.labels is not None and set(campaign.labels.findings) == findings
+    assert campaign.labels.for_site("site-a").study_key_kind == "accession_number"
+    assert campaign.labels.for_site("site-b").study_key_kind == "study_uid"
 
 
 def test_deidentification_options_convert_to_deid_options() -> None:

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from medai.catalog.db import create_engine_for, session_factory
 from medai.catalog.models import (
+    LabelCount,
     LabelImport,
     LabelRow,
     Patient,
@@ -138,6 +139,20 @@ def timeline(settings: Settings) -> Settings:
                     finding="nodule",
                     value=int(number < 5),
                     label_row_id=row.id,
+                )
+            )
+        # What label import keeps beside the labels (the six studies arrived on day 20).
+        day_20 = START + dt.timedelta(days=19)
+        for finding, labelled, positives in (("nodule", 6, 5), ("", 6, 0)):
+            session.add(
+                LabelCount(
+                    site_id="finished",
+                    day=day_20,
+                    modality="DX",
+                    body_part="CHEST",
+                    finding=finding,
+                    labelled=labelled,
+                    positives=positives,
                 )
             )
         for number, reason in enumerate(["not-dicom", "not-dicom", "burned-in-annotation"]):
@@ -285,3 +300,50 @@ def test_the_committed_json_schema_is_the_exported_one() -> None:
         "the export's fields changed: regenerate collection/progress.schema.json with "
         "`medai campaign export --schema` and bump SCHEMA_VERSION if a field was renamed"
     )
+
+
+def test_label_targets_and_coverage_follow_imported_sheets(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Real ingest and real label import: the counters agree with the label rows."""
+    from sqlalchemy import func, select
+
+    from medai.collection.labels import import_label_sheet
+
+    init_example_campaign(settings)
+    synth = generate(tmp_path / "in", studies=9, seed=8, image_size=32, ct_slices=2)
+    IngestPipeline.from_settings(settings).ingest_many(
+        [Offer(p.read_bytes(), r.site, "folder") for r in synth.study_records for p in r.files]
+    )
+    for site, sheet in synth.label_sheets.items():
+        import_label_sheet(sheet, site, settings=settings, actor="test")
+    report = _report(settings, dt.date.today())
+    engine = create_engine_for(settings.resolved_database_url)
+    with session_factory(engine)() as session:
+        labelled = dict(
+            session.execute(
+                select(StudyLabel.site_id, func.count(func.distinct(StudyLabel.study_id)))
+                .group_by(StudyLabel.site_id)
+            ).all()
+        )
+        positives = dict(
+            session.execute(
+                select(StudyLabel.site_id + ":" + StudyLabel.finding, func.count())
+                .where(StudyLabel.value == 1)
+                .group_by(StudyLabel.site_id, StudyLabel.finding)
+            ).all()
+        )
+    engine.dispose()
+    assert sum(labelled.values()) > 0
+    for site in report.sites:
+        assert site.labelled_studies == labelled.get(site.site, 0)
+        for target in site.targets:
+            if target.finding:
+                assert target.collected == positives.get(f"{site.site}:{target.finding}", 0)
+    planted = {
+        f"{r.site}:{finding}"
+        for r in synth.study_records
+        for finding in ("nodule", "effusion", "cardiomegaly")
+        if getattr(r, finding) and r.modality in ("CR", "DX")
+    }
+    assert {k for k, v in positives.items() if v} <= planted

@@ -1,4 +1,4 @@
-"""The 90-day campaign: label sheets, progress counters, what each study counts as.
+"""The 90-day campaign: label sheets, progress and label counters, what each study counts as.
 
 Revision ID: 0003
 Revises: 0002
@@ -57,6 +57,29 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_progress_counts")),
         sa.UniqueConstraint(
             "site_id", "day", "modality", "body_part", name=op.f("uq_progress_counts_site_id")
+        ),
+    )
+    op.create_table(
+        "label_counts",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("site_id", sa.String(length=64), nullable=False),
+        sa.Column("day", sa.Date(), nullable=False),
+        sa.Column("modality", sa.String(length=16), nullable=False),
+        sa.Column("body_part", sa.String(length=64), nullable=False),
+        sa.Column("finding", sa.String(length=64), nullable=False),
+        sa.Column("labelled", sa.BigInteger(), nullable=False),
+        sa.Column("positives", sa.BigInteger(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["site_id"], ["sites.id"], name=op.f("fk_label_counts_site_id_sites")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_label_counts")),
+        sa.UniqueConstraint(
+            "site_id",
+            "day",
+            "modality",
+            "body_part",
+            "finding",
+            name=op.f("uq_label_counts_site_id"),
         ),
     )
     op.create_table(
@@ -222,6 +245,7 @@ def downgrade() -> None:
         op.drop_column("studies", column)
     op.drop_table("study_labels")
     op.drop_table("label_rows")
+    op.drop_table("label_counts")
     op.drop_table("progress_counts")
     op.drop_index(op.f("ix_label_imports_site_id"), table_name="label_imports")
     op.drop_table("label_imports")
