@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from medai.collection.pull_cli import pull_command
+
 __all__ = ["audit_app", "collect_app", "register"]
 
 console = Console()
@@ -235,6 +237,9 @@ def audit_verify_command() -> None:
         f"[bold red]audit chain broken[/] at record {report.first_bad_seq}: {report.problem}"
     )
     raise typer.Exit(1)
+
+
+collect_app.command("pull")(pull_command)  # DICOMweb pull: medai/collection/pull_cli.py
 
 
 def register(app: typer.Typer) -> None:

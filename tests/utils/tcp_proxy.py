@@ -144,6 +144,12 @@ class _Link:
         for sock in (self.client, self.server):
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                # Wake the other pump blocked in recv() on this socket; close() alone would
+                # leave the socket open (and send no RST) while that call holds it.
+                sock.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
+            try:
                 sock.close()
             except OSError:
                 pass

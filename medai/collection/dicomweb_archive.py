@@ -1,0 +1,548 @@
+"""A site's DICOMweb archive: QIDO-RS searches and WADO-RS retrievals, retried.
+
+:class:`DicomwebSource` lists studies in a StudyDate window and the instances of a
+study with ``dicomweb_client.DICOMwebClient`` (QIDO-RS, paged with
+``offset``/``limit`` since servers cap their answers), and fetches each instance
+by WADO-RS, one request per instance, as stored (``transfer-syntax=*``).
+
+Faults. Connection errors, time-outs, HTTP 429 and 5xx, and answers that end
+early are retried with exponential back-off and jitter (:class:`RetryPolicy`).
+An instance is returned only once its whole multipart answer, closing delimiter
+included, has arrived (:func:`part10_from_response`), so a cut download is
+retried rather than handed on truncated. Other 4xx answers, and retries
+exhausted, raise :class:`PullError` with a message that names the operation and
+the server (without credentials), never a UID: the URLs of this API hold the
+archive's original UIDs, so no exception text of requests or dicomweb-client is
+ever shown, and their debug logs are kept quiet (:func:`quiet_identifying_loggers`).
+
+Why WADO-RS goes through our own request on the client's session rather than
+``DICOMwebClient.retrieve_instance``: the latter returns a parsed pydicom
+dataset, not the bytes as sent (which the quarantine must keep, and which a
+file pydicom cannot read would never reach the pipeline as), and its multipart
+decoder hands back whatever it holds when a body ends without its closing
+delimiter.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.message
+import email.utils
+import functools
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+import requests
+from dicomweb_client import DICOMwebClient
+
+from medai.errors import MedaiError, TooLarge
+
+__all__ = [
+    "DicomwebSource",
+    "IncompleteResponse",
+    "PullError",
+    "RemoteInstance",
+    "RemoteStudy",
+    "RetryPolicy",
+    "part10_from_response",
+    "quiet_identifying_loggers",
+    "redact_url",
+]
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+# DICOM JSON tags of the attributes read from QIDO-RS answers.
+_STUDY_UID = "0020000D"
+_SERIES_UID = "0020000E"
+_SOP_UID = "00080018"
+_STUDY_INSTANCES = "00201208"  # NumberOfStudyRelatedInstances
+
+# As stored: no transcoding on the server, the pipeline reads every syntax it can.
+_ACCEPT_INSTANCE = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+# Multipart framing around one instance (boundaries, part headers) is far below this.
+_FRAMING_SLACK = 64 * 1024
+_MAX_RETRY_AFTER = 300.0  # seconds: a server asking for longer is not waited for
+
+
+class PullError(MedaiError):
+    """A pull that cannot go on: refused by the server, unreachable, or retries exhausted.
+
+    The message names the operation and the server (without credentials), never a
+    study or instance UID.
+    """
+
+
+class IncompleteResponse(Exception):
+    """An answer that ended before its end (a cut connection): worth retrying."""
+
+
+# -- URLs -------------------------------------------------------------------------------
+
+
+def redact_url(url: str) -> str:
+    """``url`` without credentials, query or fragment: what may be shown and stored."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"  # IPv6
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = f"{host}:{port}" if port else host
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+
+
+def _split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
+    """The URL without its ``user:password@`` part, and those credentials.
+
+    Raises
+    ------
+    PullError
+        When the URL is not an http(s) URL with a host, or carries a query.
+    """
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise PullError(
+            f"{redact_url(url)!r} is not a DICOMweb URL: give the service root, "
+            "e.g. http://pacs.example.org:8042/dicom-web"
+        )
+    try:
+        parts.port  # noqa: B018 - parsing it is the check
+    except ValueError:
+        raise PullError(f"{redact_url(url)!r} has an invalid port number") from None
+    if parts.query or parts.fragment:
+        raise PullError(
+            "the DICOMweb URL must not carry a query or fragment; "
+            "pass credentials with --token or --header"
+        )
+    auth = None
+    if parts.username is not None:
+        auth = (unquote(parts.username), unquote(parts.password or ""))
+    return redact_url(url.strip()), auth
+
+
+# -- retries ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential back-off with jitter for transient failures.
+
+    Attempt ``n`` (from 1) that fails waits between half and all of
+    ``min(max_delay, base_delay * 2**(n - 1))`` seconds (the random half spreads
+    clients that failed together), or longer when the server's ``Retry-After``
+    asks so (up to five minutes).
+
+    Parameters
+    ----------
+    max_attempts
+        Attempts per request before the pull stops, the first one included.
+    base_delay, max_delay
+        Seconds; see above.
+    """
+
+    max_attempts: int = 6
+    base_delay: float = 1.0
+    max_delay: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1 or self.base_delay < 0 or self.max_delay < 0:
+            raise ValueError("max_attempts must be >= 1 and the delays >= 0")
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait after failed attempt ``attempt`` (1 for the first)."""
+        ceiling = min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1))
+        wait = ceiling / 2 + random.uniform(0, ceiling / 2)  # jitter: no secrecy needed
+        if retry_after is not None:
+            wait = max(wait, min(retry_after, _MAX_RETRY_AFTER))
+        return wait
+
+
+def _retry_after(response: requests.Response | None) -> float | None:
+    value = response.headers.get("Retry-After") if response is not None else None
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
+
+
+def _transient_status(status: int) -> bool:
+    return status == 429 or status >= 500
+
+
+_HINTS = {
+    400: "the server did not accept the query",
+    401: "authentication is required: pass --token or --header",
+    403: "access is denied to these credentials: check --token or --header",
+    404: "check that the URL is the DICOMweb root (e.g. http://host:8042/dicom-web)",
+}
+
+# Everything that means "the bytes did not (all) arrive": retried.
+_TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+    requests.exceptions.InvalidJSONError,  # a QIDO answer cut before its end
+    IncompleteResponse,
+)
+
+
+# -- WADO-RS answers --------------------------------------------------------------------
+
+
+def _content_type(value: str) -> tuple[str, dict[str, str]]:
+    message = email.message.Message()
+    message["Content-Type"] = value
+    params = {str(k).lower(): str(v) for k, v in message.get_params(failobj=[])[1:]}
+    return message.get_content_type(), params
+
+
+def part10_from_response(body: bytes, content_type: str) -> bytes:
+    """The one instance in a WADO-RS Retrieve Instance answer (PS3.18 8.6.1.1).
+
+    Parameters
+    ----------
+    body
+        The answer's body, as received.
+    content_type
+        Its ``Content-Type`` header: ``multipart/related`` with a boundary (or a
+        bare ``application/dicom``, which some servers send).
+
+    Returns
+    -------
+    bytes
+        The instance's Part 10 bytes.
+
+    Raises
+    ------
+    IncompleteResponse
+        When the body ends before the part's declared length, or before the
+        multipart closing delimiter: the download was cut.
+    PullError
+        When the answer is not one instance (another media type, no part, several).
+    """
+    media_type, params = _content_type(content_type)
+    if media_type == "application/dicom":
+        return body  # no framing to check: the HTTP layer checked Content-Length
+    boundary = params.get("boundary")
+    if media_type != "multipart/related" or not boundary:
+        raise PullError(f"the server answered an instance retrieval with {media_type!r}")
+    dash = b"--" + boundary.encode("ascii", "replace")
+    delimiter = b"\r\n" + dash
+    first = body.find(dash)
+    if first < 0 or (first > 0 and body.find(delimiter) != first - 2):
+        raise IncompleteResponse("no multipart boundary")
+    after_dash = first + len(dash)
+    if body[after_dash : after_dash + 2] == b"--":
+        raise PullError("the server answered an instance retrieval with no instance")
+    line_end = body.find(b"\r\n", after_dash)
+    headers_end = body.find(b"\r\n\r\n", line_end) if line_end >= 0 else -1
+    if headers_end < 0:
+        raise IncompleteResponse("part headers cut")
+    part = email.message_from_bytes(body[line_end + 2 : headers_end + 2])
+    start = headers_end + 4
+    declared = part.get("Content-Length")
+    if declared is not None and declared.strip().isdigit():
+        end = start + int(declared)
+        if len(body) < end + len(delimiter) + 2:
+            raise IncompleteResponse("part cut before its declared length")
+        if body[end : end + len(delimiter)] != delimiter:
+            raise PullError("the part's Content-Length does not match its content")
+    else:
+        end = body.find(delimiter, start)
+        if end < 0:
+            raise IncompleteResponse("part cut before its boundary")
+    closing = body[end + len(delimiter) : end + len(delimiter) + 2]
+    if len(closing) < 2:
+        raise IncompleteResponse("answer cut before its closing delimiter")
+    if closing != b"--":
+        raise PullError("the server answered an instance retrieval with several parts")
+    return body[start:end]
+
+
+# -- the remote archive -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RemoteStudy:
+    """A study found by QIDO-RS (original UID: never stored or logged)."""
+
+    uid: str
+    instances: int | None  # NumberOfStudyRelatedInstances, when the server gives it
+
+
+@dataclass(frozen=True)
+class RemoteInstance:
+    """An instance found by QIDO-RS (original UIDs: never stored or logged)."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+
+
+def _first(item: Mapping[str, Any], tag: str) -> Any:
+    values = item.get(tag, {}).get("Value") or [None]
+    return values[0]
+
+
+def _count(item: Mapping[str, Any], tag: str) -> int | None:
+    try:
+        return int(_first(item, tag))
+    except (TypeError, ValueError):
+        return None
+
+
+def _date_range(since: dt.date, until: dt.date | None) -> str:
+    return f"{since:%Y%m%d}-{until:%Y%m%d}" if until else f"{since:%Y%m%d}-"
+
+
+class DicomwebSource:
+    """A site's DICOMweb archive, every request retried per :class:`RetryPolicy`.
+
+    Parameters
+    ----------
+    url
+        The DICOMweb root (``http://host:8042/dicom-web``); ``user:password@``
+        in it becomes HTTP basic authentication.
+    headers
+        Extra request headers (e.g. ``Authorization``).
+    retry
+        The retry policy.
+    timeout
+        Seconds to connect, and to wait for each read.
+    page_size
+        QIDO-RS ``limit``: results asked for per request.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: tuple[float, float] = (10.0, 120.0),
+        page_size: int = 200,
+    ) -> None:
+        self.url, auth = _split_credentials(url)
+        self.retry = retry or RetryPolicy()
+        self.timeout = timeout
+        self.page_size = page_size
+        self.retries = 0
+        self.reached = False  # whether the archive ever answered (for error messages)
+        self.session = requests.Session()
+        if auth is not None:
+            self.session.auth = auth
+        try:
+            self.client = DICOMwebClient(
+                url=self.url,
+                session=self.session,
+                headers=dict(headers or {}),
+                timeout=timeout,
+                # Real archives hold non-conformant UIDs; refusing them would stall the pull.
+                permissive_uid=True,
+            )
+        except ValueError:
+            self.session.close()
+            raise PullError(f"dicomweb-client cannot use the URL {self.url}") from None
+        self.client.set_http_retry_params(retry=False)  # ours has jitter and more causes
+
+    def close(self) -> None:
+        self.session.close()
+
+    # -- QIDO-RS ------------------------------------------------------------------------
+
+    def studies(self, since: dt.date, until: dt.date | None) -> list[RemoteStudy]:
+        """Every study with a StudyDate in the window, each once."""
+        items = self._paged(
+            lambda offset, limit: self.client.search_for_studies(
+                search_filters={"StudyDate": _date_range(since, until)},
+                fields=["NumberOfStudyRelatedInstances"],
+                offset=offset,
+                limit=limit,
+            ),
+            key=_STUDY_UID,
+            what="study search",
+        )
+        return [RemoteStudy(str(_first(i, _STUDY_UID)), _count(i, _STUDY_INSTANCES)) for i in items]
+
+    def instances(self, study: RemoteStudy) -> list[RemoteInstance]:
+        """Every instance of ``study``, each once."""
+        items = self._paged(
+            lambda offset, limit: self.client.search_for_instances(
+                study_instance_uid=study.uid, offset=offset, limit=limit
+            ),
+            key=_SOP_UID,
+            what="instance search",
+            expected=study.instances,
+        )
+        if all(_first(item, _SERIES_UID) for item in items):
+            return [
+                RemoteInstance(study.uid, str(_first(i, _SERIES_UID)), str(_first(i, _SOP_UID)))
+                for i in items
+            ]
+        # Study-level instance answers must carry the series UID, but not every server
+        # sends it: fall back to series, then instances of each series.
+        found: list[RemoteInstance] = []
+        for series in self._paged(
+            lambda offset, limit: self.client.search_for_series(
+                study_instance_uid=study.uid, offset=offset, limit=limit
+            ),
+            key=_SERIES_UID,
+            what="series search",
+        ):
+            found += self._series_instances(study.uid, str(_first(series, _SERIES_UID)))
+        return found
+
+    def _series_instances(self, study_uid: str, series_uid: str) -> list[RemoteInstance]:
+        items = self._paged(
+            lambda offset, limit: self.client.search_for_instances(
+                study_instance_uid=study_uid,
+                series_instance_uid=series_uid,
+                offset=offset,
+                limit=limit,
+            ),
+            key=_SOP_UID,
+            what="instance search",
+        )
+        return [RemoteInstance(study_uid, series_uid, str(_first(i, _SOP_UID))) for i in items]
+
+    def _paged(
+        self,
+        search: Callable[[int, int], list[dict[str, Any]]],
+        *,
+        key: str,
+        what: str,
+        expected: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """All results of a QIDO-RS search, asking page after page.
+
+        A short page does not mean the end (servers cap answers below ``limit``):
+        only an empty page, a page with nothing new (a server ignoring ``offset``),
+        or having the ``expected`` count does.
+        """
+        seen: dict[str, dict[str, Any]] = {}
+        offset = 0
+        while expected is None or len(seen) < expected:
+            page = self._retrying(functools.partial(search, offset, self.page_size), what)
+            new = 0
+            for item in page:
+                uid = _first(item, key)
+                if uid and str(uid) not in seen:
+                    seen[str(uid)] = item
+                    new += 1
+            if not new:
+                break
+            offset += len(page)
+        return list(seen.values())
+
+    # -- WADO-RS ------------------------------------------------------------------------
+
+    def retrieve(self, instance: RemoteInstance, max_bytes: int) -> bytes | TooLarge:
+        """The instance's Part 10 bytes, complete; or why it is too large to take."""
+        url = "/".join(
+            (
+                self.url,
+                "studies",
+                quote(instance.study_uid, safe=""),
+                "series",
+                quote(instance.series_uid, safe=""),
+                "instances",
+                quote(instance.sop_uid, safe=""),
+            )
+        )
+        limit = max_bytes + _FRAMING_SLACK
+
+        def attempt() -> bytes | TooLarge:
+            with self.session.get(
+                url, headers={"Accept": _ACCEPT_INSTANCE}, stream=True, timeout=self.timeout
+            ) as response:
+                response.raise_for_status()
+                declared = response.headers.get("Content-Length", "")
+                if declared.isdigit() and int(declared) > limit:
+                    return TooLarge(f"the archive sent {declared} bytes, over the limit")
+                body = bytearray()
+                for chunk in response.iter_content(chunk_size=1024 * 1024):
+                    body += chunk
+                    if len(body) > limit:
+                        return TooLarge(f"the archive sent more than {max_bytes} bytes")
+                content_type = response.headers.get("Content-Type", "")
+            data = part10_from_response(bytes(body), content_type)
+            if len(data) > max_bytes:
+                return TooLarge(f"instance of {len(data)} bytes exceeds the limit of {max_bytes}")
+            return data
+
+        return self._retrying(attempt, "instance retrieval")
+
+    # -- retries ------------------------------------------------------------------------
+
+    def _retrying(self, operation: Callable[[], _T], what: str) -> _T:
+        """Run ``operation``, retrying transient failures; clear errors for the rest.
+
+        Exception texts are never shown: those of requests and dicomweb-client
+        quote URLs, and these URLs hold the archive's original UIDs.
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            retry_after = None
+            try:
+                result = operation()
+                self.reached = True
+                return result
+            except requests.HTTPError as exc:
+                self.reached = True
+                status = exc.response.status_code if exc.response is not None else 0
+                if not _transient_status(status):
+                    hint = _HINTS.get(status, "the request was refused")
+                    raise PullError(
+                        f"{self.url} answered the {what} with HTTP {status}: {hint}"
+                    ) from None
+                problem = f"HTTP {status}"
+                retry_after = _retry_after(exc.response)
+            except _TRANSIENT_ERRORS as exc:
+                problem = type(exc).__name__
+            except ValueError:
+                # dicomweb-client's own checks (UIDs, media types) quote the values.
+                raise PullError(f"{self.url} sent an unusable answer to the {what}") from None
+            if attempt >= self.retry.max_attempts:
+                tried = f"{problem} on each of {attempt} attempts"
+                if self.reached:
+                    raise PullError(f"the {what} at {self.url} kept failing ({tried})") from None
+                raise PullError(
+                    f"cannot reach {self.url} ({tried}): check the URL and the network"
+                ) from None
+            wait = self.retry.delay(attempt, retry_after)
+            self.retries += 1
+            logger.warning(
+                "%s failed (%s); retry %d of %d in %.1f s",
+                what,
+                problem,
+                attempt,
+                self.retry.max_attempts - 1,
+                wait,
+            )
+            time.sleep(wait)
+
+
+def quiet_identifying_loggers() -> None:
+    """Keep third-party debug logs, which quote request URLs (original UIDs), out of the log."""
+    for name, level in (("dicomweb_client", logging.WARNING), ("urllib3", logging.INFO)):
+        third_party = logging.getLogger(name)
+        if third_party.getEffectiveLevel() < level:
+            third_party.setLevel(level)
