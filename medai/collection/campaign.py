@@ -548,7 +548,14 @@ def stored_campaign(session: Session) -> CampaignDefinition:
     row = session.scalars(select(Campaign).order_by(Campaign.id)).first()
     if row is None:
         raise CampaignError("no campaign in this catalog: run `medai campaign init FILE` first")
-    return CampaignDefinition.model_validate(row.definition)
+    try:
+        return CampaignDefinition.model_validate(row.definition)
+    except ValidationError as exc:
+        # Set up by an older medai whose campaign file format has since changed.
+        raise CampaignError(
+            _format_errors("the campaign stored in the catalog", exc)
+            + "\nrun `medai campaign init FILE` again with the current campaign file"
+        ) from None
 
 
 def _unknown(session: Session, what: str) -> UnknownSite:

@@ -304,3 +304,15 @@ def test_cli_invalid_file_exits_2_naming_the_field(settings: Settings, tmp_path:
     assert "sites[1].ae_titles[1]: AE title longer than 16 characters" in result.output
     assert "medai campaign init" in result.output  # says what to do next
     assert not settings.resolved_key_file.exists()
+
+
+def test_a_stored_campaign_of_an_older_format_says_to_init_again(
+    settings: Settings, session: Session
+) -> None:
+    init_campaign(load_campaign(EXAMPLE), settings)
+    row = session.scalars(select(Campaign)).one()
+    row.definition = {**row.definition, "retired_option": True}
+    session.commit()
+    with pytest.raises(CampaignError, match="campaign init") as error:
+        stored_campaign(session)
+    assert "retired_option" in str(error.value)
