@@ -46,12 +46,14 @@ def _register_subapps() -> None:
     from medai.collection import cli as collection_cli
     from medai.collection import collect_cli, labels_cli
     from medai.dicom import cli as dicom_cli
+    from medai.serving import cli as serving_cli
 
     dicom_cli.register(app)
     demo.register(app)
     collection_cli.register(app)
     collect_cli.register(app)
     labels_cli.register(app)
+    serving_cli.register(app)
 
 
 _register_subapps()

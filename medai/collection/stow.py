@@ -1,0 +1,538 @@
+"""STOW-RS (PS3.18 10.5) without a web framework: the request body in, the response out.
+
+:func:`parse_multipart_related` splits a ``multipart/related; type="application/dicom"``
+body (RFC 2046 and RFC 2387) into its DICOM parts; :func:`store_instances` offers them
+to the :class:`~medai.collection.pipeline.IngestPipeline` as one batch and builds the
+Store Instances Response (PS3.18 10.5.3) as DICOM JSON. The web service
+(:mod:`medai.serving.dicomweb`) only reads the body, checks the caller and sends the
+:class:`StoreResult` back; this module imports no web framework.
+
+What the response may say: the SOP Class and SOP Instance UIDs of each part, exactly as
+the sender sent them (so it can match them to its own list), a PS3.18 failure reason code
+for each part not accepted, and medai's own reason code (``not-dicom``,
+``burned-in-annotation`` ...). Never any other value from a file: a UID is echoed only when
+it is a syntactically valid UID, so free text can never leak through a malformed one.
+The response has no Retrieve URL: medai does not serve instances back (it holds them
+de-identified, under other UIDs).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from io import BytesIO
+from typing import TYPE_CHECKING, Any, Final
+
+from medai.errors import MedaiError, UnknownSite
+
+if TYPE_CHECKING:
+    from medai.collection.pipeline import IngestPipeline
+
+__all__ = [
+    "FAILURE_CODES",
+    "MalformedMultipart",
+    "Part",
+    "PartIdentity",
+    "SOURCE",
+    "StoreResult",
+    "UnsupportedMediaType",
+    "check_content_type",
+    "identify_part",
+    "is_valid_uid",
+    "parse_content_type",
+    "parse_multipart_related",
+    "store_instances",
+]
+
+logger = logging.getLogger(__name__)
+
+SOURCE: Final = "stow-rs"
+DICOM_MEDIA_TYPE: Final = "application/dicom"
+RESPONSE_MEDIA_TYPE: Final = "application/dicom+json"
+
+# PS3.18 Table 10.5.3-2 (the Failure Reason values, from PS3.4 Annex B), per medai reason.
+OUT_OF_RESOURCES: Final = 0xA700  # refused: the catalog or the store failed; retry later
+DOES_NOT_MATCH: Final = 0xA900  # error: data set does not match (SOP class, target study)
+CANNOT_UNDERSTAND: Final = 0xC000  # error: cannot understand
+SYNTAX_NOT_SUPPORTED: Final = 0xC122  # referenced transfer syntax not supported
+PROCESSING_FAILURE: Final = 0x0110  # processing failure
+SOP_CLASS_NOT_SUPPORTED: Final = 0x0122  # referenced SOP class not supported
+
+FAILURE_CODES: Final[dict[str, int]] = {
+    "not-dicom": CANNOT_UNDERSTAND,
+    "truncated": CANNOT_UNDERSTAND,
+    "missing-attribute": DOES_NOT_MATCH,
+    "undecodable-transfer-syntax": SYNTAX_NOT_SUPPORTED,
+    "unsupported-object": SOP_CLASS_NOT_SUPPORTED,
+    # Policy refusals: sending the same instance again would not help, so not A700.
+    "burned-in-annotation": PROCESSING_FAILURE,
+    "cannot-deidentify": PROCESSING_FAILURE,
+    "too-large": PROCESSING_FAILURE,
+}
+# Not a quarantine reason: the part was refused before ingest (never in medai's custody).
+WRONG_STUDY: Final = "wrong-study"
+NOT_TAKEN: Final = "not-taken"  # the batch could not be recorded (catalog or store failure)
+
+# DICOM JSON tags of the Store Instances Response Module (PS3.18 Table 10.5.3-1).
+_FAILED_SOP_SEQUENCE: Final = "00081198"
+_REFERENCED_SOP_SEQUENCE: Final = "00081199"
+_REFERENCED_SOP_CLASS: Final = "00081150"
+_REFERENCED_SOP_INSTANCE: Final = "00081155"
+_FAILURE_REASON: Final = "00081197"
+
+_UID: Final = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+# RFC 2046 5.1.1: 1 to 70 characters from bchars, not ending in a space.
+_BOUNDARY: Final = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
+_RAW_START: Final = (b"\x08\x00", b"\x00\x08")  # group 0x0008, little or big endian
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_MAX_PART_HEADER_BYTES: Final = 16 * 1024
+_CRLF: Final = b"\r\n"
+
+
+class MalformedMultipart(MedaiError):
+    """The request body is not a well-formed multipart/related body (HTTP 400)."""
+
+
+class UnsupportedMediaType(MedaiError):
+    """The request or one of its parts is not ``application/dicom`` (HTTP 415)."""
+
+
+# -- multipart/related ----------------------------------------------------------------------
+
+
+def parse_content_type(value: str) -> tuple[str, dict[str, str]]:
+    """Split a Content-Type header into its lower-cased media type and its parameters.
+
+    Parameter names are lower-cased; values may be tokens or quoted strings (with
+    backslash escapes). A value such as ``application/dicom`` that is not a valid token
+    is accepted unquoted, as many clients send it.
+
+    Raises
+    ------
+    MalformedMultipart
+        When a parameter has no ``=`` or a quoted string is not closed.
+    """
+    media_type, _, rest = value.partition(";")
+    params: dict[str, str] = {}
+    i, n = 0, len(rest)
+    while i < n:
+        while i < n and rest[i] in " \t;":
+            i += 1
+        if i >= n:
+            break
+        eq = rest.find("=", i)
+        if eq < 0:
+            raise MalformedMultipart(
+                f"the Content-Type parameter {rest[i:].strip()!r} has no value"
+            )
+        name = rest[i:eq].strip().lower()
+        i = eq + 1
+        while i < n and rest[i] in " \t":
+            i += 1
+        if i < n and rest[i] == '"':
+            chars: list[str] = []
+            i += 1
+            while True:
+                if i >= n:
+                    raise MalformedMultipart(
+                        f"the Content-Type parameter {name!r} has an unterminated quoted value"
+                    )
+                if rest[i] == "\\" and i + 1 < n:
+                    chars.append(rest[i + 1])
+                    i += 2
+                elif rest[i] == '"':
+                    i += 1
+                    break
+                else:
+                    chars.append(rest[i])
+                    i += 1
+            params[name] = "".join(chars)
+        else:
+            end = rest.find(";", i)
+            end = n if end < 0 else end
+            params[name] = rest[i:end].strip()
+            i = end
+    return media_type.strip().lower(), params
+
+
+def _is_dicom_type(value: str) -> bool:
+    # A transfer-syntax parameter (PS3.18 8.7.3.5.2) may follow the media type.
+    media_type, _ = parse_content_type(value)
+    return media_type == DICOM_MEDIA_TYPE
+
+
+@dataclass(frozen=True)
+class Part:
+    """One body part: its headers (names lower-cased) and its content."""
+
+    headers: dict[str, str]
+    data: bytes
+
+
+def check_content_type(content_type: str) -> tuple[str, str | None]:
+    """Check a STOW-RS request's Content-Type before its body is read.
+
+    Returns
+    -------
+    (boundary, declared_type)
+        ``declared_type`` is the ``type`` parameter, or None when the request has none.
+
+    Raises
+    ------
+    UnsupportedMediaType
+        When the request is not ``multipart/related`` or its ``type`` is not
+        ``application/dicom``.
+    MalformedMultipart
+        When the boundary parameter is missing or invalid.
+    """
+    media_type, params = parse_content_type(content_type)
+    if media_type != "multipart/related":
+        raise UnsupportedMediaType(
+            f'STOW-RS takes multipart/related; type="{DICOM_MEDIA_TYPE}", not {media_type!r}'
+        )
+    declared = params.get("type")
+    if declared is not None and not _is_dicom_type(declared):
+        raise UnsupportedMediaType(
+            f'only type="{DICOM_MEDIA_TYPE}" parts are accepted (DICOM Part 10 files), '
+            f"not {declared!r}; send the instances as binary DICOM"
+        )
+    boundary = params.get("boundary")
+    if not boundary:
+        raise MalformedMultipart(
+            "the Content-Type has no boundary parameter; send "
+            'multipart/related; type="application/dicom"; boundary=...'
+        )
+    if not _BOUNDARY.fullmatch(boundary):
+        raise MalformedMultipart(
+            "the multipart boundary is not valid (1 to 70 characters, RFC 2046)"
+        )
+    return boundary, declared
+
+
+def parse_multipart_related(content_type: str, body: bytes) -> list[Part]:
+    """The DICOM parts of a STOW-RS request body.
+
+    Parameters
+    ----------
+    content_type
+        The request's Content-Type header, e.g.
+        ``multipart/related; type="application/dicom"; boundary=abc``.
+    body
+        The whole request body.
+
+    Returns
+    -------
+    list of Part
+        In request order; at least one.
+
+    Raises
+    ------
+    UnsupportedMediaType
+        When the request is not ``multipart/related``, its ``type`` is not
+        ``application/dicom``, or a part says it is something else. Without a ``type``
+        parameter every part must carry ``Content-Type: application/dicom`` itself.
+    MalformedMultipart
+        When the boundary is missing or invalid, the body does not start with it or
+        lacks the final ``--boundary--`` (e.g. an upload cut short), a part's header
+        block is malformed, or there are no parts.
+    """
+    boundary, declared = check_content_type(content_type)
+    # Offsets, not copies: each part's content is copied once, out of the body.
+    parts = [
+        _part(body, start, end, number)
+        for number, (start, end) in enumerate(_split(body, boundary), 1)
+    ]
+    if not parts:
+        raise MalformedMultipart("the request holds no parts: send at least one DICOM instance")
+    for number, part in enumerate(parts, 1):
+        part_type = part.headers.get("content-type")
+        if part_type is None and declared is None:
+            raise UnsupportedMediaType(
+                f"part {number} has no Content-Type and the request names no type: add "
+                f'type="{DICOM_MEDIA_TYPE}" to the request\'s Content-Type'
+            )
+        if part_type is not None and not _is_dicom_type(part_type):
+            raise UnsupportedMediaType(
+                f"part {number} is {parse_content_type(part_type)[0]!r}; only "
+                f"{DICOM_MEDIA_TYPE} parts are accepted"
+            )
+        encoding = part.headers.get("content-transfer-encoding", "binary").strip().lower()
+        if encoding not in {"binary", "8bit", "7bit"}:
+            raise MalformedMultipart(
+                f"part {number} uses Content-Transfer-Encoding {encoding!r}; send it as binary"
+            )
+    return parts
+
+
+def _split(body: bytes, boundary: str) -> list[tuple[int, int]]:
+    """Where the raw parts (headers and content) between the delimiters start and end."""
+    dash = b"--" + boundary.encode("ascii")
+    if body.startswith(dash) and _delimiter(body, dash, 0) == 0:
+        position = 0
+    else:
+        # A preamble (ignored) ends with the CRLF that belongs to the first delimiter.
+        found = _delimiter(body, _CRLF + dash, 0)
+        if found < 0:
+            if dash in body:
+                raise MalformedMultipart(
+                    "the boundary never stands on a line of its own: multipart lines "
+                    "must end with CRLF line breaks"
+                )
+            raise MalformedMultipart(
+                "the body does not contain the boundary given in the Content-Type"
+            )
+        position = found + len(_CRLF)
+    raw_parts: list[tuple[int, int]] = []
+    while True:
+        after = position + len(dash)
+        if body.startswith(b"--", after):
+            return raw_parts  # the close delimiter; an epilogue after it is ignored
+        # Transport padding (spaces, tabs) may follow a delimiter, then its CRLF.
+        line_end = body.find(_CRLF, after)
+        if line_end < 0 or body[after:line_end].strip(b" \t"):
+            raise MalformedMultipart("a boundary delimiter is not followed by a line break (CRLF)")
+        start = line_end + len(_CRLF)
+        found = _delimiter(body, _CRLF + dash, start)
+        if found < 0:
+            raise MalformedMultipart(
+                "the body ends without the closing boundary (--boundary--): the upload "
+                "was probably cut short; send it again"
+            )
+        raw_parts.append((start, found))
+        position = found + len(_CRLF)
+
+
+def _delimiter(body: bytes, needle: bytes, start: int) -> int:
+    """The next ``needle`` that really is a delimiter (followed by ``--``, padding or CRLF)."""
+    while True:
+        found = body.find(needle, start)
+        if found < 0:
+            return -1
+        after = body[found + len(needle) : found + len(needle) + 2]
+        if after in (b"--", _CRLF) or after[:1] in (b" ", b"\t"):
+            return found
+        start = found + 1
+
+
+def _part(body: bytes, start: int, end: int, number: int) -> Part:
+    """The part in ``body[start:end]``: its header fields, then its content."""
+    if body.startswith(_CRLF, start):
+        return Part({}, body[start + len(_CRLF) : end])  # no header fields at all
+    header_end = body.find(_CRLF + _CRLF, start, min(end, start + _MAX_PART_HEADER_BYTES))
+    if header_end < 0:
+        raise MalformedMultipart(
+            f"part {number} has no blank line (CRLF CRLF) ending its header fields"
+        )
+    headers: dict[str, str] = {}
+    last: str | None = None
+    for line in body[start:header_end].split(_CRLF):
+        text = line.decode("latin-1")
+        if text[:1] in (" ", "\t") and last is not None:
+            headers[last] += " " + text.strip()  # obsolete line folding
+            continue
+        name, colon, value = text.partition(":")
+        if not colon or not _TOKEN.fullmatch(name):
+            raise MalformedMultipart(f"part {number} has a malformed header field line")
+        last = name.lower()
+        headers[last] = value.strip()
+    return Part(headers, body[header_end + 2 * len(_CRLF) : end])
+
+
+# -- what the sender sent: the UIDs to reference in the response ----------------------------
+
+
+def is_valid_uid(value: str) -> bool:
+    """Whether ``value`` is a UID by PS3.5 9.1: digits and dots, at most 64 characters."""
+    return 0 < len(value) <= 64 and _UID.fullmatch(value) is not None
+
+
+@dataclass(frozen=True)
+class PartIdentity:
+    """The UIDs of a part as the sender sent them; None where unreadable or not a UID."""
+
+    sop_class_uid: str | None = None
+    sop_instance_uid: str | None = None
+    study_instance_uid: str | None = None
+
+
+def identify_part(data: bytes) -> PartIdentity:
+    """Read the SOP Class, SOP Instance and Study Instance UIDs of one part, if it has them.
+
+    Only these three elements are read; anything that fails gives None for what it could
+    not read (the pipeline decides what is wrong with the file).
+    """
+    from pydicom import dcmread
+    from pydicom.tag import Tag
+
+    # A Part 10 file, or a raw data set starting with a group 0x0008 element; anything
+    # else is left to the pipeline (pydicom would only warn about guessing at it).
+    if data[128:132] != b"DICM" and data[:4] != b"DICM" and data[:2] not in _RAW_START:
+        return PartIdentity()
+    try:
+        ds = dcmread(
+            BytesIO(data),
+            force=True,
+            stop_before_pixels=True,
+            specific_tags=[Tag(0x0008, 0x0016), Tag(0x0008, 0x0018), Tag(0x0020, 0x000D)],
+        )
+
+        def uid(keyword: str) -> str | None:
+            value = str(ds.get(keyword, "") or "").strip(" \x00")
+            return value if is_valid_uid(value) else None
+
+        return PartIdentity(uid("SOPClassUID"), uid("SOPInstanceUID"), uid("StudyInstanceUID"))
+    except Exception:  # noqa: BLE001 - anything may be offered; the pipeline judges it
+        return PartIdentity()
+
+
+# -- the store transaction and its response -------------------------------------------------
+
+
+@dataclass
+class StoreResult:
+    """The outcome of one STOW-RS request.
+
+    ``status`` is the HTTP status PS3.18 10.5.3 prescribes: 200 when every instance was
+    accepted (stored or already held), 202 when some were and some failed, 409 when
+    none was, 503 when the batch could not be recorded at all (retry it). ``body`` is the
+    Store Instances Response as DICOM JSON; ``warnings`` are HTTP Warning header values
+    naming medai's reason for each failed part (by its 1-based position in the request).
+    """
+
+    status: int
+    body: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    stored: int = 0
+    duplicate: int = 0
+    failed: int = 0
+
+
+def store_instances(
+    pipeline: IngestPipeline,
+    parts: Sequence[Part],
+    site: str,
+    *,
+    study_instance_uid: str | None = None,
+) -> StoreResult:
+    """Offer the parts of one request to ``pipeline`` and build the PS3.18 response.
+
+    Parameters
+    ----------
+    pipeline
+        An :class:`~medai.collection.pipeline.IngestPipeline` (its ``actor`` is what the
+        audit records name).
+    parts
+        From :func:`parse_multipart_related`.
+    site
+        The campaign site the request comes from (already checked).
+    study_instance_uid
+        The study of the target resource (``POST /studies/{study}``): a part whose
+        readable StudyInstanceUID differs is refused with 0xA900 and not ingested, so
+        it stays with its sender. A part whose study cannot be read is offered anyway
+        (the pipeline quarantines what it cannot understand).
+
+    Returns
+    -------
+    StoreResult
+        Parts that ended ``stored`` or ``duplicate`` are referenced; ``quarantined``
+        ones are failed (they are in medai's custody, but were not accepted). If the
+        batch could not be recorded (a catalog or store error) every offered part is
+        failed with 0xA700 and the status is 503: nothing was accepted, send it again.
+
+    Raises
+    ------
+    UnknownSite
+        When ``site`` is not a site of the campaign (nothing is recorded).
+    """
+    from medai.collection.pipeline import Offer
+
+    identities = [identify_part(part.data) for part in parts]
+    refused = {
+        index
+        for index, identity in enumerate(identities)
+        if study_instance_uid is not None
+        and identity.study_instance_uid is not None
+        and identity.study_instance_uid != study_instance_uid
+    }
+    offered = [index for index in range(len(parts)) if index not in refused]
+    offers = [Offer(parts[index].data, site, SOURCE) for index in offered]
+    reasons: dict[int, str] = dict.fromkeys(refused, WRONG_STUDY)
+    codes: dict[int, int] = dict.fromkeys(refused, DOES_NOT_MATCH)
+    accepted: dict[int, str] = {}
+    not_recorded = False
+    if offers:
+        try:
+            outcomes = pipeline.ingest_many(offers)
+        except UnknownSite:
+            raise
+        except Exception as exc:  # noqa: BLE001 - not in custody: the sender must retry
+            logger.error(
+                "could not take a STOW-RS batch from %s into custody: %s", site, type(exc).__name__
+            )
+            not_recorded = True
+            for index in offered:
+                reasons[index], codes[index] = NOT_TAKEN, OUT_OF_RESOURCES
+        else:
+            for index, outcome in zip(offered, outcomes, strict=True):
+                if outcome.kind == "quarantined":
+                    reason = outcome.reason_code or "rejected"
+                    reasons[index] = reason
+                    codes[index] = FAILURE_CODES.get(reason, PROCESSING_FAILURE)
+                else:
+                    accepted[index] = outcome.kind
+
+    referenced = [_sop_item(identities[i]) for i in range(len(parts)) if i in accepted]
+    failed = [
+        _sop_item(identities[i]) | {_FAILURE_REASON: {"vr": "US", "Value": [codes[i]]}}
+        for i in range(len(parts))
+        if i in codes
+    ]
+    body: dict[str, Any] = {}
+    if failed:
+        body[_FAILED_SOP_SEQUENCE] = {"vr": "SQ", "Value": failed}
+    if referenced:
+        body[_REFERENCED_SOP_SEQUENCE] = {"vr": "SQ", "Value": referenced}
+    if not_recorded:
+        status = 503
+    elif not failed:
+        status = 200
+    elif referenced:
+        status = 202
+    else:
+        status = 409
+    kinds = list(accepted.values())
+    return StoreResult(
+        status=status,
+        body=body,
+        warnings=_warnings(reasons),
+        stored=kinds.count("stored"),
+        duplicate=kinds.count("duplicate"),
+        failed=len(failed),
+    )
+
+
+def _sop_item(identity: PartIdentity) -> dict[str, Any]:
+    """A sequence item referencing one instance (UIDs left empty when unknown)."""
+
+    def element(uid: str | None) -> dict[str, Any]:
+        return {"vr": "UI", "Value": [uid]} if uid else {"vr": "UI"}
+
+    return {
+        _REFERENCED_SOP_CLASS: element(identity.sop_class_uid),
+        _REFERENCED_SOP_INSTANCE: element(identity.sop_instance_uid),
+    }
+
+
+def _warnings(reasons: dict[int, str]) -> list[str]:
+    """One HTTP Warning value per reason: ``299 medai "<reason>: parts 2, 5"``."""
+    by_reason: dict[str, list[int]] = {}
+    for index in sorted(reasons):
+        by_reason.setdefault(reasons[index], []).append(index + 1)
+    values = []
+    for reason, numbers in sorted(by_reason.items()):
+        shown = ", ".join(map(str, numbers[:50])) + (" ..." if len(numbers) > 50 else "")
+        noun = "part" if len(numbers) == 1 else "parts"
+        values.append(f'299 medai "{reason}: {noun} {shown}"')
+    return values

@@ -1,0 +1,247 @@
+"""STOW-RS: sites push DICOM over HTTP (PS3.18 10.5), a steward key per sending system.
+
+``POST /dicomweb/studies`` and ``POST /dicomweb/studies/{study}`` take
+``multipart/related; type="application/dicom"; boundary=...`` and answer the PS3.18
+Store Instances Response as ``application/dicom+json``: 200 all accepted, 202 some
+failed, 409 none accepted, 503 nothing could be recorded (send it again); 400 for a
+malformed body or a missing/unknown site, 413 for a body over ``max_request_bytes``,
+415 for anything but binary DICOM parts.
+
+**The site.** Every upload names the campaign site it comes from, with the query
+parameter ``?site=<site id>`` (``store_instances(..., additional_params={"site": ...})``
+in dicomweb-client) or, for clients that only take a base URL and headers (Orthanc's
+DICOMweb plugin), the header ``Medai-Site: <site id>``. Unknown or missing sites are
+refused with 400 naming the campaign's sites. Keys are not bound to sites: one steward
+key may serve a site's several sending systems, or a regional PACS sending for several.
+
+The body is held in memory only (never spooled to disk: it holds PHI), parsed and
+ingested in worker threads. Each part goes through the ingest pipeline (source
+``stow-rs``) in one batch; the audit records of the batch name the caller's key
+(``apikey:<name>``). An upload cut short never reaches the pipeline, so it records
+nothing: sending it again is all a site has to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
+from fastapi.responses import Response
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
+
+from medai.catalog.db import session_factory
+from medai.catalog.models import Site
+from medai.collection.stow import (
+    RESPONSE_MEDIA_TYPE,
+    MalformedMultipart,
+    Part,
+    StoreResult,
+    UnsupportedMediaType,
+    check_content_type,
+    is_valid_uid,
+    parse_multipart_related,
+    store_instances,
+)
+from medai.errors import CampaignError, KeyFileError, UnknownSite
+from medai.serving.auth import Caller, require_role
+from medai.serving.context import Service, ServiceDep
+from medai.serving.limits import RequestTooLarge
+
+__all__ = ["SITE_HEADER", "router"]
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
+
+SITE_HEADER = "Medai-Site"
+# The rest of an unread body cannot be skipped cheaply: end the connection after the answer.
+_CLOSE = {"Connection": "close"}
+_STOW_RESPONSES: dict[int | str, dict[str, object]] = {
+    200: {"description": "Every instance was stored (or was already held)"},
+    202: {"description": "Some instances were stored, others failed (FailedSOPSequence)"},
+    400: {"description": "Malformed multipart body, or a missing or unknown site"},
+    408: {"description": "The upload stalled: nothing was recorded, send it again"},
+    409: {"description": "No instance was accepted (FailedSOPSequence)"},
+    413: {"description": "The body is larger than MEDAI_MAX_REQUEST_BYTES"},
+    415: {"description": 'Not multipart/related; type="application/dicom"'},
+    503: {"description": "Nothing could be recorded (campaign not ready, catalog down): retry"},
+}
+
+
+def _site_ids(service: Service) -> list[str]:
+    reader = session_factory(service.engine.execution_options(sqlite_begin="DEFERRED"))
+    with reader() as session:
+        return list(session.scalars(select(Site.id).order_by(Site.id)))
+
+
+def upload_site(
+    service: ServiceDep,
+    site: Annotated[
+        str | None,
+        Query(description="The campaign site id the instances come from, e.g. site-a."),
+    ] = None,
+    site_header: Annotated[
+        str | None,
+        Header(alias=SITE_HEADER, description="The site id, for clients that cannot add a query."),
+    ] = None,
+) -> str:
+    """The campaign site an upload comes from (query ``site`` or header ``Medai-Site``)."""
+    named = {value.strip() for value in (site, site_header) if value and value.strip()}
+    try:
+        known = _site_ids(service)
+    except SQLAlchemyError:
+        raise HTTPException(503, detail="the catalog is unreachable; retry later") from None
+    if not known:
+        raise HTTPException(
+            503, detail="the campaign is not set up: run `medai campaign init FILE` first"
+        )
+    listed = ", ".join(known)
+    if not named:
+        raise HTTPException(
+            400,
+            detail=f"name the sending site with ?site=<site id> or the {SITE_HEADER} header; "
+            f"the campaign's sites are: {listed}",
+        )
+    if len(named) > 1:
+        raise HTTPException(400, detail=f"?site= and {SITE_HEADER} name different sites")
+    (chosen,) = named
+    if chosen not in known:
+        raise HTTPException(
+            400, detail=f"unknown site {chosen!r}; the campaign's sites are: {listed}"
+        )
+    return chosen
+
+
+Steward = Annotated[Caller, Depends(require_role("steward"))]
+UploadSite = Annotated[str, Depends(upload_site)]
+
+
+@router.post(
+    "/studies",
+    summary="STOW-RS: store instances of any studies",
+    response_class=Response,
+    responses=_STOW_RESPONSES,
+)
+async def store_studies(
+    request: Request, caller: Steward, site: UploadSite, service: ServiceDep
+) -> Response:
+    return await _stow(request, caller, site, service, study=None)
+
+
+@router.post(
+    "/studies/{study}",
+    summary="STOW-RS: store instances of one study (others fail with 0xA900)",
+    response_class=Response,
+    responses=_STOW_RESPONSES,
+)
+async def store_study(
+    request: Request,
+    study: Annotated[str, Path(description="The StudyInstanceUID every instance must have")],
+    caller: Steward,
+    site: UploadSite,
+    service: ServiceDep,
+) -> Response:
+    if not is_valid_uid(study):
+        raise HTTPException(400, detail="the study in the URL is not a valid UID")
+    return await _stow(request, caller, site, service, study=study)
+
+
+async def _stow(
+    request: Request, caller: Caller, site: str, service: Service, *, study: str | None
+) -> Response:
+    content_type = request.headers.get("content-type")
+    if not content_type:
+        raise HTTPException(
+            415,
+            detail='send Content-Type: multipart/related; type="application/dicom"; ...',
+            headers=_CLOSE,
+        )
+    try:
+        check_content_type(content_type)  # refuse before reading a body we cannot take
+    except UnsupportedMediaType as exc:
+        raise HTTPException(415, detail=str(exc), headers=_CLOSE) from None
+    except MalformedMultipart as exc:
+        raise HTTPException(400, detail=str(exc), headers=_CLOSE) from None
+
+    body = await _read_body(request, service.settings.max_request_bytes, service.body_idle_timeout)
+    try:
+        parts = await run_in_threadpool(parse_multipart_related, content_type, body)
+    except UnsupportedMediaType as exc:
+        raise HTTPException(415, detail=str(exc)) from None
+    except MalformedMultipart as exc:
+        raise HTTPException(400, detail=str(exc)) from None
+    del body  # the parts hold their own copies: do not keep the PHI twice
+
+    result = await run_in_threadpool(_ingest, service, caller, site, parts, study)
+    logger.info(
+        "STOW-RS from %s by %s: %d stored, %d duplicate, %d failed",
+        site,
+        caller.actor,
+        result.stored,
+        result.duplicate,
+        result.failed,
+    )
+    response = Response(
+        json.dumps(result.body), status_code=result.status, media_type=RESPONSE_MEDIA_TYPE
+    )
+    for warning in result.warnings:
+        response.headers.append("Warning", warning)
+    if result.status == 503:
+        response.headers["Retry-After"] = "30"
+    return response
+
+
+async def _read_body(request: Request, max_bytes: int, idle_timeout: float) -> bytes:
+    """The whole body, in memory; the limit is also enforced by BodyLimitMiddleware.
+
+    Nothing is offered to the pipeline unless the body arrives whole: an upload cut
+    short or stalled for ``idle_timeout`` seconds records nothing, and the sender has
+    to send it all again.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(stream), idle_timeout)
+        except StopAsyncIteration:
+            return b"".join(chunks)
+        except ClientDisconnect:
+            logger.info("a STOW-RS upload was cut short; nothing from it was recorded")
+            raise HTTPException(
+                400, detail="the upload was cut short; send it again", headers=_CLOSE
+            ) from None
+        except TimeoutError:
+            logger.info(
+                "a STOW-RS upload stalled for %.0f s; nothing from it was recorded", idle_timeout
+            )
+            raise HTTPException(
+                408,
+                detail=f"the upload stalled for {idle_timeout:.0f} s; send it again",
+                headers=_CLOSE,
+            ) from None
+        size += len(chunk)
+        if size > max_bytes:
+            raise RequestTooLarge(max_bytes)
+        chunks.append(chunk)
+
+
+def _ingest(
+    service: Service, caller: Caller, site: str, parts: list[Part], study: str | None
+) -> StoreResult:
+    try:
+        pipeline = service.pipeline(caller.actor)
+    except (CampaignError, KeyFileError) as exc:
+        raise HTTPException(503, detail=f"the service is not ready: {exc}") from None
+    except SQLAlchemyError:
+        raise HTTPException(503, detail="the catalog is unreachable; retry later") from None
+    try:
+        return store_instances(pipeline, parts, site, study_instance_uid=study)
+    except UnknownSite as exc:
+        raise HTTPException(400, detail=str(exc)) from None

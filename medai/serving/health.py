@@ -1,0 +1,81 @@
+"""``GET /healthz`` (the process is alive) and ``GET /readyz`` (it can do its work).
+
+Both are open (no API key), for load balancers and service managers. ``/readyz``
+answers 200 only when the catalog is reachable and migrated to the schema this code
+expects, a campaign is initialised in it and the campaign's key file is readable;
+otherwise 503 with ``{"status": "not-ready", "detail": "<what to do>"}``.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
+
+from medai.catalog.db import alembic_config, session_factory
+from medai.collection.campaign import stored_campaign
+from medai.collection.pseudonymize import load_key
+from medai.errors import MedaiError
+from medai.serving.context import Service, ServiceDep
+
+__all__ = ["readiness_problem", "router"]
+
+router = APIRouter(tags=["health"])
+
+
+@functools.cache
+def _schema_heads() -> frozenset[str]:
+    return frozenset(ScriptDirectory.from_config(alembic_config()).get_heads())
+
+
+def readiness_problem(service: Service) -> str | None:
+    """Why the service cannot take requests yet (a sentence saying what to do), or None."""
+    init_hint = "run `medai campaign init FILE`"
+    url = service.engine.url
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        if not Path(url.database).exists():
+            return f"there is no catalog database yet: {init_hint}"
+    reader = service.engine.execution_options(sqlite_begin="DEFERRED")
+    try:
+        with reader.connect() as connection:
+            revision = MigrationContext.configure(connection).get_current_revision()
+        if revision not in _schema_heads():
+            state = f"at revision {revision}" if revision else "empty"
+            return (
+                f"the catalog is not migrated ({state}; this medai expects "
+                f"{', '.join(sorted(_schema_heads()))}): {init_hint}"
+            )
+        with session_factory(reader)() as session:
+            stored_campaign(session)
+    except MedaiError as exc:
+        return str(exc)
+    except SQLAlchemyError as exc:
+        return f"the catalog database is unreachable ({type(exc).__name__}); check it is up"
+    try:
+        load_key(service.settings.resolved_key_file)
+    except MedaiError as exc:
+        return str(exc)
+    return None
+
+
+@router.get("/healthz", summary="The process is alive")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    summary="The catalog is reachable and migrated, and the campaign is initialised",
+    responses={503: {"description": "Not ready; `detail` says what to do"}},
+)
+def readyz(service: ServiceDep) -> JSONResponse:
+    # A plain function: FastAPI runs it in a worker thread, off the event loop.
+    problem = readiness_problem(service)
+    if problem is not None:
+        return JSONResponse({"status": "not-ready", "detail": problem}, status_code=503)
+    return JSONResponse({"status": "ready"})
