@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 ROUTER_MODULES: tuple[str, ...] = (
     "medai.serving.health",
     "medai.serving.dicomweb",
+    "medai.serving.dashboard",
 )
 
 

@@ -1,0 +1,136 @@
+"""Campaign progress for people and machines: the dashboard pages and the progress API.
+
+- ``GET /v1/campaign/progress``: the export document
+  (:class:`~medai.collection.progress.CampaignProgress`, JSON Schema in
+  ``collection/progress.schema.json``) for the city's monitoring system; steward key as
+  ``Authorization: Bearer``.
+- ``GET /dashboard``: the HTML dashboard for data stewards. A browser cannot send a
+  bearer header by itself, so ``/dashboard/login`` takes the steward key once and keeps
+  it in an HttpOnly, SameSite=Strict cookie; only these read-only dashboard pages accept
+  that cookie (never the routes that change data, so a cross-site form cannot use it).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy.exc import SQLAlchemyError
+
+from medai.catalog.db import session_factory
+from medai.collection.progress import CampaignProgress, compute_progress
+from medai.errors import MedaiError
+from medai.serving.auth import Caller, require_role
+from medai.serving.context import Service, ServiceDep
+from medai.serving.dashboard_page import render_dashboard, render_login
+from medai.serving.keys import authenticate_key, role_grants
+
+__all__ = ["COOKIE", "router"]
+
+router = APIRouter(tags=["campaign"])
+COOKIE = "medai_dashboard_key"
+_COOKIE_MAX_AGE = 12 * 3600  # a working day; then the steward signs in again
+_LOGIN_BODY_LIMIT = 4096
+
+Steward = Annotated[Caller, Depends(require_role("steward"))]
+
+
+def _progress(service: Service, today: dt.date | None = None) -> CampaignProgress:
+    reader = session_factory(service.engine.execution_options(sqlite_begin="DEFERRED"))
+    try:
+        with reader() as session:
+            return compute_progress(session, today=today)
+    except MedaiError as exc:
+        raise HTTPException(409, detail=str(exc)) from None
+    except SQLAlchemyError:
+        raise HTTPException(503, detail="the catalog is unreachable; retry later") from None
+
+
+@router.get(
+    "/v1/campaign/progress",
+    response_model=CampaignProgress,
+    summary="Campaign progress and KPIs (the monitoring export)",
+)
+def campaign_progress(caller: Steward, service: ServiceDep) -> CampaignProgress:
+    """Progress per site and for the campaign, with a timestamp (``generated_at``).
+
+    The same document as ``medai campaign export --format json``; its JSON Schema is
+    ``collection/progress.schema.json``. Field names are stable within a
+    ``schema_version``.
+    """
+    return _progress(service)
+
+
+def _cookie_caller(request: Request, service: Service) -> Caller | None:
+    """The steward signed in with the dashboard cookie, or None."""
+    key = request.cookies.get(COOKIE)
+    if not key:
+        return None
+    try:
+        info = authenticate_key(service.engine, key)
+    except SQLAlchemyError:
+        raise HTTPException(503, detail="the catalog is unreachable; retry later") from None
+    if info is None or info.revoked or not role_grants(info.role, "steward"):
+        return None
+    return Caller(info.name, info.role)
+
+
+@router.get("/dashboard", response_class=HTMLResponse, summary="The campaign dashboard")
+def dashboard(request: Request, service: ServiceDep) -> Response:
+    """The dashboard page; without a valid steward cookie, a redirect to the sign-in page."""
+    caller = _cookie_caller(request, service)
+    if caller is None:
+        return RedirectResponse("/dashboard/login", status_code=303)
+    return HTMLResponse(
+        render_dashboard(_progress(service)),
+        headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"},
+    )
+
+
+@router.get("/dashboard/login", response_class=HTMLResponse, summary="Dashboard sign-in")
+def login_page() -> HTMLResponse:
+    """The form asking for a steward key (the page itself holds no data)."""
+    return HTMLResponse(render_login(), headers={"X-Frame-Options": "DENY"})
+
+
+@router.post("/dashboard/login", response_class=HTMLResponse, summary="Dashboard sign-in")
+async def login(request: Request, service: ServiceDep) -> Response:
+    """Check the posted key (form field ``key``); on success set the cookie and go on."""
+    body = await request.body()
+    if len(body) > _LOGIN_BODY_LIMIT:
+        return HTMLResponse(render_login("That is not an API key."), status_code=400)
+    key = parse_qs(body.decode("utf-8", "replace")).get("key", [""])[0].strip()
+    info = await run_in_threadpool(authenticate_key, service.engine, key) if key else None
+    if info is None or info.revoked:
+        return HTMLResponse(
+            render_login("Unknown or revoked key: check that it was copied whole."),
+            status_code=401,
+        )
+    if not role_grants(info.role, "steward"):
+        return HTMLResponse(
+            render_login(f"The key {info.name!r} has the {info.role} role: use a steward key."),
+            status_code=403,
+        )
+    response = RedirectResponse("/dashboard", status_code=303)
+    response.set_cookie(
+        COOKIE,
+        key,
+        max_age=_COOKIE_MAX_AGE,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        path="/dashboard",
+    )
+    return response
+
+
+@router.post("/dashboard/logout", summary="Dashboard sign-out")
+def logout() -> Response:
+    """Forget the dashboard cookie."""
+    response = RedirectResponse("/dashboard/login", status_code=303)
+    response.delete_cookie(COOKIE, path="/dashboard")
+    return response
