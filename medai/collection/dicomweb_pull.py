@@ -50,6 +50,7 @@ from medai.collection.dicomweb_archive import (
     RetryPolicy,
     quiet_identifying_loggers,
 )
+from medai.collection.labels import rematch_labels
 from medai.collection.pipeline import IngestPipeline, Offer, Outcome
 from medai.collection.pseudonymize import Pseudonymizer, load_key
 from medai.config import Settings, get_settings
@@ -446,3 +447,5 @@ def _finish_run(pull: _Pull, seconds: float) -> None:
                 "retries": summary.retries,
             },
         )
+        # Label-sheet rows imported before these images can find their studies now.
+        rematch_labels(session, actor="medai-pull")

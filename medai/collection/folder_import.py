@@ -24,6 +24,7 @@ from pathlib import Path
 from medai.catalog.db import session_factory
 from medai.catalog.models import ImportRun, utcnow
 from medai.collection.audit import append_audit, lock_audit_chain
+from medai.collection.labels import rematch_labels
 from medai.collection.pipeline import IngestPipeline, Offer, Outcome
 from medai.config import Settings, get_settings
 from medai.errors import MedaiError, Rejected, TooLarge
@@ -359,3 +360,5 @@ def _finish_run(pipeline: IngestPipeline, run_id: int, summary: ImportSummary) -
                 "quarantined": dict(summary.quarantined),
             },
         )
+        # Label-sheet rows imported before these images can find their studies now.
+        rematch_labels(session, actor="medai-import")

@@ -37,6 +37,7 @@ from starlette.requests import ClientDisconnect
 
 from medai.catalog.db import session_factory
 from medai.catalog.models import Site
+from medai.collection.labels import rematch_labels
 from medai.collection.stow import (
     RESPONSE_MEDIA_TYPE,
     MalformedMultipart,
@@ -242,6 +243,13 @@ def _ingest(
     except SQLAlchemyError:
         raise HTTPException(503, detail="the catalog is unreachable; retry later") from None
     try:
-        return store_instances(pipeline, parts, site, study_instance_uid=study)
+        result = store_instances(pipeline, parts, site, study_instance_uid=study)
     except UnknownSite as exc:
         raise HTTPException(400, detail=str(exc)) from None
+    try:
+        # Label-sheet rows imported before these images can find their studies now.
+        with session_factory(pipeline.engine).begin() as session:
+            rematch_labels(session, actor=caller.actor)
+    except SQLAlchemyError as exc:  # the instances are in custody; the next run re-matches
+        logger.warning("label re-match after STOW-RS failed: %s", type(exc).__name__)
+    return result

@@ -634,3 +634,20 @@ def test_cli_errors_exit_2_and_say_what_to_do(
     assert wrong_type.exit_code == 2 and "export the sheet as .csv" in wrong_type.output
     assert unknown_site.exit_code == 2 and "Give --site one of" in unknown_site.output
     assert helped.exit_code == 0 and "--site" in helped.output
+
+
+def test_a_folder_import_matches_the_sheet_imported_before_its_images(
+    settings: Settings, session: Session, synth: SynthResult
+) -> None:
+    """Receivers re-match at the end of their run: no manual `labels rematch` needed."""
+    from medai.collection.folder_import import import_path
+
+    pseudo = _pseudonymizer(settings)
+    sheet = import_label_sheet(synth.label_sheets["site-a"], "site-a")
+    assert sheet.counts.unmatched == sheet.rows > 0
+    site_root = synth.study_records[0].files[0].parents[0]
+    while site_root.name != "site-a":
+        site_root = site_root.parent
+    import_path(site_root, "site-a", settings=settings, workers=1)
+    assert _labels(session) == _truth(pseudo, _chest(synth, "site-a"))
+    assert set(_fresh(session).scalars(select(LabelRow.status))) == {"matched"}

@@ -275,3 +275,20 @@ def test_a_store_failure_takes_nothing_and_asks_for_a_resend(
     report = verify_collection(campaign)
     assert report.ok, report.problems
     assert report.events == {"stored": len(files), "duplicate": 1}
+
+
+def test_a_label_sheet_imported_before_the_upload_finds_its_studies(
+    campaign: Settings, client: TestClient, key: str, files: list[bytes], synth: SynthResult
+) -> None:
+    from medai.catalog.models import LabelRow, StudyLabel
+    from medai.collection.labels import import_label_sheet
+
+    sheet = import_label_sheet(synth.label_sheets["site-a"], "site-a", settings=campaign)
+    assert sheet.counts.unmatched == sheet.rows > 0
+    assert _post(client, key, files).status_code == 200
+    engine = create_engine_for(campaign.resolved_database_url)
+    with session_factory(engine)() as session:
+        statuses = set(session.scalars(select(LabelRow.status)))
+        labels = session.scalar(select(func.count()).select_from(StudyLabel))
+    engine.dispose()
+    assert statuses == {"matched"} and labels == 3 * sheet.rows
