@@ -44,7 +44,7 @@ def _register_subapps() -> None:
     # modules inside their bodies so that --help stays instant).
     from medai import demo
     from medai.collection import cli as collection_cli
-    from medai.collection import collect_cli, labels_cli
+    from medai.collection import collect_cli, labels_cli, snapshot_cli
     from medai.dicom import cli as dicom_cli
     from medai.serving import cli as serving_cli
 
@@ -53,6 +53,7 @@ def _register_subapps() -> None:
     collection_cli.register(app)
     collect_cli.register(app)
     labels_cli.register(app)
+    snapshot_cli.register(app)
     serving_cli.register(app)
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "QuarantineEntry",
     "Series",
     "Site",
+    "Snapshot",
     "Study",
     "StudyLabel",
     "UTCDateTime",
@@ -416,3 +417,27 @@ class LabelCount(Base):
     finding: Mapped[str] = mapped_column(String(64))
     labelled: Mapped[int] = mapped_column(BigInteger, default=0)
     positives: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Snapshot(Base):
+    """A frozen dataset: a manifest of de-identified instances with labels and splits.
+
+    Immutable once written. ``content_hash`` is the sha256 of the manifest's canonical
+    content (see :mod:`medai.collection.snapshots`), not of the parquet bytes, so it does
+    not depend on the parquet library's version. ``manifest_path`` is relative to the
+    medai home; ``query`` holds the resolved filters, ``counts`` the patients, studies and
+    instances per split, ``fractions`` the split fractions asked for.
+    """
+
+    __tablename__ = "snapshots"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    actor: Mapped[str] = mapped_column(String(128))
+    query: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    seed: Mapped[int] = mapped_column(Integer)
+    fractions: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    manifest_path: Mapped[str] = mapped_column(String(255))

@@ -1,0 +1,270 @@
+"""``medai snapshot``: freeze a labelled, split dataset from the catalog; list, show, export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+
+if TYPE_CHECKING:
+    from medai.collection.snapshots import SnapshotInfo
+
+__all__ = ["register", "snapshot_app"]
+
+snapshot_app = typer.Typer(
+    name="snapshot",
+    help="Dataset snapshots: freeze de-identified instances, labels and patient-level "
+    "train/val/test splits into a hashed manifest; list, show and export them.",
+    no_args_is_help=True,
+)
+
+# Exit status for a problem the user can fix (bad name, unknown site): as click uses for usage.
+EXIT_USER_ERROR = 2
+_SET_UP_HINT = "Is the catalog reachable and set up? Run `medai campaign init FILE` first."
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``snapshot`` sub-app to the root ``medai`` app."""
+    app.add_typer(snapshot_app, name="snapshot")
+
+
+def _fail(message: str, hint: str | None = None) -> NoReturn:
+    """Print ``message`` (and what to do) in red on stderr and exit with status 2."""
+    from rich.console import Console
+    from rich.text import Text
+
+    console = Console(stderr=True)
+    # Text, not markup: messages hold JSON and paths that rich would read as markup.
+    console.print(Text(f"error: {message}", style="red"), soft_wrap=True)
+    if hint:
+        console.print(Text(hint), soft_wrap=True)
+    raise typer.Exit(EXIT_USER_ERROR)
+
+
+def _print_json(data: Any) -> None:
+    # One line on stdout: the last line of the output is the JSON document.
+    typer.echo(json.dumps(data, sort_keys=True))
+
+
+def _run(action: str, call: Any) -> Any:
+    """Call ``call()``, turning medai and database errors into a clear message and exit 2."""
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    from medai.errors import MedaiError
+
+    try:
+        return call()
+    except MedaiError as exc:
+        _fail(str(exc))
+    except (OperationalError, ProgrammingError) as exc:
+        _fail(f"cannot {action} ({type(exc.orig).__name__})", _SET_UP_HINT)
+
+
+@snapshot_app.command("create")
+def create_command(
+    name: Annotated[
+        str,
+        typer.Option(
+            "--name",
+            help="New snapshot name: lower-case letters, digits, '-', '_' (e.g. chest-v1).",
+        ),
+    ],
+    site: Annotated[
+        list[str] | None,
+        typer.Option("--site", help="Only this campaign site (repeat for several); default all."),
+    ] = None,
+    modality: Annotated[
+        list[str] | None,
+        typer.Option("--modality", help="Only this modality, e.g. DX (repeatable); default all."),
+    ] = None,
+    body_part: Annotated[
+        str | None, typer.Option("--body-part", help="Only this body part, e.g. CHEST.")
+    ] = None,
+    finding: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--finding",
+            help="Label column to include (repeatable); default every finding of the campaign.",
+        ),
+    ] = None,
+    labelled_only: Annotated[
+        bool,
+        typer.Option(
+            "--labelled-only/--all-studies",
+            help="Take only studies with at least one non-conflicting label among the findings "
+            "(default), or every matching study (missing labels are <NA>). Labels flagged as "
+            "conflicts count as missing.",
+        ),
+    ] = True,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the patient split.")] = 0,
+    split: Annotated[
+        str,
+        typer.Option("--split", help="Train,val,test fractions of patients (sum 1)."),
+    ] = "0.7,0.15,0.15",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the snapshot record as one JSON line.")
+    ] = False,
+) -> None:
+    """Freeze a dataset: a parquet manifest, patient-level stratified splits and a content hash.
+
+    One manifest row per de-identified instance (pseudonymized ids, store key, site,
+    normalized metadata, one 0/1/<NA> column per finding, split). No patient is in two
+    splits; splits are stratified by site and positive findings. The same catalog, query and
+    seed always give the same content hash. Snapshots are immutable.
+    """
+    from medai.collection.snapshots import (
+        SnapshotError,
+        SnapshotQuery,
+        create_snapshot,
+        parse_fractions,
+    )
+
+    try:
+        fractions = parse_fractions(split)
+    except SnapshotError as exc:
+        _fail(str(exc))
+    query = SnapshotQuery(
+        sites=tuple(site or ()),
+        modalities=tuple(modality or ()),
+        body_part=body_part,
+        findings=tuple(finding or ()),
+        labelled_only=labelled_only,
+    )
+    info: SnapshotInfo = _run(
+        "create the snapshot",
+        lambda: create_snapshot(name, query, seed=seed, fractions=fractions),
+    )
+    if as_json:
+        _print_json(info.to_dict())
+        return
+    _print_info(info)
+
+
+@snapshot_app.command("list")
+def list_command(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the snapshots as one JSON line (a list).")
+    ] = False,
+) -> None:
+    """List the snapshots, oldest first."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from medai.collection.snapshots import list_snapshots
+
+    infos: list[SnapshotInfo] = _run("list the snapshots", list_snapshots)
+    if as_json:
+        _print_json([info.to_dict() for info in infos])
+        return
+    if not infos:
+        typer.echo("No snapshots yet: create one with `medai snapshot create --name NAME`.")
+        return
+    table = Table(title="Snapshots")
+    for column in ("Name", "Created", "Patients", "Studies", "Instances", "Hash"):
+        table.add_column(column)
+    for info in infos:
+        total = info.counts.get("total", {})
+        table.add_row(
+            info.name,
+            info.created_at.strftime("%Y-%m-%d %H:%M UTC"),
+            str(total.get("patients", "")),
+            str(total.get("studies", "")),
+            str(total.get("instances", "")),
+            info.content_hash[:12],
+        )
+    Console().print(table)
+
+
+@snapshot_app.command("show")
+def show_command(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The snapshot.")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the snapshot record as one JSON line.")
+    ] = False,
+) -> None:
+    """Show a snapshot: query, seed, split fractions, counts per split and content hash."""
+    from medai.collection.snapshots import get_snapshot
+
+    info: SnapshotInfo = _run("read the snapshot", lambda: get_snapshot(name))
+    if as_json:
+        _print_json(info.to_dict())
+        return
+    _print_info(info)
+
+
+@snapshot_app.command("export")
+def export_command(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The snapshot.")],
+    out_dir: Annotated[
+        Path, typer.Argument(metavar="DIR", help="A new or empty directory to write to.")
+    ],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the summary as one JSON line.")
+    ] = False,
+) -> None:
+    """Write a snapshot as a de-identified DICOM tree (patient/study/series) for sharing.
+
+    Beside the files: manifest.parquet (hash-checked), manifest.csv (with each file's path)
+    and snapshot.json (name, content hash, counts, query). Every file is checked against its
+    sha256 in the store while copying. Refuses a non-empty directory.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from medai.collection.snapshots import export_snapshot, get_snapshot
+
+    info: SnapshotInfo = _run("read the snapshot", lambda: get_snapshot(name))
+    total = int(info.counts.get("total", {}).get("instances", 0))
+    with Progress(
+        TextColumn("exporting"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        transient=True,
+        disable=as_json,
+    ) as bar:
+        task = bar.add_task("export", total=total)
+        result = _run(
+            "export the snapshot",
+            lambda: export_snapshot(
+                name, out_dir, progress=lambda done, _total: bar.update(task, completed=done)
+            ),
+        )
+    if as_json:
+        _print_json(result.to_dict())
+        return
+    typer.echo(
+        f"Exported snapshot {result.name}: {result.files} files, {result.bytes} bytes "
+        f"to {result.out_dir} (content hash {result.content_hash})"
+    )
+
+
+def _print_info(info: SnapshotInfo) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console()
+    console.print(Text.assemble(("Snapshot ", "bold"), (info.name, "bold cyan")))
+    console.print(Text(f"Created {info.created_at.isoformat()} by {info.actor}"))
+    console.print(Text(f"Content hash: {info.content_hash}"), soft_wrap=True)
+    console.print(Text(f"Manifest: {info.manifest}"), soft_wrap=True)
+    console.print(Text(f"Query: {json.dumps(info.query, sort_keys=True)}"), soft_wrap=True)
+    fractions = ", ".join(f"{k} {v:g}" for k, v in info.fractions.items())
+    console.print(Text(f"Seed {info.seed}; split fractions: {fractions}"))
+    findings = list(info.query.get("findings", []))
+    table = Table(title="Counts")
+    for column in ("Split", "Patients", "Studies", "Instances", *findings):
+        table.add_column(column)
+    for split, counts in info.counts.items():
+        positives = counts.get("positives", {})
+        table.add_row(
+            split,
+            str(counts["patients"]),
+            str(counts["studies"]),
+            str(counts["instances"]),
+            *(str(positives.get(f, 0)) for f in findings),
+        )
+    console.print(table)
+    if findings:
+        console.print(Text("Finding columns count positive studies.", style="dim"))
