@@ -98,44 +98,92 @@ def listen_command(
     port: int = typer.Option(11112, "--port", min=1, max=65535, help="TCP port to listen on."),
     ae_title: str = typer.Option("MEDAI", "--ae-title", help="medai's own AE title."),
     host: str = typer.Option("0.0.0.0", "--host", help="Address to bind."),
+    quiet_seconds: float | None = typer.Option(
+        None,
+        "--quiet-seconds",
+        min=0.001,
+        help="A study is complete after this long without a new instance "
+        "(default: MEDAI_STUDY_QUIET_SECONDS, 60).",
+    ),
+    drain_seconds: float = typer.Option(
+        30.0,
+        "--drain-seconds",
+        min=0.0,
+        help="On stop, how long associations in flight may take to finish before "
+        "they are aborted (their senders retry what was not acknowledged).",
+    ),
+    network_timeout: float = typer.Option(
+        60.0,
+        "--network-timeout",
+        min=0.1,
+        help="Abort an association idle, or stalled mid-message, for this many seconds.",
+    ),
 ) -> None:
     """Receive DICOM pushed by the sites' PACS (C-STORE SCP, with C-ECHO).
 
     The calling AE title names the site (see the campaign's sites); unknown callers
-    are rejected. Runs until Ctrl-C or SIGTERM, then finishes what is in flight.
+    are rejected. Studies are marked complete after a quiet period. Runs until
+    Ctrl-C or SIGTERM; then stops accepting, lets associations in flight finish
+    (up to --drain-seconds; a second Ctrl-C aborts them at once) and prints a summary.
     """
     import signal
     import threading
 
-    from medai.collection.cstore import build_storage_scp, site_by_ae_title
+    from medai.collection.cstore import StorageListener, site_by_ae_title
     from medai.collection.pipeline import IngestPipeline
+    from medai.config import get_settings
     from medai.errors import MedaiError
 
+    settings = get_settings()
     try:
-        pipeline = IngestPipeline.from_settings()
+        pipeline = IngestPipeline.from_settings(settings)
     except MedaiError as exc:
         _fail(str(exc))
     sites = site_by_ae_title(pipeline)
     if not sites:
         _fail("the campaign defines no AE titles: add them to the sites and run campaign init")
-    ae, handlers = build_storage_scp(pipeline, ae_title, sites)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    quiet = quiet_seconds if quiet_seconds is not None else settings.study_quiet_seconds
+    listener = StorageListener(
+        pipeline, ae_title, sites, quiet_seconds=quiet, network_timeout=network_timeout
+    )
+    stop, hurry = threading.Event(), threading.Event()
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        # The first signal starts the drain; a second one cuts it short.
+        (hurry if stop.is_set() else stop).set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
-        server = ae.start_server((host, port), block=False, evt_handlers=handlers)
+        listener.start(host, port)
     except OSError as exc:
         _fail(f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port")
-    assert server is not None  # block=False returns the running server
     console.print(
         f"listening as {ae_title} on {host}:{port} for "
         + ", ".join(f"{title} ({site})" for title, site in sorted(sites.items()))
+        + f"; studies complete after {quiet:g} s without new instances"
     )
-    try:
-        while not stop.wait(0.5):
-            pass
-    except KeyboardInterrupt:
+    while not stop.wait(0.5):
         pass
-    server.shutdown()
+    in_flight = len(listener.in_flight())
+    console.print(
+        f"stopping: no new associations; waiting up to {drain_seconds:g} s for "
+        f"{in_flight} in flight"
+    )
+    result = listener.stop(drain_seconds, hurry=hurry)
+    counts = listener.counts
+    if result.aborted:
+        console.print(
+            f"[yellow]aborted {result.aborted} association(s) still running after "
+            f"{result.seconds:.1f} s: their senders retry what was not acknowledged"
+        )
+    console.print(
+        f"{counts.associations} associations ({counts.rejected} rejected, "
+        f"{counts.aborted} aborted); {counts.instances} instances: {counts.stored} stored, "
+        f"{counts.duplicate} duplicate, {counts.quarantined} quarantined, "
+        f"{counts.failed} refused (not in custody); "
+        f"{listener.sweeper.completed} studies completed"
+    )
     console.print("listener stopped")
 
 

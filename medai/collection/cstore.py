@@ -6,23 +6,43 @@ rejected at association. Every received instance goes through
 duplicate or quarantined is in medai's custody, so the response is Success
 (PS3.4 B.2.3). Only when the instance could not be taken into custody at all (the
 catalog or the disk failed) is a failure status returned, so the sender retries.
+
+:class:`StorageListener` runs the SCP with a study-completion sweeper beside it
+and stops gracefully: it stops accepting associations, lets those in flight
+finish (up to a bound), then aborts the rest. An aborted instance was never
+acknowledged, so its sender retries it; one whose ingest had already committed
+becomes a harmless duplicate on that retry.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
+import threading
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.association import Association
 from pynetdicom.events import EventHandlerType
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import select
 
 from medai.catalog.db import session_factory
 from medai.catalog.models import Site
 from medai.collection.pipeline import IngestPipeline
+from medai.collection.study_completion import CompletionSweeper
 
-__all__ = ["SOURCE", "build_storage_scp", "site_by_ae_title"]
+__all__ = [
+    "SOURCE",
+    "DrainResult",
+    "ListenerCounts",
+    "StorageListener",
+    "build_storage_scp",
+    "site_by_ae_title",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +50,35 @@ SOURCE = "c-store"
 STATUS_SUCCESS = 0x0000
 # PS3.4 Table B.2-1: "Refused: Out of Resources" — the sender should retry later.
 STATUS_OUT_OF_RESOURCES = 0xA700
+MAX_ASSOCIATIONS = 16
+MAX_PDU_BYTES = 256 * 1024
+# Like Orthanc's DicomScpTimeout and pynetdicom's own default.
+DEFAULT_NETWORK_TIMEOUT = 60.0
+# After an abort, how long an association thread may take to finish the ingest it
+# was running (its commit decides whether the retry is a duplicate or a store).
+_ABORT_JOIN_SECONDS = 60.0
+
+
+class ListenerCounts:
+    """What a listener did since it started; updated from every association thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.associations = 0
+        self.rejected = 0
+        self.aborted = 0
+        self.stored = 0
+        self.duplicate = 0
+        self.quarantined = 0
+        self.failed = 0  # not taken into custody: answered Out of Resources
+
+    def add(self, name: str) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + 1)
+
+    @property
+    def instances(self) -> int:
+        return self.stored + self.duplicate + self.quarantined + self.failed
 
 
 def site_by_ae_title(pipeline: IngestPipeline) -> dict[str, str]:
@@ -40,9 +89,28 @@ def site_by_ae_title(pipeline: IngestPipeline) -> dict[str, str]:
 
 
 def build_storage_scp(
-    pipeline: IngestPipeline, ae_title: str, sites: Mapping[str, str]
+    pipeline: IngestPipeline,
+    ae_title: str,
+    sites: Mapping[str, str],
+    counts: ListenerCounts | None = None,
+    *,
+    network_timeout: float = DEFAULT_NETWORK_TIMEOUT,
 ) -> tuple[AE, list[EventHandlerType]]:
     """An AE accepting Verification and every storage SOP class from the campaign's AEs.
+
+    Parameters
+    ----------
+    pipeline
+        Where received instances go.
+    ae_title
+        medai's own AE title.
+    sites
+        Calling AE title → site id; other callers are rejected.
+    counts
+        Updated with every association and instance outcome, if given.
+    network_timeout
+        Seconds an association may stay idle, or a PDU stall half-received,
+        before the association is aborted.
 
     Returns
     -------
@@ -51,19 +119,41 @@ def build_storage_scp(
     """
     ae = AE(ae_title=ae_title)
     ae.require_calling_aet = sorted(sites)  # anyone else is rejected at association
-    ae.maximum_associations = 16
+    ae.maximum_associations = MAX_ASSOCIATIONS
+    ae.network_timeout = network_timeout
+    # Larger PDUs than pynetdicom's 16 KiB default: fewer PDUs to decode in Python
+    # per instance (dcmtk senders then use up to 128 KiB), still a bounded buffer.
+    ae.maximum_pdu_size = MAX_PDU_BYTES
     ae.add_supported_context(Verification)
     for context in AllStoragePresentationContexts:
         if context.abstract_syntax is not None:
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
 
+    def on_open(event: evt.Event) -> None:
+        wrapper = event.assoc.dul.socket
+        sock = wrapper.socket if wrapper is not None else None
+        if sock is None:  # already closed
+            return
+        # pynetdicom reads the rest of a PDU with a blocking recv() on the accepted
+        # socket, which has no timeout: a peer that vanishes mid-PDU without a FIN
+        # or RST (a dropped link, a NAT forgetting the flow) would hold the
+        # association thread forever. With a timeout the read fails, and the
+        # association is aborted; the sender retries what was not acknowledged.
+        sock.settimeout(network_timeout)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        # Responses are single small writes the sender waits for: send them at once.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def on_echo(event: evt.Event) -> int:
         return STATUS_SUCCESS
+
+    tally = counts or ListenerCounts()
 
     def on_store(event: evt.Event) -> int:
         calling = str(event.assoc.requestor.ae_title).strip()
         site = sites.get(calling)
         if site is None:  # the association check makes this unreachable; be safe anyway
+            tally.add("failed")
             return STATUS_OUT_OF_RESOURCES
         try:
             data = event.encoded_dataset(include_meta=True)
@@ -72,12 +162,127 @@ def build_storage_scp(
             logger.error(
                 "could not take an instance from %s into custody: %s", site, type(exc).__name__
             )
+            tally.add("failed")
             return STATUS_OUT_OF_RESOURCES
+        tally.add(outcome.kind)
         logger.debug("C-STORE from %s: %s", site, outcome.kind)
         return STATUS_SUCCESS
 
     handlers: list[EventHandlerType] = [
+        (evt.EVT_CONN_OPEN, on_open),
         (evt.EVT_C_ECHO, on_echo),
         (evt.EVT_C_STORE, on_store),
+        (evt.EVT_ACCEPTED, lambda _event: tally.add("associations")),
+        (evt.EVT_REJECTED, lambda _event: tally.add("rejected")),
+        (evt.EVT_ABORTED, lambda _event: tally.add("aborted")),
     ]
     return ae, handlers
+
+
+@dataclass(frozen=True)
+class DrainResult:
+    """How a listener's stop went."""
+
+    drained: int  # associations still in flight at the stop that then finished
+    aborted: int  # associations still in flight at the bound, aborted
+    seconds: float
+
+
+class StorageListener:
+    """The C-STORE SCP of ``medai collect listen``, with its completion sweeper.
+
+    Parameters
+    ----------
+    pipeline
+        Where received instances go.
+    ae_title
+        medai's own AE title.
+    sites
+        Calling AE title → site id (see :func:`site_by_ae_title`).
+    quiet_seconds
+        The study quiet period of the sweeper.
+    sweep_interval
+        Seconds between sweeps; default a quarter of the period, at most 5 s.
+    network_timeout
+        Seconds before an idle or stalled association is aborted.
+
+    Examples
+    --------
+    >>> listener = StorageListener(pipeline, "MEDAI", sites, quiet_seconds=60)  # doctest: +SKIP
+    >>> listener.start("0.0.0.0", 11112)  # doctest: +SKIP
+    >>> listener.stop(drain_seconds=30)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        pipeline: IngestPipeline,
+        ae_title: str,
+        sites: Mapping[str, str],
+        *,
+        quiet_seconds: float,
+        sweep_interval: float | None = None,
+        network_timeout: float = DEFAULT_NETWORK_TIMEOUT,
+    ) -> None:
+        self.counts = ListenerCounts()
+        self.ae, self._handlers = build_storage_scp(
+            pipeline, ae_title, sites, self.counts, network_timeout=network_timeout
+        )
+        self.sweeper = CompletionSweeper(pipeline.engine, quiet_seconds, interval=sweep_interval)
+        self._server: ThreadedAssociationServer | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (useful after starting on port 0)."""
+        assert self._server is not None, "not started"
+        return int(self._server.server_address[1])
+
+    def start(self, host: str, port: int) -> None:
+        """Bind and serve in background threads.
+
+        Raises
+        ------
+        OSError
+            When the address cannot be bound (e.g. the port is taken).
+        """
+        self._server = self.ae.start_server((host, port), block=False, evt_handlers=self._handlers)
+        self.sweeper.start()
+
+    def in_flight(self) -> list[Association]:
+        """The associations running now."""
+        return [] if self._server is None else list(self._server.active_associations)
+
+    def stop(self, drain_seconds: float, *, hurry: threading.Event | None = None) -> DrainResult:
+        """Stop accepting, drain in-flight associations, then sweep once more.
+
+        Parameters
+        ----------
+        drain_seconds
+            How long in-flight associations may take to finish; the rest are aborted.
+        hurry
+            When set during the drain (a second Ctrl-C), abort what is left at once.
+        """
+        started = time.monotonic()
+        assert self._server is not None, "not started"
+        # ThreadedAssociationServer.shutdown() only stops serve_forever and closes the
+        # listening socket (joining the short-lived threads that start associations):
+        # associations already running go on in their own daemon threads, which would
+        # die mid-instance when the interpreter exits. So they are awaited here.
+        self._server.shutdown()
+        pending = self.in_flight()
+        in_flight_at_stop = len(pending)
+        deadline = started + drain_seconds
+        while pending and time.monotonic() < deadline and not (hurry and hurry.is_set()):
+            time.sleep(0.05)
+            pending = [assoc for assoc in pending if assoc.is_alive()]
+        for assoc in pending:
+            # A-ABORT: the sender gets no response for the instance in progress and
+            # sends it again later.
+            assoc.abort()
+        for assoc in pending:
+            assoc.join(_ABORT_JOIN_SECONDS)
+        self.sweeper.stop(final_sweep=True)
+        return DrainResult(
+            drained=in_flight_at_stop - len(pending),
+            aborted=len(pending),
+            seconds=time.monotonic() - started,
+        )
