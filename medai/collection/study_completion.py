@@ -26,6 +26,7 @@ from sqlalchemy import ColumnElement, Engine, func, select, update
 from medai.catalog.db import session_factory
 from medai.catalog.models import Instance, Series, Study, utcnow
 from medai.collection.audit import AuditEntry, append_audit_many, lock_audit_chain
+from medai.collection.labels import rematch_labels
 
 __all__ = [
     "ACTION",
@@ -138,6 +139,8 @@ def complete_quiet_studies(
                 for study in completed
             ],
         )
+        # Label-sheet rows imported before these studies arrived can find them now.
+        rematch_labels(session, actor=actor)
     logger.info(
         "%d studies complete after %g s without new instances", len(completed), quiet_seconds
     )
