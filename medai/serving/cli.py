@@ -43,10 +43,14 @@ def serve_command(
         ),
     ] = 60.0,
 ) -> None:
-    """Run the web service: STOW-RS for the sites, health checks.
+    """Run the web service: STOW-RS for the sites, the campaign dashboard, health checks.
 
     GET /healthz and /readyz are open. Every other route needs the header
     'Authorization: Bearer <key>' (see `medai keys create`).
+
+    Dashboard: open http://HOST:PORT/dashboard in a browser and sign in with a
+    steward key. Progress as JSON for the monitoring system: GET
+    /v1/campaign/progress with a steward key.
 
     STOW-RS: POST /dicomweb/studies or /dicomweb/studies/{study} with a
     steward key, naming the sending site with ?site=<site id> or the
