@@ -47,6 +47,7 @@ def _register_subapps() -> None:
     from medai.collection import collect_cli, labels_cli, snapshot_cli
     from medai.dicom import cli as dicom_cli
     from medai.serving import cli as serving_cli
+    from medai.training import cli as training_cli
 
     dicom_cli.register(app)
     demo.register(app)
@@ -55,6 +56,7 @@ def _register_subapps() -> None:
     labels_cli.register(app)
     snapshot_cli.register(app)
     serving_cli.register(app)
+    training_cli.register(app)
 
 
 _register_subapps()

@@ -1,0 +1,355 @@
+"""The training loop: a model configuration in, the best network and its evaluation out.
+
+:func:`train` knows nothing of MLflow (:mod:`medai.training.tracking` wraps it), so a
+notebook calls the same function as ``medai train``.
+
+- Seeds: :func:`medai.training.transforms.seed_everything` before the network is built,
+  seeded transforms and shuffling (:mod:`medai.training.data`): one seed, one run.
+- Loss: binary cross-entropy on logits, masked where a label is unknown (NaN in the
+  manifest), averaged over the known labels of the batch.
+- AdamW, cosine annealing over the configured epochs (or a constant rate).
+- Mixed precision (float16 autocast with a gradient scaler) on CUDA only; on the CPU it
+  would be slower and change the numbers.
+- After each epoch: validation loss and macro AUROC (mean over labels with both classes in
+  the validation set). Early stopping watches the validation AUROC; when no label has
+  both classes there, it watches the validation loss instead. The best epoch's weights are
+  saved and restored.
+- Finally :func:`medai.training.evaluation.evaluate` on the best weights: thresholds from
+  validation, test AUROC with bootstrap CIs, pooled and per site, with plots.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from medai.config import Settings
+from medai.training.config import ModelConfig
+from medai.training.data import (
+    IMAGE_KEY,
+    LABEL_KEY,
+    SITE_KEY,
+    TrainingData,
+    build_training_data,
+)
+from medai.training.evaluation import EvaluationResult, auroc, evaluate
+from medai.training.networks import build_network
+from medai.training.transforms import seed_everything
+
+__all__ = ["EpochResult", "TrainResult", "masked_bce_with_logits", "predict", "train"]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "best.pt"
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    """What one epoch gave (``val_auroc`` is NaN when no label has both classes)."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_auroc: float
+    lr: float
+    seconds: float
+    best: bool
+
+    def metrics(self) -> dict[str, float]:
+        """``{name: value}`` for ``mlflow.log_metrics(..., step=epoch)`` (NaNs left out)."""
+        values = {
+            "train/loss": self.train_loss,
+            "val/loss": self.val_loss,
+            "val/auroc/macro": self.val_auroc,
+            "lr": self.lr,
+            "epoch_seconds": self.seconds,
+        }
+        return {k: v for k, v in values.items() if not math.isnan(v)}
+
+
+@dataclass
+class TrainResult:
+    """The outcome of :func:`train`.
+
+    Attributes
+    ----------
+    model
+        The network with the best epoch's weights, on the CPU, in eval mode; it returns
+        logits (apply a sigmoid for probabilities).
+    history
+        One :class:`EpochResult` per epoch run.
+    best_epoch
+        The epoch whose weights ``model`` holds.
+    stopped_early
+        Whether early stopping ended the run before the last epoch.
+    monitor
+        ``"val/auroc/macro"`` or ``"val/loss"`` (see the module docstring).
+    evaluation
+        The test evaluation of the best weights.
+    checkpoint
+        The best weights' state dict file.
+    run_dir
+        The folder of the checkpoint and plots.
+    snapshot
+        The snapshot's catalog record (name, content hash, counts).
+    example_input
+        The model's input example: two noise images, ``(2, 1, H, W)`` float32 in [0, 1].
+    """
+
+    config: ModelConfig
+    model: nn.Module
+    history: list[EpochResult]
+    best_epoch: int
+    stopped_early: bool
+    monitor: str
+    evaluation: EvaluationResult
+    checkpoint: Path
+    run_dir: Path
+    snapshot: dict[str, Any]
+    example_input: npt.NDArray[np.float32]
+    device: str = "cpu"
+
+
+def masked_bce_with_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy on logits, averaged over the known (non-NaN) targets.
+
+    A batch with no known target gives 0 (with a gradient), not NaN.
+    """
+    known = ~torch.isnan(targets)
+    losses = nn.functional.binary_cross_entropy_with_logits(
+        logits.float(), torch.nan_to_num(targets, nan=0.0), reduction="none"
+    )
+    return (losses * known).sum() / known.sum().clamp(min=1)
+
+
+def macro_auroc(y_true: npt.NDArray[np.float64], y_prob: npt.NDArray[np.float64]) -> float:
+    """Mean AUROC over the labels with both classes among the known values; NaN if none."""
+    values = []
+    for column in range(y_true.shape[1]):
+        known = ~np.isnan(y_true[:, column])
+        y = y_true[known, column]
+        if y.size and 0 < y.sum() < y.size:
+            values.append(auroc(y, y_prob[known, column]))
+    return float(np.mean(values)) if values else math.nan
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, loader: Any, device: torch.device
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], list[str], float]:
+    """Run ``model`` over ``loader``: labels, sigmoid probabilities, sites, mean masked loss."""
+    model.eval()
+    labels: list[npt.NDArray[np.float64]] = []
+    probs: list[npt.NDArray[np.float64]] = []
+    sites: list[str] = []
+    total, known = 0.0, 0
+    for batch in loader:
+        images = batch[IMAGE_KEY].to(device)
+        targets = batch[LABEL_KEY].to(device)
+        with _autocast(device):
+            logits = model(images)
+        mask = ~torch.isnan(targets)
+        total += float(masked_bce_with_logits(logits, targets)) * int(mask.sum())
+        known += int(mask.sum())
+        labels.append(targets.double().cpu().numpy())
+        probs.append(torch.sigmoid(logits.float()).double().cpu().numpy())
+        sites.extend(str(site) for site in batch.get(SITE_KEY, [""] * len(images)))
+    loss = total / known if known else math.nan
+    return np.concatenate(labels), np.concatenate(probs), sites, loss
+
+
+def _autocast(device: torch.device) -> Any:
+    # float16 autocast only on CUDA; elsewhere a no-op context.
+    return torch.autocast(
+        device_type=device.type, dtype=torch.float16, enabled=device.type == "cuda"
+    )
+
+
+def _device(requested: str | None) -> torch.device:
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _has_both_classes(records: list[dict[str, Any]], n_labels: int) -> bool:
+    if not records:
+        return False
+    y = np.stack([np.asarray(r[LABEL_KEY], dtype=np.float64) for r in records])
+    for column in range(n_labels):
+        known = y[~np.isnan(y[:, column]), column]
+        if known.size and 0 < known.sum() < known.size:
+            return True
+    return False
+
+
+def train(
+    config: ModelConfig,
+    settings: Settings | None = None,
+    progress: Callable[[EpochResult], None] | None = None,
+    *,
+    device: str | None = None,
+    run_dir: str | Path | None = None,
+    data: TrainingData | None = None,
+) -> TrainResult:
+    """Train the model of ``config`` on its snapshot and evaluate the best epoch.
+
+    Parameters
+    ----------
+    config
+        The model configuration (:func:`medai.training.config.load_model_config`).
+    settings
+        Where the catalog, store and cache are; :func:`medai.config.get_settings` if None.
+    progress
+        Called after each epoch with its :class:`EpochResult` (a progress bar, MLflow).
+    device
+        ``"cuda"``, ``"cpu"``...; CUDA when available if None.
+    run_dir
+        Folder for the checkpoint and plots; a new temporary folder if None.
+    data
+        Prebuilt datasets (:func:`medai.training.data.build_training_data`), e.g. to
+        reuse a memory cache across runs in a notebook.
+
+    Returns
+    -------
+    TrainResult
+    """
+    seed_everything(config.seed)
+    data = data or build_training_data(config, settings)
+    target = _device(device)
+    out_dir = (
+        Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="medai-train-"))
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = out_dir / CHECKPOINT_NAME
+    labels = config.data.labels
+
+    # Seed again right before building the network, so its initial weights do not depend
+    # on how much randomness building the data consumed.
+    seed_everything(config.seed)
+    model = build_network(
+        config.network.name,
+        num_labels=len(labels),
+        in_channels=1,
+        spatial_dims=len(config.transforms.image_size),
+        weights=config.weights_path(),
+        backbone_only=config.network.backbone_only,
+    ).to(target)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.optimizer.lr, weight_decay=config.optimizer.weight_decay
+    )
+    epochs = config.schedule.epochs
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+        if config.schedule.lr_schedule == "cosine"
+        else None
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=target.type == "cuda")
+    monitor = (
+        "val/auroc/macro" if _has_both_classes(data.records["val"], len(labels)) else "val/loss"
+    )
+    if monitor == "val/loss":
+        logger.warning("no label has both classes in the validation split; early stopping on loss")
+
+    history: list[EpochResult] = []
+    best_score, best_epoch, stale = -math.inf, 0, 0
+    stopped_early = False
+    for epoch in range(1, epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        total, count = 0.0, 0
+        lr = float(optimizer.param_groups[0]["lr"])
+        for batch in data.loaders["train"]:
+            images = batch[IMAGE_KEY].to(target, non_blocking=True)
+            targets = batch[LABEL_KEY].to(target, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            with _autocast(target):
+                logits = model(images)
+            loss = masked_bce_with_logits(logits, targets)
+            scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+            scaler.step(optimizer)
+            scaler.update()
+            total += float(loss.detach()) * len(images)
+            count += len(images)
+        if scheduler is not None:
+            scheduler.step()
+        val_true, val_prob, _, val_loss = predict(model, data.loaders["val"], target)
+        val_auc = macro_auroc(val_true, val_prob)
+        score = val_auc if monitor == "val/auroc/macro" else -val_loss
+        # NaN (e.g. an empty batch of known labels) never counts as an improvement.
+        improved = not math.isnan(score) and (best_epoch == 0 or score > best_score)
+        if improved:
+            best_score, best_epoch, stale = score, epoch, 0
+            torch.save(model.state_dict(), checkpoint)
+        else:
+            stale += 1
+        result = EpochResult(
+            epoch=epoch,
+            train_loss=total / max(count, 1),
+            val_loss=val_loss,
+            val_auroc=val_auc,
+            lr=lr,
+            seconds=time.perf_counter() - started,
+            best=improved,
+        )
+        history.append(result)
+        if progress is not None:
+            progress(result)
+        patience = config.schedule.patience
+        if patience and stale >= patience and epoch < epochs:
+            stopped_early = True
+            break
+
+    if best_epoch == 0:  # every epoch's score was NaN: keep the last weights
+        best_epoch = history[-1].epoch
+        torch.save(model.state_dict(), checkpoint)
+    model.load_state_dict(torch.load(checkpoint, map_location=target, weights_only=True))
+
+    val_true, val_prob, _, _ = predict(model, data.loaders["val"], target)
+    test_true, test_prob, test_sites, _ = predict(model, data.loaders["test"], target)
+    ev = config.evaluation
+    evaluation = evaluate(
+        labels,
+        val_true,
+        val_prob,
+        test_true,
+        test_prob,
+        test_sites=test_sites,
+        threshold_method=ev.threshold,
+        target_sensitivity=ev.target_sensitivity,
+        n_bootstrap=ev.n_bootstrap,
+        confidence=ev.confidence,
+        seed=config.seed,
+        plot_dir=out_dir / "plots",
+    )
+    # The input example MLflow stores with the model: noise of the input's shape and range,
+    # never a real image (pixels can carry burned-in identifiers). Two images, not one:
+    # MLflow exports the model with torch.export, which fixes a dimension of size 1 in the
+    # example to a constant; with 2 the batch dimension stays dynamic.
+    shape = (2, 1, *config.transforms.image_size)
+    example = np.random.default_rng(config.seed).random(shape, dtype=np.float32)
+    model = model.cpu().eval()
+    return TrainResult(
+        config=config,
+        model=model,
+        history=history,
+        best_epoch=best_epoch,
+        stopped_early=stopped_early,
+        monitor=monitor,
+        evaluation=evaluation,
+        checkpoint=checkpoint,
+        run_dir=out_dir,
+        snapshot=data.snapshot,
+        example_input=example,
+        device=str(target),
+    )

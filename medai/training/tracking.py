@@ -1,0 +1,353 @@
+"""Training runs tracked in MLflow: parameters, metrics, evaluation, the model, its version.
+
+:func:`train_tracked` runs :func:`medai.training.loop.train` inside an MLflow run of the
+experiment named after the model and logs:
+
+- parameters: the flattened configuration (``schedule.epochs``...), the snapshot's name,
+  content hash and split sizes; tags ``medai.snapshot`` / ``medai.snapshot_hash``;
+- the configuration file (``config/config.toml``) and the resolved configuration
+  (``config/resolved.json``) as artifacts;
+- per-epoch ``train/loss``, ``val/loss``, ``val/auroc/macro``, ``lr`` with ``step=epoch``;
+- the evaluation's metrics (``test/auroc/<label>``, ``test/auroc_low/<label>``...,
+  :meth:`EvaluationResult.metrics`), its table (``evaluation/test.csv``) and plots
+  (``plots/*.png``), and the epoch history (``evaluation/history.csv``);
+- the best network with :func:`mlflow.pytorch.log_model` as a ``torch.export`` program
+  (``pt2``: loading it executes no pickled code), with a signature whose batch dimension is
+  dynamic (``-1``) and an input example of two images (``torch.export`` would fix a batch
+  dimension of 1 in the example to a constant), registered as a new version of the registered
+  model ``config.name`` with the alias ``candidate``.
+
+Nothing identifying is logged: the snapshot holds pseudonymized data only, and what goes
+to MLflow is aggregated (counts, metrics, plots of pooled results) or configuration; the
+input example is noise of the input's shape, not an image.
+
+:func:`promote` moves the ``champion`` alias to a version whose run passes the gate:
+the lower confidence bound of the test AUROC of every label at least the configured
+``evaluation.min_auroc_ci_low``.
+
+The tracking URI is :attr:`medai.config.Settings.resolved_mlflow_tracking_uri` (default
+``sqlite:///$MEDAI_HOME/mlflow.db``, never MLflow's deprecated file store). With a local
+SQLite store, artifacts go to ``$MEDAI_HOME/mlartifacts`` rather than ``./mlruns`` of
+whatever directory the command ran in.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.pytorch
+import monai
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+
+from medai.config import Settings, get_settings
+from medai.errors import MedaiError
+from medai.training.config import ModelConfig, flatten
+from medai.training.data import build_training_data
+from medai.training.loop import EpochResult, TrainResult, train
+
+__all__ = [
+    "CANDIDATE_ALIAS",
+    "CHAMPION_ALIAS",
+    "GateFailure",
+    "PromotionRefused",
+    "PromotionResult",
+    "TrackedRun",
+    "check_gate",
+    "configure_mlflow",
+    "load_registered",
+    "promote",
+    "train_tracked",
+]
+
+CANDIDATE_ALIAS = "candidate"
+CHAMPION_ALIAS = "champion"
+MODEL_ARTIFACT = "model"
+GATE_PARAM = "evaluation.min_auroc_ci_low"
+LABELS_PARAM = "data.labels"
+
+
+@dataclass(frozen=True)
+class TrackedRun:
+    """A tracked training run: its MLflow ids and the training result."""
+
+    run_id: str
+    experiment_id: str
+    model_name: str
+    model_version: str
+    model_uri: str
+    result: TrainResult
+
+
+@dataclass(frozen=True)
+class GateFailure:
+    """One label that failed the promotion gate (``ci_low`` NaN: not measured)."""
+
+    label: str
+    ci_low: float
+    required: float
+
+    def __str__(self) -> str:
+        if math.isnan(self.ci_low):
+            return f"{self.label}: no test AUROC confidence interval was logged (one class only?)"
+        return (
+            f"{self.label}: lower CI bound of AUROC {self.ci_low:.3f} < {self.required:.3f} "
+            f"(short by {self.required - self.ci_low:.3f})"
+        )
+
+
+class PromotionRefused(MedaiError):
+    """The version does not pass the promotion gate."""
+
+    def __init__(self, name: str, version: str, failures: list[GateFailure]) -> None:
+        self.failures = failures
+        lines = "\n".join(f"  {failure}" for failure in failures)
+        super().__init__(f"{name} version {version} does not pass the promotion gate:\n{lines}")
+
+
+@dataclass(frozen=True)
+class PromotionResult:
+    """A promotion: the version now ``champion``, and the one it replaced (if any)."""
+
+    name: str
+    version: str
+    previous: str | None
+    ci_low: dict[str, float]
+    required: float
+
+
+def configure_mlflow(settings: Settings | None = None) -> str:
+    """Point MLflow (tracking and registry) at the settings' tracking URI and return it."""
+    settings = settings or get_settings()
+    uri = settings.resolved_mlflow_tracking_uri
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def _experiment_id(name: str, settings: Settings, uri: str) -> str:
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    location = None
+    if uri.startswith("sqlite:"):
+        # Without a location MLflow would put artifacts in ./mlruns of the current directory.
+        root = settings.resolved_home / "mlartifacts" / name
+        root.mkdir(parents=True, exist_ok=True)
+        location = root.as_uri()
+    return str(client.create_experiment(name, artifact_location=location))
+
+
+def _pip_requirements() -> list[str]:
+    # Given explicitly: MLflow would otherwise infer them by loading the model in a
+    # subprocess, which costs seconds per run.
+    return [
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"monai=={monai.__version__}",
+        f"mlflow=={mlflow.__version__}",
+        f"numpy=={np.__version__}",
+    ]
+
+
+def _log_epoch(result: EpochResult) -> None:
+    mlflow.log_metrics(result.metrics(), step=result.epoch)
+
+
+def train_tracked(
+    config: ModelConfig,
+    settings: Settings | None = None,
+    progress: Callable[[EpochResult], None] | None = None,
+    *,
+    device: str | None = None,
+) -> TrackedRun:
+    """Train ``config`` in a new MLflow run, log it, and register the model as ``candidate``.
+
+    Parameters
+    ----------
+    config, settings, progress, device
+        As :func:`medai.training.loop.train`.
+
+    Returns
+    -------
+    TrackedRun
+    """
+    settings = settings or get_settings()
+    # Load the snapshot first: a missing or altered one fails before an empty run is logged.
+    data = build_training_data(config, settings)
+    uri = configure_mlflow(settings)
+    experiment_id = _experiment_id(config.name, settings, uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+    def on_epoch(result: EpochResult) -> None:
+        _log_epoch(result)
+        if progress is not None:
+            progress(result)
+
+    with tempfile.TemporaryDirectory(prefix="medai-train-") as tmp:
+        work = Path(tmp)
+        with mlflow.start_run(experiment_id=experiment_id) as run:
+            run_id = run.info.run_id
+            mlflow.log_params(flatten(config))
+            mlflow.set_tags({"medai.model": config.name, "medai.snapshot": config.data.snapshot})
+            if config.source is not None and config.source.is_file():
+                mlflow.log_artifact(str(config.source), artifact_path="config")
+            resolved = work / "resolved.json"
+            resolved.write_text(json.dumps(config.model_dump(mode="json"), indent=2) + "\n")
+            mlflow.log_artifact(str(resolved), artifact_path="config")
+
+            result = train(
+                config, settings, on_epoch, device=device, run_dir=work / "run", data=data
+            )
+
+            snapshot = result.snapshot
+            counts = snapshot.get("counts", {})
+            mlflow.log_params(
+                {
+                    "snapshot.name": snapshot["name"],
+                    "snapshot.content_hash": snapshot["content_hash"],
+                    **{
+                        f"snapshot.{split}_instances": counts.get(split, {}).get("instances", "")
+                        for split in ("train", "val", "test")
+                    },
+                    "train.device": result.device,
+                    "train.monitor": result.monitor,
+                }
+            )
+            mlflow.set_tag("medai.snapshot_hash", snapshot["content_hash"])
+            mlflow.log_metrics(
+                {
+                    "best_epoch": float(result.best_epoch),
+                    "epochs_run": float(len(result.history)),
+                    **result.evaluation.metrics("test"),
+                }
+            )
+            tables = work / "evaluation"
+            tables.mkdir()
+            result.evaluation.table.to_csv(tables / "test.csv", index=False)
+            pd.DataFrame([vars(epoch) for epoch in result.history]).to_csv(
+                tables / "history.csv", index=False
+            )
+            mlflow.log_artifacts(str(tables), artifact_path="evaluation")
+            for path in result.evaluation.plots.values():
+                mlflow.log_artifact(str(path), artifact_path="plots")
+
+            example = result.example_input
+            with torch.no_grad():
+                output = result.model(torch.from_numpy(example)).numpy()
+            info = mlflow.pytorch.log_model(
+                result.model,
+                name=MODEL_ARTIFACT,
+                signature=infer_signature(example, output),
+                input_example=example,
+                registered_model_name=config.name,
+                # torch.export's program (MLflow's default outside Databricks): loading it
+                # runs no pickled code, unlike the "pickle" format.
+                serialization_format="pt2",
+                pip_requirements=_pip_requirements(),
+                metadata={
+                    "outputs": "logits; apply a sigmoid per label",
+                    "labels": list(config.data.labels),
+                },
+            )
+            version = str(info.registered_model_version)
+            client.set_registered_model_alias(config.name, CANDIDATE_ALIAS, version)
+            client.set_model_version_tag(
+                config.name, version, "medai.snapshot_hash", snapshot["content_hash"]
+            )
+            client.set_model_version_tag(
+                config.name, version, "medai.labels", ",".join(config.data.labels)
+            )
+    return TrackedRun(
+        run_id=run_id,
+        experiment_id=experiment_id,
+        model_name=config.name,
+        model_version=version,
+        model_uri=f"models:/{config.name}@{CANDIDATE_ALIAS}",
+        result=result,
+    )
+
+
+def check_gate(
+    metrics: dict[str, float], labels: list[str], required: float, prefix: str = "test"
+) -> tuple[dict[str, float], list[GateFailure]]:
+    """Each label's lower AUROC bound from logged ``metrics``, and the labels that fail."""
+    lows: dict[str, float] = {}
+    failures: list[GateFailure] = []
+    for label in labels:
+        low = float(metrics.get(f"{prefix}/auroc_low/{label}", math.nan))
+        lows[label] = low
+        if math.isnan(low) or low < required:
+            failures.append(GateFailure(label, low, required))
+    return lows, failures
+
+
+def promote(
+    name: str,
+    version: str | int,
+    settings: Settings | None = None,
+    *,
+    min_auroc_ci_low: float | None = None,
+) -> PromotionResult:
+    """Move the ``champion`` alias of ``name`` to ``version`` if its run passes the gate.
+
+    Parameters
+    ----------
+    name, version
+        The registered model and version.
+    settings
+        Where the tracking server is.
+    min_auroc_ci_low
+        The gate; by default the value the run was trained with
+        (``evaluation.min_auroc_ci_low``).
+
+    Raises
+    ------
+    PromotionRefused
+        A label's lower CI bound is below the gate (or missing); the alias is not moved.
+    mlflow.exceptions.MlflowException
+        No such model or version.
+    """
+    uri = configure_mlflow(settings)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    model_version = client.get_model_version(name, str(version))
+    if not model_version.run_id:
+        raise MedaiError(f"{name} version {version} has no training run to read the gate from")
+    run = client.get_run(model_version.run_id)
+    params = run.data.params
+    labels = [label for label in params.get(LABELS_PARAM, "").split(",") if label]
+    required = (
+        float(params.get(GATE_PARAM, "nan")) if min_auroc_ci_low is None else min_auroc_ci_low
+    )
+    if not labels or math.isnan(required):
+        raise MedaiError(f"run {model_version.run_id} of {name} version {version} logged no gate")
+    lows, failures = check_gate(dict(run.data.metrics), labels, required)
+    if failures:
+        raise PromotionRefused(name, str(version), failures)
+    previous: str | None
+    try:
+        previous = str(client.get_model_version_by_alias(name, CHAMPION_ALIAS).version)
+    except mlflow.exceptions.MlflowException:
+        previous = None
+    client.set_registered_model_alias(name, CHAMPION_ALIAS, str(version))
+    return PromotionResult(name, str(version), previous, lows, required)
+
+
+def load_registered(
+    name: str, alias: str = CANDIDATE_ALIAS, settings: Settings | None = None
+) -> Any:
+    """Load ``models:/<name>@<alias>`` as a torch module (for notebooks and checks)."""
+    configure_mlflow(settings)
+    return mlflow.pytorch.load_model(f"models:/{name}@{alias}")
