@@ -20,11 +20,8 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from medai.cli import app
-from medai.collection.labels import import_label_sheet
-from medai.collection.pipeline import IngestPipeline, Offer
-from medai.collection.snapshots import SnapshotQuery, create_snapshot
 from medai.config import Settings, get_settings
-from medai.dicom.synth import SynthResult, generate
+from medai.dicom.synth import SynthResult
 from medai.training.config import load_model_config
 from medai.training.data import make_dataset, make_loader
 from medai.training.loop import EpochResult, masked_bce_with_logits
@@ -37,41 +34,18 @@ from medai.training.tracking import (
     train_tracked,
 )
 from medai.training.transforms import TransformConfig, build_transforms
-from tests.utils.campaign import init_example_campaign
+from tests.utils.research import LABELS, build_tiny_catalog, tiny_model_config, tiny_synth
 
-LABELS = ("nodule", "effusion", "cardiomegaly")
 MODEL = "tiny-triage"
-# 20 radiograph studies of seed 1, with the fixed key below, split 50/25/25 give both classes
+# 20 radiograph studies of seed 1, with a fixed campaign key, split 50/25/25 give both classes
 # of every label in the validation and test splits (the assertions on the evaluation table
 # check it), and 9 training images: batches of 4, 4 and 1, the last dropped.
-CONFIG = f"""
-name = "{MODEL}"
-seed = 7
-[data]
-snapshot = "tiny"
-labels = {list(LABELS)!r}
-cache = "memory"
-[transforms]
-image_size = [32, 32]
-[network]
-name = "resnet18"
-[optimizer]
-lr = 1e-3
-[schedule]
-epochs = 2
-batch_size = 4
-patience = 0
-[evaluation]
-n_bootstrap = 50
-min_auroc_ci_low = 0.0
-"""
+CONFIG = tiny_model_config(MODEL, "tiny")
 
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory: pytest.TempPathFactory) -> SynthResult:
-    return generate(
-        tmp_path_factory.mktemp("synth"), studies=20, seed=1, image_size=32, ct_slices=0
-    )
+    return tiny_synth(tmp_path_factory.mktemp("synth"))
 
 
 @dataclass
@@ -90,23 +64,7 @@ def trained(
     monkeypatch.setenv("MEDAI_MLFLOW_TRACKING_URI", uri)
     get_settings.cache_clear()
     settings = settings.model_copy(update={"mlflow_tracking_uri": uri})
-    # A fixed campaign key: pseudonyms, hence the patient split, are the same every run.
-    key = settings.resolved_key_file
-    key.parent.mkdir(parents=True, exist_ok=True)
-    key.write_text("5e" * 32 + "\n", encoding="ascii")
-    key.chmod(0o600)
-    init_example_campaign(settings)
-    IngestPipeline.from_settings(settings).ingest_many(
-        [Offer(p.read_bytes(), r.site, "folder") for r in synth.study_records for p in r.files]
-    )
-    for site, sheet in synth.label_sheets.items():
-        import_label_sheet(sheet, site, settings=settings, actor="test")
-    create_snapshot(
-        "tiny",
-        SnapshotQuery(modalities=("CR", "DX")),
-        fractions=(0.5, 0.25, 0.25),
-        settings=settings,
-    )
+    build_tiny_catalog(settings, synth, "tiny")
     model_dir = tmp_path / "models" / MODEL
     model_dir.mkdir(parents=True)
     (model_dir / "config.toml").write_text(CONFIG, encoding="utf-8")
