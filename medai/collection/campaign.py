@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -20,6 +19,7 @@ from sqlalchemy import select
 from medai.catalog.models import Campaign, Site
 from medai.collection.campaign_setup import InitResult, init_campaign
 from medai.errors import CampaignError, UnknownSite
+from medai.tomlfile import format_validation_errors, read_toml
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -473,29 +473,6 @@ def _at(field: str, message: str) -> PydanticCustomError:
     return PydanticCustomError("campaign", "{message}", {"message": message, "field": field})
 
 
-def _field_path(loc: tuple[int | str, ...]) -> str:
-    path = ""
-    for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path
-
-
-def _format_errors(source: str, exc: ValidationError) -> str:
-    lines = []
-    for error in exc.errors(include_url=False, include_input=False):
-        loc = _field_path(tuple(error["loc"]))
-        extra = (error.get("ctx") or {}).get("field")
-        if extra:
-            loc = f"{loc}.{extra}" if loc and not extra.startswith("[") else loc + extra
-        message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "missing":
-            message = "required field is missing"
-        elif error["type"] == "extra_forbidden":
-            message = "unknown field (check its spelling)"
-        lines.append(f"{source}: {loc or '(top level)'}: {message}")
-    return "\n".join(lines)
-
-
 def load_campaign(path: Path | str) -> CampaignDefinition:
     """Read and validate a campaign TOML file.
 
@@ -516,22 +493,11 @@ def load_campaign(path: Path | str) -> CampaignDefinition:
         type or invalid; the message names the file and each bad field, e.g.
         ``collection/x.toml: sites[1].ae_titles[0]: AE title longer than 16 characters``.
     """
-    source = str(path)
-    try:
-        with Path(path).open("rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise CampaignError(f"{source}: no such campaign file") from None
-    except OSError as exc:
-        raise CampaignError(f"{source}: cannot read the file ({exc.strerror})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise CampaignError(f"{source}: TOML syntax error: {exc}") from None
-    except UnicodeDecodeError:
-        raise CampaignError(f"{source}: TOML syntax error: the file is not UTF-8") from None
+    data = read_toml(path, error=CampaignError, missing="no such campaign file")
     try:
         return CampaignDefinition.model_validate(data)
     except ValidationError as exc:
-        raise CampaignError(_format_errors(source, exc)) from None
+        raise CampaignError(format_validation_errors(str(path), exc)) from None
 
 
 # -- the campaign as set up in the catalog (by campaign_setup.init_campaign) -------------
@@ -553,7 +519,7 @@ def stored_campaign(session: Session) -> CampaignDefinition:
     except ValidationError as exc:
         # Set up by an older medai whose campaign file format has since changed.
         raise CampaignError(
-            _format_errors("the campaign stored in the catalog", exc)
+            format_validation_errors("the campaign stored in the catalog", exc)
             + "\nrun `medai campaign init FILE` again with the current campaign file"
         ) from None
 

@@ -9,10 +9,11 @@ import typer
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.text import Text
 
     from medai.collection.campaign import CampaignDefinition
     from medai.collection.campaign_setup import InitResult
-    from medai.collection.progress import CampaignProgress
+    from medai.collection.progress import CampaignProgress, SiteProgress
     from medai.errors import MedaiError
 
 __all__ = ["campaign_app", "register"]
@@ -222,31 +223,9 @@ def status_command(
     ):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for site in report.sites:
-        table.add_row(
-            f"{site.site}\n[dim]{site.name}",
-            Text(site.status, style=_STATUS_STYLE[site.status]),
-            _percent(site.progress),
-            _percent(site.expected_progress),
-            str(site.studies),
-            str(site.instances),
-            "-" if site.rate_7d is None else f"{site.rate_7d * 100:.1f}%/day",
-            "done" if site.completed else str(site.projected_completion or "-"),
-            f"{site.quarantined} ({site.rejection_rate * 100:.1f}%)",
-            f"{site.labelled_studies} ({site.label_coverage * 100:.0f}%)",
-        )
+        table.add_row(f"{site.site}\n[dim]{site.name}", *_kpi_cells(site))
     table.add_section()
-    table.add_row(
-        "[bold]campaign",
-        Text(report.status, style=_STATUS_STYLE[report.status]),
-        _percent(report.progress),
-        _percent(report.expected_progress),
-        str(report.studies),
-        str(report.instances),
-        "-" if report.rate_7d is None else f"{report.rate_7d * 100:.1f}%/day",
-        "done" if report.completed else str(report.projected_completion or "-"),
-        f"{report.quarantined} ({report.rejection_rate * 100:.1f}%)",
-        f"{report.labelled_studies} ({report.label_coverage * 100:.0f}%)",
-    )
+    table.add_row("[bold]campaign", *_kpi_cells(report))
     console.print(table)
     targets = Table(title="Targets")
     for column in ("Site", "Target", "Collected", "Goal", "Done"):
@@ -269,6 +248,23 @@ def status_command(
         )
     if report.late_sites:
         console.print(Text("Late: " + ", ".join(report.late_sites), style="bold red"))
+
+
+def _kpi_cells(part: SiteProgress | CampaignProgress) -> list[Text | str]:
+    """The status table's cells after the name, for a site or the whole campaign."""
+    from rich.text import Text
+
+    return [
+        Text(part.status, style=_STATUS_STYLE[part.status]),
+        _percent(part.progress),
+        _percent(part.expected_progress),
+        str(part.studies),
+        str(part.instances),
+        "-" if part.rate_7d is None else f"{part.rate_7d * 100:.1f}%/day",
+        "done" if part.completed else str(part.projected_completion or "-"),
+        f"{part.quarantined} ({part.rejection_rate * 100:.1f}%)",
+        f"{part.labelled_studies} ({part.label_coverage * 100:.0f}%)",
+    ]
 
 
 def _percent(value: float | None) -> str:

@@ -32,7 +32,6 @@ import datetime as dt
 import hashlib
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
@@ -51,7 +50,7 @@ from medai.collection.dicomweb_archive import (
     quiet_identifying_loggers,
 )
 from medai.collection.labels import rematch_labels
-from medai.collection.pipeline import IngestPipeline, Offer, Outcome
+from medai.collection.pipeline import IngestPipeline, Offer, Outcome, OutcomeCounts
 from medai.collection.pseudonymize import Pseudonymizer, load_key
 from medai.config import Settings, get_settings
 from medai.errors import TooLarge
@@ -138,8 +137,8 @@ def _previous_checkpoint(engine: Engine, site: str, pull: str) -> PullCheckpoint
 # -- the pull ---------------------------------------------------------------------------
 
 
-@dataclass
-class PullSummary:
+@dataclass(kw_only=True)
+class PullSummary(OutcomeCounts):
     """What one run of a pull did."""
 
     run_id: int
@@ -148,9 +147,6 @@ class PullSummary:
     studies_skipped: int = 0  # completed by an earlier run, unchanged since
     instances_found: int = 0  # listed in the studies this run looked into
     instances_skipped: int = 0  # already catalogued or quarantined: not downloaded
-    stored: int = 0
-    duplicate: int = 0
-    quarantined: Counter[str] = field(default_factory=Counter)
     retries: int = 0
     seconds: float = 0.0
     complete: bool = False
@@ -158,15 +154,7 @@ class PullSummary:
     @property
     def downloaded(self) -> int:
         """Instances fetched and offered to the pipeline (this run's inputs)."""
-        return self.stored + self.duplicate + sum(self.quarantined.values())
-
-    def add(self, outcome: Outcome) -> None:
-        if outcome.kind == "stored":
-            self.stored += 1
-        elif outcome.kind == "duplicate":
-            self.duplicate += 1
-        else:
-            self.quarantined[outcome.reason_code or "unknown"] += 1
+        return self.accounted
 
 
 class PullStopped(PullError):

@@ -15,17 +15,16 @@ import struct
 import threading
 import time
 import zipfile
-from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from medai.catalog.db import session_factory
 from medai.catalog.models import ImportRun, utcnow
 from medai.collection.audit import append_audit, lock_audit_chain
 from medai.collection.labels import rematch_labels
-from medai.collection.pipeline import IngestPipeline, Offer, Outcome
+from medai.collection.pipeline import IngestPipeline, Offer, Outcome, OutcomeCounts
 from medai.config import Settings, get_settings
 from medai.errors import MedaiError, Rejected, TooLarge
 
@@ -80,26 +79,15 @@ class InputRef:
         return f"{self.path}!{self.member}" if self.member else str(self.path)
 
 
-@dataclass
-class ImportSummary:
+@dataclass(kw_only=True)
+class ImportSummary(OutcomeCounts):
     run_id: int
     inputs: int
-    stored: int = 0
-    duplicate: int = 0
-    quarantined: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
 
     @property
     def offered(self) -> int:
-        return self.stored + self.duplicate + sum(self.quarantined.values())
-
-    def add(self, outcome: Outcome) -> None:
-        if outcome.kind == "stored":
-            self.stored += 1
-        elif outcome.kind == "duplicate":
-            self.duplicate += 1
-        else:
-            self.quarantined[outcome.reason_code or "unknown"] += 1
+        return self.accounted
 
 
 def _is_zip(path: Path) -> bool:

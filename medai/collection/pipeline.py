@@ -14,7 +14,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from sqlalchemy import insert, select, update
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
     from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["IngestPipeline", "Offer", "Outcome", "OutcomeKind"]
+__all__ = ["IngestPipeline", "Offer", "Outcome", "OutcomeCounts", "OutcomeKind"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,31 @@ class Outcome:
     @classmethod
     def quarantined(cls, reason_code: str, reason: str) -> Outcome:
         return cls("quarantined", None, reason_code, reason)
+
+
+@dataclass(kw_only=True)
+class OutcomeCounts:
+    """How many offered inputs ended stored, duplicate and quarantined (by reason code).
+
+    The tally every receiver keeps for its summary; subclass it for a run's other figures.
+    """
+
+    stored: int = 0
+    duplicate: int = 0
+    quarantined: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def accounted(self) -> int:
+        """Inputs with an outcome: stored + duplicate + quarantined."""
+        return self.stored + self.duplicate + sum(self.quarantined.values())
+
+    def add(self, outcome: Outcome) -> None:
+        if outcome.kind == "stored":
+            self.stored += 1
+        elif outcome.kind == "duplicate":
+            self.duplicate += 1
+        else:
+            self.quarantined[outcome.reason_code or "unknown"] += 1
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select
@@ -426,20 +426,12 @@ def compute_progress(session: Session, *, today: dt.date | None = None) -> Campa
         received = [day for key in keys for day, c in daily[key].items() if c[0]]
         quarantine = reasons.get(site.id, {})
         quarantined = sum(quarantine.values())
-        progress = sum(r.fraction for r in rows) / len(rows) if rows else None
-        by_day = _progress_by_day(rows, series, timeline)
-        rate, projected = _rate_and_projection(by_day, timeline)
-        expected = timeline.expected(timeline.today)
+        figures, _ = _plan_figures(rows, series, timeline)
         site_reports.append(
             SiteProgress(
                 site=site.id,
                 name=site.name,
-                status=_status(progress, expected, projected, timeline, rate),
-                progress=None if progress is None else round(progress, 6),
-                expected_progress=round(expected, 6),
-                rate_7d=None if rate is None else round(rate, 6),
-                projected_completion=projected,
-                completed=progress is not None and progress >= 1.0 - 1e-9,
+                **figures,
                 studies=studies,
                 instances=instances,
                 bytes=size,
@@ -457,6 +449,25 @@ def compute_progress(session: Session, *, today: dt.date | None = None) -> Campa
     return _campaign_report(definition, timeline, now, site_reports, all_rows, all_series)
 
 
+def _plan_figures(
+    rows: Sequence[TargetProgress], series: Sequence[dict[dt.date, int]], timeline: _Timeline
+) -> tuple[dict[str, Any], dict[dt.date, float]]:
+    """Progress against the plan (the fields sites and the campaign share) and by day."""
+    progress = sum(r.fraction for r in rows) / len(rows) if rows else None
+    by_day = _progress_by_day(rows, series, timeline)
+    rate, projected = _rate_and_projection(by_day, timeline)
+    expected = timeline.expected(timeline.today)
+    figures = {
+        "status": _status(progress, expected, projected, timeline, rate),
+        "progress": None if progress is None else round(progress, 6),
+        "expected_progress": round(expected, 6),
+        "rate_7d": None if rate is None else round(rate, 6),
+        "projected_completion": projected,
+        "completed": progress is not None and progress >= 1.0 - 1e-9,
+    }
+    return figures, by_day
+
+
 def _ratio(part: int, whole: int) -> float:
     return round(part / whole, 6) if whole else 0.0
 
@@ -469,10 +480,7 @@ def _campaign_report(
     rows: list[TargetProgress],
     series: list[dict[dt.date, int]],
 ) -> CampaignProgress:
-    progress = sum(r.fraction for r in rows) / len(rows) if rows else None
-    by_day = _progress_by_day(rows, series, timeline)
-    rate, projected = _rate_and_projection(by_day, timeline)
-    expected = timeline.expected(timeline.today)
+    figures, by_day = _plan_figures(rows, series, timeline)
     studies = sum(s.studies for s in sites)
     instances = sum(s.instances for s in sites)
     quarantined = sum(s.quarantined for s in sites)
@@ -497,12 +505,7 @@ def _campaign_report(
         length_days=timeline.length,
         day=timeline.day,
         days_left=max(0, (timeline.end - timeline.today).days),
-        status=_status(progress, expected, projected, timeline, rate),
-        progress=None if progress is None else round(progress, 6),
-        expected_progress=round(expected, 6),
-        rate_7d=None if rate is None else round(rate, 6),
-        projected_completion=projected,
-        completed=progress is not None and progress >= 1.0 - 1e-9,
+        **figures,
         studies=studies,
         instances=instances,
         bytes=sum(s.bytes for s in sites),

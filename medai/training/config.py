@@ -41,13 +41,13 @@ does (``models/x/config.toml: schedule.epochs: Input should be greater than or e
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from medai.errors import MedaiError
+from medai.tomlfile import format_validation_errors, read_toml
 from medai.training.networks import NETWORKS
 from medai.training.transforms import TransformConfig
 
@@ -260,26 +260,6 @@ def flatten(config: BaseModel) -> dict[str, str]:
     return out
 
 
-def _field_path(loc: tuple[int | str, ...]) -> str:
-    path = ""
-    for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path
-
-
-def _format_errors(source: str, exc: ValidationError) -> str:
-    lines = []
-    for error in exc.errors(include_url=False, include_input=False):
-        loc = _field_path(tuple(error["loc"]))
-        message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "missing":
-            message = "required field is missing"
-        elif error["type"] == "extra_forbidden":
-            message = "unknown field (check its spelling)"
-        lines.append(f"{source}: {loc or '(top level)'}: {message}")
-    return "\n".join(lines)
-
-
 def load_model_config(path: str | Path) -> ModelConfig:
     """Read and validate a model configuration.
 
@@ -302,21 +282,10 @@ def load_model_config(path: str | Path) -> ModelConfig:
     file = Path(path).expanduser()
     if file.is_dir():
         file = file / CONFIG_FILE
-    source = str(file)
-    try:
-        with file.open("rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise ModelConfigError(f"{source}: no such model configuration") from None
-    except OSError as exc:
-        raise ModelConfigError(f"{source}: cannot read the file ({exc.strerror})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ModelConfigError(f"{source}: TOML syntax error: {exc}") from None
-    except UnicodeDecodeError:
-        raise ModelConfigError(f"{source}: TOML syntax error: the file is not UTF-8") from None
+    data = read_toml(file, error=ModelConfigError, missing="no such model configuration")
     try:
         config = ModelConfig.model_validate(data)
     except ValidationError as exc:
-        raise ModelConfigError(_format_errors(source, exc)) from None
+        raise ModelConfigError(format_validation_errors(str(file), exc)) from None
     config._source = file.absolute()
     return config

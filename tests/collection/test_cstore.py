@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +16,7 @@ from medai.collection.accounting import verify_collection
 from medai.config import Settings
 from medai.dicom.synth import generate
 from tests.utils.campaign import init_example_campaign
+from tests.utils.dicom_net import SITE_A_AE, Listener, echo
 
 pytestmark = [
     pytest.mark.slow,
@@ -29,59 +26,20 @@ pytestmark = [
     ),
 ]
 
-SITE_A_AE = "STMARY_PACS"  # collection/example-campaign.toml
 BUNDLED = ["CT_small.dcm", "MR_small_implicit.dcm", "JPEG2000.dcm", "MR_small_RLE.dcm"]
 # MR_small_RLE.dcm is MR_small_implicit.dcm re-encoded (same SOPInstanceUID): a duplicate.
 # JPEG2000.dcm is a secondary capture: quarantined for possible burned-in annotation.
 BUNDLED_STORED, BUNDLED_DUPLICATE, BUNDLED_QUARANTINED = 2, 1, 1
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
 def listener(settings: Settings) -> Iterator[int]:
     init_example_campaign(settings)
-    port = _free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "medai.cli",
-            "collect",
-            "listen",
-            "--port",
-            str(port),
-            "--host",
-            "127.0.0.1",
-        ],
-        env=os.environ.copy(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while _echo(port, SITE_A_AE).returncode != 0:
-        assert process.poll() is None, process.stdout.read() if process.stdout else ""
-        assert time.monotonic() < deadline, "the listener did not answer C-ECHO"
-        time.sleep(0.2)
-    yield port
-    process.send_signal(signal.SIGTERM)
-    output, _ = process.communicate(timeout=30)
-    assert process.returncode == 0, output
+    running = Listener()
+    yield running.port
+    output = running.stop(timeout=30)
+    assert running.process.returncode == 0, output
     assert "listener stopped" in output
-
-
-def _echo(port: int, calling: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["echoscu", "-aet", calling, "-aec", "MEDAI", "127.0.0.1", str(port)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
 
 
 # storescu proposes one family of transfer syntaxes per run: the flag for each.
@@ -159,7 +117,7 @@ def test_storescu_pushes_are_catalogued_once(
 
 
 def test_unknown_calling_ae_is_rejected_at_association(listener: int, settings: Settings) -> None:
-    refused = _echo(listener, "SOMEONE_ELSE")
+    refused = echo(listener, "SOMEONE_ELSE")
     assert refused.returncode != 0
     assert "Calling AE Title Not Recognized" in refused.stdout + refused.stderr
     assert verify_collection(settings).inputs == 0

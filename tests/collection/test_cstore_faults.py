@@ -11,9 +11,7 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +27,7 @@ from medai.collection.accounting import VerifyReport, verify_collection
 from medai.config import Settings
 from medai.dicom.synth import make_ct_slice
 from tests.utils.campaign import init_example_campaign
+from tests.utils.dicom_net import SITE_A_AE, Listener, echo
 from tests.utils.tcp_proxy import CuttingProxy
 
 pytestmark = [
@@ -39,7 +38,6 @@ pytestmark = [
     ),
 ]
 
-SITE_A_AE = "STMARY_PACS"  # collection/example-campaign.toml
 ACKNOWLEDGED = "Received Store Response (Success)"
 
 
@@ -63,21 +61,6 @@ def ct_files(folder: Path, count: int, *, studies: int = 2, tag: str = "") -> li
     return paths
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def echo(port: int, calling: str = SITE_A_AE) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["echoscu", "-aet", calling, "-aec", "MEDAI", "127.0.0.1", str(port)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-
-
 def storescu_command(port: int, files: Sequence[Path], calling: str = SITE_A_AE) -> list[str]:
     # -v prints one line per acknowledged instance (on stderr).
     return ["storescu", "-v", "-aet", calling, "-aec", "MEDAI", "127.0.0.1", str(port),
@@ -90,38 +73,6 @@ def storescu(port: int, files: Sequence[Path], calling: str = SITE_A_AE) -> tupl
         storescu_command(port, files, calling), capture_output=True, text=True, timeout=120
     )
     return run.returncode, run.stdout + run.stderr
-
-
-class Listener:
-    """``medai collect listen`` in a child process, ready once it answers C-ECHO."""
-
-    def __init__(self, *options: str, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "medai.cli", "collect", "listen", "--host", "127.0.0.1",
-             "--port", str(self.port), *options],
-            env={**os.environ, "COLUMNS": "250"},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )  # fmt: skip
-        self.output = ""
-        deadline = time.monotonic() + 60
-        while echo(self.port).returncode != 0:
-            if self.process.poll() is not None:
-                raise AssertionError(self.stop())
-            assert time.monotonic() < deadline, "the listener did not answer C-ECHO"
-            time.sleep(0.2)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> str:
-        """Signal the listener, wait for it to exit and return all it printed."""
-        if self.process.stdout is None or self.process.stdout.closed:
-            return self.output  # already stopped
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        output, _ = self.process.communicate(timeout=timeout)
-        self.output += output
-        return self.output
 
 
 @pytest.fixture

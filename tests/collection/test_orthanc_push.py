@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from medai.collection.accounting import verify_collection
 from medai.config import Settings
 from medai.dicom.synth import SynthResult, generate
 from tests.utils.campaign import init_example_campaign
+from tests.utils.dicom_net import free_port
 from tests.utils.orthanc import Orthanc, OrthancError
 
 pytestmark = pytest.mark.slow
@@ -40,18 +40,12 @@ def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Orthanc, Sy
         yield orthanc, synth
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
 def listener(settings: Settings, pacs: tuple[Orthanc, SynthResult]) -> Iterator[int]:
     """`medai collect listen` on a free port, declared to Orthanc as modality ``medai``."""
     orthanc, _ = pacs
     init_example_campaign(settings)
-    port = _free_port()
+    port = free_port()
     orthanc.set_modality("medai", "MEDAI", "127.0.0.1", port)
     process = subprocess.Popen(
         [

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ from typing import Any
 from medai.catalog.db import create_engine_for, upgrade
 from medai.config import Settings
 from medai.serving.keys import create_key
+from tests.utils.dicom_net import free_port
 
 with warnings.catch_warnings():
     # starlette 1.x prefers the httpx2 package for its TestClient; httpx still works.
@@ -58,12 +58,6 @@ def multipart(
     chunks.append(f"--{boundary}--\r\n".encode())
     shown = f'"{boundary}"' if quoted else boundary
     return b"".join(chunks), f'multipart/related; type="application/dicom"; boundary={shown}'
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def sequence_uids(body: dict[str, Any], tag: str) -> list[tuple[str | None, str | None]]:

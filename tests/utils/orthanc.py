@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -30,6 +29,8 @@ from types import TracebackType
 from typing import Any
 
 import requests
+
+from tests.utils.dicom_net import free_port
 
 __all__ = ["DICOMWEB_PLUGIN", "ORTHANC", "Orthanc", "OrthancError", "require_orthanc"]
 
@@ -53,12 +54,6 @@ def require_orthanc() -> None:
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Orthanc:
@@ -179,7 +174,7 @@ class Orthanc:
         require_orthanc()
         self.workdir = Path(tempfile.mkdtemp(prefix="medai-orthanc-"))
         for attempt in range(1, _START_ATTEMPTS + 1):
-            self.http_port, self.dicom_port = _free_port(), _free_port()
+            self.http_port, self.dicom_port = free_port(), free_port()
             config_path = self.workdir / "orthanc.json"
             config_path.write_text(json.dumps(self.config(), indent=2))
             with self.log_path.open("ab") as log:
