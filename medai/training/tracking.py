@@ -11,6 +11,8 @@ experiment named after the model and logs:
 - the evaluation's metrics (``test/auroc/<label>``, ``test/auroc_low/<label>``...,
   :meth:`EvaluationResult.metrics`), its table (``evaluation/test.csv``) and plots
   (``plots/*.png``), and the epoch history (``evaluation/history.csv``);
+- the best weights as a state dict (``weights/best.pt``), from which the inference service
+  rebuilds the network with ``config/resolved.json``;
 - the best network with :func:`mlflow.pytorch.log_model` as a ``torch.export`` program
   (``pt2``: loading it executes no pickled code), with a signature whose batch dimension is
   dynamic (``-1``) and an input example of two images (``torch.export`` would fix a batch
@@ -73,6 +75,7 @@ __all__ = [
 CANDIDATE_ALIAS = "candidate"
 CHAMPION_ALIAS = "champion"
 MODEL_ARTIFACT = "model"
+WEIGHTS_ARTIFACT_DIR = "weights"  # holds best.pt (medai.training.loop.CHECKPOINT_NAME)
 GATE_PARAM = "evaluation.min_auroc_ci_low"
 LABELS_PARAM = "data.labels"
 
@@ -243,6 +246,10 @@ def train_tracked(
             mlflow.log_artifacts(str(tables), artifact_path="evaluation")
             for path in result.evaluation.plots.values():
                 mlflow.log_artifact(str(path), artifact_path="plots")
+            # The best weights as a plain state dict (loaded with weights_only=True): the
+            # inference service rebuilds the network from config/resolved.json and these,
+            # since Grad-CAM needs the module's layers, which the exported program flattens.
+            mlflow.log_artifact(str(result.checkpoint), artifact_path=WEIGHTS_ARTIFACT_DIR)
 
             example = result.example_input
             with torch.no_grad():
