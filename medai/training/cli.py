@@ -57,6 +57,7 @@ def train_command(
     from rich.table import Table
 
     from medai.errors import MedaiError
+    from medai.training import distributed
     from medai.training.config import load_model_config
     from medai.training.loop import EpochResult
     from medai.training.tracking import train_tracked
@@ -65,7 +66,8 @@ def train_command(
         config = load_model_config(model_dir)
     except MedaiError as exc:
         _fail(str(exc))
-    console = Console()
+    # Under torchrun every rank runs this command; rank 0 alone shows the run.
+    console = Console(quiet=distributed.launcher_rank() != 0)
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),

@@ -21,6 +21,14 @@ epoch.
 
 Shuffling uses a generator seeded from the configuration, and the random transforms
 their own seeded generators, so one seed gives the same batches in the same order.
+
+Under ``torchrun`` (:mod:`medai.training.distributed`) each rank reads a shard. Training
+draws through a :class:`~torch.utils.data.DistributedSampler` seeded with the configured
+seed, the same on every rank so the shards partition each epoch's permutation, while the
+loader's generator (which seeds MONAI's random transforms) is offset by the rank so the
+shards are not augmented in lockstep. Validation and test hold records ``rank, rank + W,
+...`` only, with no padding (a padded sampler would count some images twice), which
+:func:`medai.training.distributed.gather_split` puts back in manifest order.
 """
 
 from __future__ import annotations
@@ -37,10 +45,12 @@ from monai.data.dataloader import DataLoader
 from monai.data.dataset import CacheDataset, Dataset, PersistentDataset
 from monai.data.thread_buffer import ThreadDataLoader
 from monai.transforms.compose import Compose
+from torch.utils.data import DistributedSampler, Sampler
 
 from medai.collection.snapshots import SPLITS, load_snapshot
 from medai.config import Settings, get_settings
 from medai.store import ObjectStore
+from medai.training import distributed
 from medai.training.config import ModelConfig
 from medai.training.reader import LoadDicomFromStore, records_from_manifest
 from medai.training.transforms import build_transforms
@@ -134,34 +144,38 @@ def make_loader(
     seed: int,
     num_workers: int = 0,
     threaded: bool = False,
+    sampler: Sampler[int] | None = None,
 ) -> DataLoader:
     """A loader over ``dataset``; ``threaded`` for a :class:`ThreadDataLoader` (memory cache).
 
-    Shuffling (for training) draws from a generator seeded with ``seed``.
+    Shuffling (for training) draws from a generator seeded with ``seed``, which also seeds
+    MONAI's random transforms. A ``sampler`` (a :class:`DistributedSampler`) replaces the
+    shuffling; ``shuffle`` then only says that this is a training loader.
     """
     generator = torch.Generator().manual_seed(seed)
     # A training batch of one sample breaks batch normalisation ("expected more than 1
     # value per channel"); drop that one sample (a different one each epoch, as shuffled).
-    size = len(dataset)
+    size = len(sampler) if sampler is not None else len(dataset)  # type: ignore[arg-type]
     drop_last = shuffle and size > 1 and size % batch_size == 1
+    order = {"sampler": sampler} if sampler is not None else {"shuffle": shuffle}
     if threaded:
         loader: DataLoader = ThreadDataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
             generator=generator,
             num_workers=0,
             drop_last=drop_last,
+            **order,
         )
         return loader
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
         generator=generator,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
         drop_last=drop_last,
+        **order,
     )
 
 
@@ -202,20 +216,30 @@ def build_training_data(config: ModelConfig, settings: Settings | None = None) -
     )
     data = TrainingData(snapshot=snapshot, records=records)
     threaded = config.data.cache == "memory"
+    rank, world = distributed.rank(), distributed.world_size()
     for split in SPLITS:
         train = split == "train"
         chain = build_transforms(
             config.transforms, train=train, keys=(IMAGE_KEY,), loader=loader, seed=config.seed
         )
-        dataset = make_dataset(
-            records[split], chain, config.data.cache, cache_dir=cache_dir / split
+        # The training set whole (the sampler picks each epoch's shard); the others as
+        # this rank's fixed shard, so a memory cache holds only what this rank evaluates.
+        shard = records[split] if train or world == 1 else records[split][rank::world]
+        dataset = make_dataset(shard, chain, config.data.cache, cache_dir=cache_dir / split)
+        sampler: DistributedSampler[Any] | None = (
+            DistributedSampler(
+                dataset, num_replicas=world, rank=rank, shuffle=True, seed=config.seed
+            )
+            if train and world > 1
+            else None
         )
         data.loaders[split] = make_loader(
             dataset,
             batch_size=config.schedule.batch_size,
             shuffle=train,
-            seed=config.seed,
+            seed=config.seed + rank,
             num_workers=config.data.num_workers,
             threaded=threaded,
+            sampler=sampler,
         )
     return data

@@ -16,6 +16,13 @@ notebook calls the same function as ``medai train``.
   saved and restored.
 - Finally :func:`medai.training.evaluation.evaluate` on the best weights: thresholds from
   validation, test AUROC with bootstrap CIs, pooled and per site, with plots.
+- Under ``torchrun`` (a process group, :mod:`medai.training.distributed`) the network is
+  wrapped in DistributedDataParallel and each rank trains on its shard; the epoch's
+  training loss is summed over the ranks, validation and test predictions are made on
+  shards and gathered back into manifest order, so every metric and early-stopping
+  decision is the one a single process would reach with the same weights (up to the
+  float32 rounding of differently sized batches), and rank 0 alone evaluates the test
+  set (the others receive its table).
 """
 
 from __future__ import annotations
@@ -31,10 +38,14 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
 
 from medai.config import Settings
+from medai.training import distributed
 from medai.training.config import ModelConfig
 from medai.training.data import (
     IMAGE_KEY,
@@ -145,10 +156,9 @@ def macro_auroc(y_true: npt.NDArray[np.float64], y_prob: npt.NDArray[np.float64]
 
 
 @torch.no_grad()
-def predict(
-    model: nn.Module, loader: Any, device: torch.device
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], list[str], float]:
-    """Run ``model`` over ``loader``: labels, sigmoid probabilities, sites, mean masked loss."""
+def _infer(
+    model: nn.Module, loader: Any, device: torch.device, n_labels: int
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], list[str], tuple[float, int]]:
     model.eval()
     labels: list[npt.NDArray[np.float64]] = []
     probs: list[npt.NDArray[np.float64]] = []
@@ -165,8 +175,45 @@ def predict(
         labels.append(targets.double().cpu().numpy())
         probs.append(torch.sigmoid(logits.float()).double().cpu().numpy())
         sites.extend(str(site) for site in batch.get(SITE_KEY, [""] * len(images)))
-    loss = total / known if known else math.nan
-    return np.concatenate(labels), np.concatenate(probs), sites, loss
+    if not labels:
+        empty = np.empty((0, n_labels), dtype=np.float64)
+        return empty, empty.copy(), sites, (total, known)
+    return np.concatenate(labels), np.concatenate(probs), sites, (total, known)
+
+
+def predict(
+    model: nn.Module, loader: Any, device: torch.device, *, n_labels: int | None = None
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], list[str], float]:
+    """Run ``model`` over ``loader``: labels, sigmoid probabilities, sites, mean masked loss.
+
+    In a process group ``loader`` is this rank's shard of a split
+    (:func:`medai.training.data.build_training_data`) and the result the whole split,
+    gathered in manifest order, on every rank; every rank must call it.
+
+    Parameters
+    ----------
+    model
+        The network (not its DistributedDataParallel wrapper, whose forward pass would
+        wait for the other ranks).
+    loader
+        Batches of images and label vectors (and sites).
+    device
+        Where ``model`` is.
+    n_labels
+        Columns of the label arrays when ``loader`` yields no batch (a rank's empty
+        shard); 0 if None.
+
+    Returns
+    -------
+    tuple
+        Labels ``(N, L)`` (NaN where unknown), probabilities ``(N, L)``, sites, and the
+        masked loss averaged over the known labels (NaN if none).
+    """
+    labels, probs, sites, totals = distributed.gather_split(
+        *_infer(model, loader, device, n_labels or 0)
+    )
+    total, known = totals
+    return labels, probs, sites, (total / known if known else math.nan)
 
 
 def _autocast(device: torch.device) -> Any:
@@ -174,12 +221,6 @@ def _autocast(device: torch.device) -> Any:
     return torch.autocast(
         device_type=device.type, dtype=torch.float16, enabled=device.type == "cuda"
     )
-
-
-def _device(requested: str | None) -> torch.device:
-    if requested:
-        return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _has_both_classes(records: list[dict[str, Any]], n_labels: int) -> bool:
@@ -191,6 +232,38 @@ def _has_both_classes(records: list[dict[str, Any]], n_labels: int) -> bool:
         if known.size and 0 < known.sum() < known.size:
             return True
     return False
+
+
+def _evaluate(
+    config: ModelConfig,
+    val_true: npt.NDArray[np.float64],
+    val_prob: npt.NDArray[np.float64],
+    test_true: npt.NDArray[np.float64],
+    test_prob: npt.NDArray[np.float64],
+    test_sites: list[str],
+    out_dir: Path,
+) -> EvaluationResult:
+    # Rank 0 evaluates (the bootstrap and plots are the costly part) and the others get its
+    # table: the arrays are the same on every rank, so this only saves their time.
+    if not distributed.is_main_process():
+        return EvaluationResult(table=distributed.broadcast_object(pd.DataFrame()))
+    ev = config.evaluation
+    evaluation = evaluate(
+        config.data.labels,
+        val_true,
+        val_prob,
+        test_true,
+        test_prob,
+        test_sites=test_sites,
+        threshold_method=ev.threshold,
+        target_sensitivity=ev.target_sensitivity,
+        n_bootstrap=ev.n_bootstrap,
+        confidence=ev.confidence,
+        seed=config.seed,
+        plot_dir=out_dir / "plots",
+    )
+    distributed.broadcast_object(evaluation.table)
+    return evaluation
 
 
 def train(
@@ -213,7 +286,8 @@ def train(
     progress
         Called after each epoch with its :class:`EpochResult` (a progress bar, MLflow).
     device
-        ``"cuda"``, ``"cpu"``...; CUDA when available if None.
+        ``"cuda"``, ``"cpu"``...; CUDA when available if None (under ``torchrun``,
+        ``cuda:LOCAL_RANK``: :func:`medai.training.distributed.resolve_device`).
     run_dir
         Folder for the checkpoint and plots; a new temporary folder if None.
     data
@@ -226,18 +300,20 @@ def train(
     """
     seed_everything(config.seed)
     data = data or build_training_data(config, settings)
-    target = _device(device)
+    target = distributed.resolve_device(device)
+    main = distributed.is_main_process()
     out_dir = (
         Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="medai-train-"))
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = out_dir / CHECKPOINT_NAME
+    # One file per rank: ranks may share ``run_dir`` (a notebook under torchrun).
+    checkpoint = out_dir / (CHECKPOINT_NAME if main else f"best.rank{distributed.rank()}.pt")
     labels = config.data.labels
 
     # Seed again right before building the network, so its initial weights do not depend
     # on how much randomness building the data consumed.
     seed_everything(config.seed)
-    model = build_network(
+    net = build_network(
         config.network.name,
         num_labels=len(labels),
         in_channels=1,
@@ -245,6 +321,13 @@ def train(
         weights=config.weights_path(),
         backbone_only=config.network.backbone_only,
     ).to(target)
+    # The wrapper averages the gradients over the ranks (and starts every rank from rank
+    # 0's weights); ``net`` itself is what is evaluated, saved and returned.
+    model: nn.Module = (
+        DistributedDataParallel(net, device_ids=[target] if target.type == "cuda" else None)
+        if distributed.world_size() > 1
+        else net
+    )
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.optimizer.lr, weight_decay=config.optimizer.weight_decay
     )
@@ -258,18 +341,22 @@ def train(
     monitor = (
         "val/auroc/macro" if _has_both_classes(data.records["val"], len(labels)) else "val/loss"
     )
-    if monitor == "val/loss":
+    if monitor == "val/loss" and main:
         logger.warning("no label has both classes in the validation split; early stopping on loss")
 
     history: list[EpochResult] = []
     best_score, best_epoch, stale = -math.inf, 0, 0
     stopped_early = False
+    train_loader = data.loaders["train"]
+    sampler = getattr(train_loader, "sampler", None)
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(epoch)  # a new permutation each epoch, the same on every rank
         model.train()
         total, count = 0.0, 0
         lr = float(optimizer.param_groups[0]["lr"])
-        for batch in data.loaders["train"]:
+        for batch in train_loader:
             images = batch[IMAGE_KEY].to(target, non_blocking=True)
             targets = batch[LABEL_KEY].to(target, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
@@ -283,19 +370,25 @@ def train(
             count += len(images)
         if scheduler is not None:
             scheduler.step()
-        val_true, val_prob, _, val_loss = predict(model, data.loaders["val"], target)
+        summed, seen = distributed.all_reduce_sum([total, count], target)
+        distributed.broadcast_buffers(net)
+        val_true, val_prob, _, val_loss = predict(
+            net, data.loaders["val"], target, n_labels=len(labels)
+        )
         val_auc = macro_auroc(val_true, val_prob)
         score = val_auc if monitor == "val/auroc/macro" else -val_loss
         # NaN (e.g. an empty batch of known labels) never counts as an improvement.
-        improved = not math.isnan(score) and (best_epoch == 0 or score > best_score)
+        improved = distributed.broadcast_object(
+            not math.isnan(score) and (best_epoch == 0 or score > best_score)
+        )
         if improved:
             best_score, best_epoch, stale = score, epoch, 0
-            torch.save(model.state_dict(), checkpoint)
+            torch.save(net.state_dict(), checkpoint)
         else:
             stale += 1
         result = EpochResult(
             epoch=epoch,
-            train_loss=total / max(count, 1),
+            train_loss=summed / max(seen, 1),
             val_loss=val_loss,
             val_auroc=val_auc,
             lr=lr,
@@ -303,7 +396,7 @@ def train(
             best=improved,
         )
         history.append(result)
-        if progress is not None:
+        if progress is not None and main:
             progress(result)
         patience = config.schedule.patience
         if patience and stale >= patience and epoch < epochs:
@@ -312,36 +405,24 @@ def train(
 
     if best_epoch == 0:  # every epoch's score was NaN: keep the last weights
         best_epoch = history[-1].epoch
-        torch.save(model.state_dict(), checkpoint)
-    model.load_state_dict(torch.load(checkpoint, map_location=target, weights_only=True))
+        torch.save(net.state_dict(), checkpoint)
+    net.load_state_dict(torch.load(checkpoint, map_location=target, weights_only=True))
 
-    val_true, val_prob, _, _ = predict(model, data.loaders["val"], target)
-    test_true, test_prob, test_sites, _ = predict(model, data.loaders["test"], target)
-    ev = config.evaluation
-    evaluation = evaluate(
-        labels,
-        val_true,
-        val_prob,
-        test_true,
-        test_prob,
-        test_sites=test_sites,
-        threshold_method=ev.threshold,
-        target_sensitivity=ev.target_sensitivity,
-        n_bootstrap=ev.n_bootstrap,
-        confidence=ev.confidence,
-        seed=config.seed,
-        plot_dir=out_dir / "plots",
+    val_true, val_prob, _, _ = predict(net, data.loaders["val"], target, n_labels=len(labels))
+    test_true, test_prob, test_sites, _ = predict(
+        net, data.loaders["test"], target, n_labels=len(labels)
     )
+    evaluation = _evaluate(config, val_true, val_prob, test_true, test_prob, test_sites, out_dir)
     # The input example MLflow stores with the model: noise of the input's shape and range,
     # never a real image (pixels can carry burned-in identifiers). Two images, not one:
     # MLflow exports the model with torch.export, which fixes a dimension of size 1 in the
     # example to a constant; with 2 the batch dimension stays dynamic.
     shape = (2, 1, *config.transforms.image_size)
     example = np.random.default_rng(config.seed).random(shape, dtype=np.float32)
-    model = model.cpu().eval()
+    net = net.cpu().eval()
     return TrainResult(
         config=config,
-        model=model,
+        model=net,
         history=history,
         best_epoch=best_epoch,
         stopped_early=stopped_early,

@@ -27,6 +27,11 @@ input example is noise of the input's shape, not an image.
 the lower confidence bound of the test AUROC of every label at least the configured
 ``evaluation.min_auroc_ci_low``.
 
+Under ``torchrun`` every rank trains (:mod:`medai.training.distributed`) but only rank 0
+opens the MLflow run, logs and registers: one run and one version per training, whatever
+the number of processes (``train.world_size`` records it). The other ranks receive the run
+and version ids, so every rank returns the same :class:`TrackedRun`.
+
 The tracking URI is :attr:`medai.config.Settings.resolved_mlflow_tracking_uri` (default
 ``sqlite:///$MEDAI_HOME/mlflow.db``, never MLflow's deprecated file store). With a local
 SQLite store, artifacts go to ``$MEDAI_HOME/mlartifacts`` rather than ``./mlruns`` of
@@ -54,8 +59,9 @@ from mlflow.tracking import MlflowClient
 
 from medai.config import Settings, get_settings
 from medai.errors import MedaiError
+from medai.training import distributed
 from medai.training.config import ModelConfig, flatten
-from medai.training.data import build_training_data
+from medai.training.data import TrainingData, build_training_data
 from medai.training.loop import EpochResult, TrainResult, train
 
 __all__ = [
@@ -178,6 +184,9 @@ def train_tracked(
 ) -> TrackedRun:
     """Train ``config`` in a new MLflow run, log it, and register the model as ``candidate``.
 
+    Launched by ``torchrun``, it joins the process group for the run (and leaves it
+    after); every rank trains, rank 0 alone logs and calls ``progress``.
+
     Parameters
     ----------
     config, settings, progress, device
@@ -186,10 +195,37 @@ def train_tracked(
     Returns
     -------
     TrackedRun
+        The same run and version ids on every rank; ``result`` is this rank's.
     """
     settings = settings or get_settings()
-    # Load the snapshot first: a missing or altered one fails before an empty run is logged.
-    data = build_training_data(config, settings)
+    with distributed.process_group(device) as context:
+        # Load the snapshot first: a missing or altered one fails before an empty run is
+        # logged.
+        data = build_training_data(config, settings)
+        if context.is_main:
+            tracked = _train_logged(config, settings, progress, str(context.device), data)
+            ids = (tracked.run_id, tracked.experiment_id, tracked.model_version)
+            distributed.broadcast_object(ids)
+            return tracked
+        result = train(config, settings, device=str(context.device), data=data)
+        run_id, experiment_id, version = distributed.broadcast_object(("", "", ""))
+    return TrackedRun(
+        run_id=run_id,
+        experiment_id=experiment_id,
+        model_name=config.name,
+        model_version=version,
+        model_uri=f"models:/{config.name}@{CANDIDATE_ALIAS}",
+        result=result,
+    )
+
+
+def _train_logged(
+    config: ModelConfig,
+    settings: Settings,
+    progress: Callable[[EpochResult], None] | None,
+    device: str,
+    data: TrainingData,
+) -> TrackedRun:
     uri = configure_mlflow(settings)
     experiment_id = _experiment_id(config.name, settings, uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -227,6 +263,7 @@ def train_tracked(
                     },
                     "train.device": result.device,
                     "train.monitor": result.monitor,
+                    "train.world_size": distributed.world_size(),
                 }
             )
             mlflow.set_tag("medai.snapshot_hash", snapshot["content_hash"])
