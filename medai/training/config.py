@@ -41,6 +41,7 @@ does (``models/x/config.toml: schedule.epochs: Input should be greater than or e
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,6 +61,7 @@ __all__ = [
     "NetworkConfig",
     "OptimizerConfig",
     "ScheduleConfig",
+    "apply_overrides",
     "flatten",
     "load_model_config",
 ]
@@ -289,3 +291,38 @@ def load_model_config(path: str | Path) -> ModelConfig:
         raise ModelConfigError(format_validation_errors(str(file), exc)) from None
     config._source = file.absolute()
     return config
+
+
+def apply_overrides(config: ModelConfig, overrides: Mapping[str, Any]) -> ModelConfig:
+    """``config`` with ``overrides`` merged in, validated again, from the same file.
+
+    Parameters
+    ----------
+    config
+        The configuration to start from.
+    overrides
+        Nested like the file, e.g. ``{"schedule": {"epochs": 5}}``; a table merges into
+        the table of the same name, any other value replaces it.
+
+    Raises
+    ------
+    ModelConfigError
+        When the merged configuration is invalid; the message names the field.
+    """
+
+    def merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(base)
+        for key, value in extra.items():
+            if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+                out[key] = merge(out[key], value)
+            else:
+                out[key] = value
+        return out
+
+    source = str(config.source or "the configuration")
+    try:
+        merged = ModelConfig.model_validate(merge(config.model_dump(), overrides))
+    except ValidationError as exc:
+        raise ModelConfigError(format_validation_errors(source + " (overridden)", exc)) from None
+    merged._source = config.source
+    return merged

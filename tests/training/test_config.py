@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from medai.training.config import ModelConfigError, flatten, load_model_config
+from medai.training.config import ModelConfigError, apply_overrides, flatten, load_model_config
 
 REPO = Path(__file__).resolve().parents[2]
 MINIMAL = """
@@ -36,7 +36,7 @@ def test_demo_config_loads_and_resolves_weights_against_its_directory() -> None:
     assert with_weights.weights_path() == REPO / "models" / "chest-xray-triage" / "w" / "x.pt"
     params = flatten(config)
     assert params["data.labels"] == "nodule,effusion,cardiomegaly"
-    assert params["schedule.epochs"] == "30"
+    assert params["schedule.epochs"] == "6"
     assert params["transforms.augment.flip_prob"] == "0.0"
 
 
@@ -75,3 +75,16 @@ def test_errors_name_the_file_and_field(tmp_path: Path, text: str, expected: str
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ModelConfigError, match="no such model configuration"):
         load_model_config(tmp_path)
+
+
+def test_overrides_merge_tables_validate_and_keep_the_source(tmp_path: Path) -> None:
+    config = load_model_config(_write(tmp_path, MINIMAL + "[schedule]\nepochs = 9\npatience = 3\n"))
+    merged = apply_overrides(config, {"schedule": {"epochs": 2}, "data": {"snapshot": "other"}})
+    assert (merged.schedule.epochs, merged.schedule.patience) == (2, 3)  # merged, not replaced
+    assert merged.data.snapshot == "other" and merged.data.labels == ("nodule",)
+    assert merged.source == config.source
+    assert config.schedule.epochs == 9  # the original is untouched
+    with pytest.raises(ModelConfigError, match=r"schedule\.epochs"):
+        apply_overrides(config, {"schedule": {"epochs": 0}})
+    with pytest.raises(ModelConfigError, match=r"schedule\.epoch: unknown field"):
+        apply_overrides(config, {"schedule": {"epoch": 2}})
