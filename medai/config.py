@@ -58,6 +58,64 @@ class Settings(BaseSettings):
         "held in memory, never spooled to disk.",
     )
 
+    # -- the inference service (medai.serving.inference) ---------------------------------
+    serve_model: str = Field(
+        default="chest-xray-triage",
+        description="Registered MLflow model the inference service serves; empty for none "
+        "(a collection-only service).",
+    )
+    serve_alias: str = Field(
+        default="champion",
+        min_length=1,
+        description="Alias of the served model's version (models:/<model>@<alias>).",
+    )
+    model_poll_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="How often the service checks whether the alias moved to another "
+        "version (0: never; POST /v1/models/reload still does).",
+    )
+    max_batch_size: int = Field(
+        default=8, ge=1, le=1024, description="Most images in one forward pass."
+    )
+    max_batch_wait_ms: float = Field(
+        default=5.0,
+        ge=0,
+        le=1000,
+        description="How long an idle batcher waits for more images before a forward pass.",
+    )
+    inference_threads: int = Field(
+        default=0,
+        ge=0,
+        description="torch CPU threads per service process; 0: the CPU cores divided by "
+        "the number of worker processes.",
+    )
+    inference_device: str | None = Field(
+        default=None, description="torch device, e.g. cpu or cuda:1; default cuda when present."
+    )
+    max_predict_bytes: int = Field(
+        default=256 * 1024**2,
+        ge=1024,
+        description="Largest POST /v1/predict body (one study), in bytes; held in memory only.",
+    )
+    prediction_ttl_seconds: float = Field(
+        default=900.0,
+        gt=0,
+        description="How long a prediction's heatmap and report stay available (in memory).",
+    )
+    max_kept_predictions: int = Field(
+        default=256, ge=1, description="Most predictions kept in memory for heatmaps and reports."
+    )
+    models_dir: Path = Field(
+        default=Path("models"),
+        description="Folder of the model folders (<models_dir>/<model>/MODEL_CARD.md).",
+    )
+    serving_key_file: Path | None = Field(
+        default=None,
+        description="Key of the keyed hash (HMAC-SHA256) by which inference audit records "
+        "name studies; <home>/serving.key, created on first start.",
+    )
+
     @property
     def resolved_home(self) -> Path:
         return self.home.expanduser().absolute()
@@ -79,6 +137,14 @@ class Settings(BaseSettings):
     @property
     def resolved_key_file(self) -> Path:
         return (self.key_file or self.resolved_home / "campaign.key").expanduser().absolute()
+
+    @property
+    def resolved_serving_key_file(self) -> Path:
+        return (self.serving_key_file or self.resolved_home / "serving.key").expanduser().absolute()
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        return self.models_dir.expanduser().absolute()
 
     @property
     def resolved_mlflow_tracking_uri(self) -> str:

@@ -3,7 +3,9 @@
 A STOW-RS request names the sender's original StudyInstanceUID in its path
 (``/dicomweb/studies/{study}``), and UIDs are identifiers the de-identification
 replaces: they must not reach a log file. :class:`RedactUids` rewrites every path
-segment that looks like a UID to ``{uid}`` before uvicorn's access log writes the line.
+segment that looks like a UID to ``{uid}`` before uvicorn's access log writes the line,
+and the value of a ``reference`` query parameter (the caller's own study reference of
+``POST /v1/predict``, which may be an accession number) to ``{reference}``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ __all__ = ["RedactUids", "uvicorn_log_config"]
 
 # A path segment of two or more dot-separated numbers: a UID (PS3.5 9.1) or close to one.
 _UID_SEGMENT = re.compile(r"(?<=/)[0-9]+(?:\.[0-9]+)+(?=[/?#]|$)")
+_REFERENCE = re.compile(r"(?<=[?&])reference=[^&#]*")
 
 
 class RedactUids(logging.Filter):
@@ -26,7 +29,8 @@ class RedactUids(logging.Filter):
         if isinstance(record.args, tuple) and len(record.args) >= 3:
             args = list(record.args)
             if isinstance(args[2], str):
-                args[2] = _UID_SEGMENT.sub("{uid}", args[2])
+                path = _UID_SEGMENT.sub("{uid}", args[2])
+                args[2] = _REFERENCE.sub("reference={reference}", path)
                 record.args = tuple(args)
         return True
 

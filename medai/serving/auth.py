@@ -20,7 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.exc import SQLAlchemyError
 
 from medai.serving.context import ServiceDep
@@ -29,6 +30,14 @@ from medai.serving.keys import ROLES, authenticate_key, role_grants
 __all__ = ["Caller", "authenticate", "require_role"]
 
 _CHALLENGE = 'Bearer realm="medai"'
+# Declares the bearer scheme in the OpenAPI document of every route that checks a key
+# (and gives the API browser its "Authorize" button); the header is parsed below.
+_BEARER_SCHEME = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearer",
+    description="An API key (`medai keys create`): clinician for inference, steward for "
+    "collection, admin for everything.",
+)
 
 
 @dataclass(frozen=True)
@@ -50,7 +59,11 @@ def _unauthorized(detail: str, *, invalid: bool) -> HTTPException:
     return HTTPException(401, detail=detail, headers={"WWW-Authenticate": challenge})
 
 
-def authenticate(request: Request, service: ServiceDep) -> Caller:
+def authenticate(
+    request: Request,
+    service: ServiceDep,
+    _scheme: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER_SCHEME)] = None,
+) -> Caller:
     """The caller of ``request``, from its bearer key; raises 401 (or 503) otherwise.
 
     A plain (sync) dependency, so FastAPI runs its catalog query in a worker thread.

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING, Annotated, NoReturn
+import os
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
     from sqlalchemy import Engine
 
-__all__ = ["keys_app", "register", "serve_command"]
+__all__ = ["keys_app", "register", "serve_command", "worker_app"]
+
+# How `medai serve` tells its worker processes what is not a setting.
+WORKERS_ENV = "MEDAI_SERVE_WORKERS"
+IDLE_TIMEOUT_ENV = "MEDAI_SERVE_BODY_IDLE_TIMEOUT"
 
 keys_app = typer.Typer(
     help="API keys of the web service (roles: clinician, steward, admin; admin may do all).",
@@ -42,11 +48,54 @@ def serve_command(
             help="Seconds an upload may send nothing before it is given up (408).",
         ),
     ] = 60.0,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            max=64,
+            help="Server processes. Each loads its own copy of the model and keeps its own "
+            "recent predictions and metrics.",
+        ),
+    ] = 1,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="Registered model to serve (models:/NAME@champion); '' for none. "
+            "Default: MEDAI_SERVE_MODEL, else chest-xray-triage.",
+        ),
+    ] = None,
+    alias: Annotated[
+        str | None,
+        typer.Option("--alias", help="Alias to follow. Default: MEDAI_SERVE_ALIAS, else champion."),
+    ] = None,
+    max_batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--max-batch-size", min=1, help="Most images per forward pass (MEDAI_MAX_BATCH_SIZE)."
+        ),
+    ] = None,
+    max_batch_wait_ms: Annotated[
+        float | None,
+        typer.Option(
+            "--max-batch-wait-ms",
+            min=0,
+            help="How long an idle batcher waits for more images (MEDAI_MAX_BATCH_WAIT_MS).",
+        ),
+    ] = None,
 ) -> None:
-    """Run the web service: STOW-RS for the sites, the campaign dashboard, health checks.
+    """Run the web service: inference, STOW-RS for the sites, the dashboard, health checks.
 
     GET /healthz and /readyz are open. Every other route needs the header
     'Authorization: Bearer <key>' (see `medai keys create`).
+
+    Inference: POST one study to /v1/predict with a clinician key
+    (Content-Type: application/dicom, or multipart/related for several
+    instances). The service loads models:/MODEL@champion from MLflow and
+    follows the alias (MEDAI_MODEL_POLL_SECONDS; admins: POST
+    /v1/models/reload). API browser: /dashboard/docs once signed in, or
+    /openapi.json with a key.
 
     Dashboard: open http://HOST:PORT/dashboard in a browser and sign in with a
     steward key. Progress as JSON for the monitoring system: GET
@@ -60,22 +109,59 @@ def serve_command(
     or SIGTERM, letting requests in flight finish (up to a minute).
     """
     import uvicorn
+    from pydantic import ValidationError
+
+    from medai.config import Settings, get_settings
+    from medai.serving.access_log import uvicorn_log_config
+
+    options = {
+        "MEDAI_SERVE_MODEL": model,
+        "MEDAI_SERVE_ALIAS": alias,
+        "MEDAI_MAX_BATCH_SIZE": max_batch_size,
+        "MEDAI_MAX_BATCH_WAIT_MS": max_batch_wait_ms,
+    }
+    # Options travel as environment variables: worker processes read their settings there.
+    for name, value in options.items():
+        if value is not None:
+            os.environ[name] = str(value)
+    os.environ[WORKERS_ENV] = str(workers)
+    os.environ[IDLE_TIMEOUT_ENV] = str(body_idle_timeout)
+    get_settings.cache_clear()
+    try:
+        Settings()
+    except ValidationError as exc:
+        _fail(f"invalid settings: {exc}")
+    common: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_config": uvicorn_log_config(),  # no UIDs from request paths in the access log
+        "timeout_graceful_shutdown": 60,
+        # A proxy in front must not make every caller look like the proxy in the log.
+        "proxy_headers": False,
+        "server_header": False,
+    }
+    if workers == 1:
+        uvicorn.run(worker_app(), **common)
+    else:
+        uvicorn.run(f"{__name__}:worker_app", factory=True, workers=workers, **common)
+
+
+def worker_app() -> FastAPI:
+    """The app of one server process, from the settings and options in the environment.
+
+    The factory ``medai serve --workers N`` gives uvicorn: each worker process calls it.
+    """
+    import logging
 
     from medai.config import get_settings
-    from medai.serving.access_log import uvicorn_log_config
     from medai.serving.app import create_app
 
-    app = create_app(get_settings(), body_idle_timeout=body_idle_timeout)
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_config=uvicorn_log_config(),  # no UIDs from request paths in the access log
-        timeout_graceful_shutdown=60,
-        # A proxy in front must not make every caller look like the proxy in the log.
-        proxy_headers=False,
-        server_header=False,
-    )
+    root = logging.getLogger()
+    if not root.handlers:  # a spawned worker: the CLI's handler is in the parent
+        level = os.environ.get("MEDAI_LOG_LEVEL", "WARNING").upper()
+        logging.basicConfig(level=logging.getLevelName(level), format="%(name)s: %(message)s")
+    timeout = float(os.environ.get(IDLE_TIMEOUT_ENV, "60") or 60)
+    return create_app(get_settings(), body_idle_timeout=timeout)
 
 
 def _engine() -> Engine:

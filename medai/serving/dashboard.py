@@ -97,7 +97,17 @@ def login_page() -> HTMLResponse:
     return HTMLResponse(render_login(), headers={"X-Frame-Options": "DENY"})
 
 
-@router.post("/dashboard/login", response_class=HTMLResponse, summary="Dashboard sign-in")
+@router.post(
+    "/dashboard/login",
+    response_class=HTMLResponse,
+    summary="Dashboard sign-in",
+    responses={
+        303: {"description": "Signed in: on to the dashboard, with the cookie"},
+        400: {"description": "The sign-in page again: that is not an API key"},
+        401: {"description": "The sign-in page again: an unknown or revoked key"},
+        403: {"description": "The sign-in page again: not a steward (or admin) key"},
+    },
+)
 async def login(request: Request, service: ServiceDep) -> Response:
     """Check the posted key (form field ``key``); on success set the cookie and go on."""
     body = await request.body()
@@ -128,7 +138,12 @@ async def login(request: Request, service: ServiceDep) -> Response:
     return response
 
 
-@router.post("/dashboard/logout", summary="Dashboard sign-out")
+@router.post(
+    "/dashboard/logout",
+    response_class=HTMLResponse,
+    summary="Dashboard sign-out",
+    responses={303: {"description": "Signed out: on to the sign-in page"}},
+)
 def logout() -> Response:
     """Forget the dashboard cookie."""
     response = RedirectResponse("/dashboard/login", status_code=303)

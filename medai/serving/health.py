@@ -2,8 +2,10 @@
 
 Both are open (no API key), for load balancers and service managers. ``/readyz``
 answers 200 only when the catalog is reachable and migrated to the schema this code
-expects, a campaign is initialised in it and the campaign's key file is readable;
-otherwise 503 with ``{"status": "not-ready", "detail": "<what to do>"}``.
+expects, a campaign is initialised in it and the campaign's key file is readable, and
+(when the service serves a model, ``serve_model``) the model is loaded and the serving
+key readable; otherwise 503 with ``{"status": "not-ready", "detail": "<what to do>"}``.
+Neither says which model version is served: that is ``GET /v1/models``, with a key.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -68,14 +70,23 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+def _inference_problem(request: Request) -> str | None:
+    inference = getattr(request.app.state, "inference", None)
+    if inference is None:  # this service serves no model
+        return None
+    problem: str | None = inference.problem()
+    return problem
+
+
 @router.get(
     "/readyz",
-    summary="The catalog is reachable and migrated, and the campaign is initialised",
+    summary="The catalog is reachable and migrated, the campaign is initialised, "
+    "the model is loaded",
     responses={503: {"description": "Not ready; `detail` says what to do"}},
 )
-def readyz(service: ServiceDep) -> JSONResponse:
+def readyz(request: Request, service: ServiceDep) -> JSONResponse:
     # A plain function: FastAPI runs it in a worker thread, off the event loop.
-    problem = readiness_problem(service)
+    problem = readiness_problem(service) or _inference_problem(request)
     if problem is not None:
         return JSONResponse({"status": "not-ready", "detail": problem}, status_code=503)
     return JSONResponse({"status": "ready"})

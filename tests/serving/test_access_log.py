@@ -32,6 +32,12 @@ def test_uid_segments_are_redacted() -> None:
     assert "/healthz" in _redacted("/healthz")
 
 
+def test_the_callers_study_reference_is_redacted() -> None:
+    line = _redacted("/v1/predict?reference=ACC-2291&x=1")
+    assert "/v1/predict?reference={reference}&x=1 " in line and "ACC-2291" not in line
+    assert "?preference=kept" in _redacted("/v1/predict?preference=kept")
+
+
 def test_the_filter_is_on_uvicorns_access_handler() -> None:
     # The end-to-end STOW-RS test shows the real server's log; here, the wiring.
     config = uvicorn_log_config()

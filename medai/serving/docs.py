@@ -1,0 +1,137 @@
+"""The OpenAPI document and the API browser (Swagger UI), behind a key like every route.
+
+- ``GET /openapi.json`` and ``GET /docs``: any valid key as ``Authorization: Bearer``
+  (tools, schemathesis, a browser extension that adds the header).
+- ``GET /dashboard/docs`` and ``GET /dashboard/openapi.json``: for a browser signed in to
+  the dashboard (its HttpOnly cookie is scoped to ``/dashboard``); without the cookie,
+  the sign-in page. The "Authorize" button of the browser takes a key for "Try it out".
+
+:func:`build_openapi` adds the 401/403 answers to every route that checks a key (those
+FastAPI marks with the bearer scheme of :func:`medai.serving.auth.authenticate`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from sqlalchemy.exc import SQLAlchemyError
+
+from medai.serving.auth import Caller, authenticate
+from medai.serving.context import ServiceDep
+from medai.serving.dashboard import COOKIE
+from medai.serving.keys import authenticate_key, role_grants
+
+__all__ = ["build_openapi", "router"]
+
+router = APIRouter(include_in_schema=False)
+
+AnyKey = Annotated[Caller, Depends(authenticate)]
+_ERROR = {
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {"detail": {"type": "string"}},
+                "required": ["detail"],
+            }
+        }
+    }
+}
+_REFUSALS = {
+    "401": {"description": "No key, or an unknown or revoked key"} | _ERROR,
+    "403": {"description": "The key's role may not do this"} | _ERROR,
+}
+
+
+def build_openapi(app: FastAPI) -> dict[str, Any]:
+    """The app's OpenAPI document with the refusals of keyed routes (cached on the app).
+
+    The bearer scheme comes from :func:`medai.serving.auth.authenticate`'s dependency, so
+    the document marks exactly the routes that check a key; each gets its 401 and 403.
+    """
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(
+        title=app.title,
+        version=app.version,
+        summary=app.summary,
+        description=app.description,
+        routes=app.routes,
+    )
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            if isinstance(operation, dict) and operation.get("security"):
+                responses = operation.setdefault("responses", {})
+                for status, response in _REFUSALS.items():
+                    responses.setdefault(status, response)
+    app.openapi_schema = schema
+    return schema
+
+
+def _swagger(openapi_url: str) -> HTMLResponse:
+    page = get_swagger_ui_html(
+        openapi_url=openapi_url,
+        title="medai API",
+        swagger_ui_parameters={"persistAuthorization": False, "tryItOutEnabled": False},
+    )
+    page.headers["Cache-Control"] = "no-store"
+    page.headers["X-Frame-Options"] = "DENY"
+    return page
+
+
+@router.get("/openapi.json")
+def openapi_document(request: Request, caller: AnyKey) -> JSONResponse:
+    """The OpenAPI document, for any valid key."""
+    return JSONResponse(build_openapi(request.app))
+
+
+def _docs_caller(request: Request, service: ServiceDep) -> Caller:
+    try:
+        return authenticate(request, service)
+    except HTTPException as exc:
+        if exc.status_code == 401:
+            exc.detail = (
+                f"{exc.detail}; in a browser, sign in at /dashboard/login and open /dashboard/docs"
+            )
+        raise
+
+
+@router.get("/docs")
+def docs(caller: Annotated[Caller, Depends(_docs_caller)]) -> HTMLResponse:
+    """The API browser, for a client that sends a bearer key."""
+    return _swagger("/openapi.json")
+
+
+def _signed_in(request: Request, service: ServiceDep) -> bool:
+    key = request.cookies.get(COOKIE)
+    if not key:
+        return False
+    try:
+        info = authenticate_key(service.engine, key)
+    except SQLAlchemyError:
+        raise HTTPException(503, detail="the catalog is unreachable; retry later") from None
+    return info is not None and not info.revoked and role_grants(info.role, "steward")
+
+
+@router.get("/dashboard/docs")
+def dashboard_docs(request: Request, service: ServiceDep) -> Response:
+    """The API browser for a signed-in dashboard user; the sign-in page otherwise."""
+    if not _signed_in(request, service):
+        return RedirectResponse("/dashboard/login", status_code=303)
+    return _swagger("/dashboard/openapi.json")
+
+
+@router.get("/dashboard/openapi.json")
+def dashboard_openapi(request: Request, service: ServiceDep) -> JSONResponse:
+    """The OpenAPI document for the API browser of a signed-in dashboard user."""
+    if not _signed_in(request, service):
+        raise HTTPException(
+            401,
+            detail="sign in at /dashboard/login first, or send 'Authorization: Bearer <key>'"
+            " to /openapi.json",
+        )
+    return JSONResponse(build_openapi(request.app))

@@ -1,0 +1,1 @@
+"""Inference: the champion model from MLflow, micro-batched predictions, heatmaps and SR."""

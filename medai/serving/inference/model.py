@@ -1,0 +1,390 @@
+"""The served model: ``models:/<name>@<alias>`` from MLflow, rebuilt as a torch module.
+
+:func:`load_served_model` resolves the alias to a version and its training run, and
+downloads what the run logged for this: ``config/resolved.json`` (the
+:class:`~medai.training.config.ModelConfig`) and ``weights/best.pt`` (a state dict,
+loaded with ``weights_only=True``: no pickled code runs). The network is rebuilt with
+:func:`medai.training.networks.build_network`, not loaded from the exported program,
+because Grad-CAM needs its layers. Each label's operating threshold is the run's
+``test/threshold/<label>`` metric (chosen on the validation split during training).
+
+Preprocessing is training's deterministic path: :func:`medai.training.reader.dataset_to_image`
+then :func:`medai.training.transforms.build_transforms` with ``train=False``, on a data
+set parsed in memory.
+
+:class:`ModelHolder` keeps the current :class:`ServedModel` and replaces it when the
+alias moves. A request takes the current model once and uses it to the end, so a swap
+never changes a request half-way and requests in flight finish on the old version.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from medai.config import Settings
+from medai.errors import MedaiError
+from medai.serving.inference.findings import Finding
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+    import torch
+    from pydicom.dataset import Dataset
+
+    from medai.training.config import ModelConfig
+
+__all__ = [
+    "ModelHolder",
+    "ModelUnavailable",
+    "Refresh",
+    "ServedModel",
+    "choose_device",
+    "load_served_model",
+    "resolve_version",
+]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_ARTIFACT = "config/resolved.json"
+WEIGHTS_ARTIFACT = "weights/best.pt"
+THRESHOLD_METRIC = "test/threshold/{label}"
+MODEL_CARD = "MODEL_CARD.md"
+
+
+class ModelUnavailable(MedaiError):
+    """The served model cannot be loaded (not registered, no alias, artifacts missing)."""
+
+
+def choose_device(setting: str | None) -> torch.device:
+    """The torch device to serve on: ``setting`` if given, else CUDA when present, else CPU."""
+    import torch
+
+    if setting:
+        return torch.device(setting)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass(frozen=True, eq=False)
+class ServedModel:
+    """One version of a registered model, ready for inference.
+
+    Attributes
+    ----------
+    name, version, alias
+        The registered model, its version and the alias it was loaded by.
+    run_id
+        The MLflow training run of the version.
+    config
+        The model configuration the run was trained with.
+    thresholds
+        The operating threshold of each label, in the order of ``config.data.labels``.
+    network
+        The network in eval mode, on ``device``.
+    card
+        The text of the model card (``<models_dir>/<name>/MODEL_CARD.md``), if there is one.
+    """
+
+    name: str
+    version: str
+    alias: str
+    run_id: str
+    config: ModelConfig
+    thresholds: tuple[float, ...]
+    network: torch.nn.Module
+    device: torch.device
+    card: str | None
+    loaded_at: dt.datetime
+    _chain: Any = field(repr=False)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The findings, in the order of the network's outputs."""
+        return self.config.data.labels
+
+    def preprocess(self, ds: Dataset) -> torch.Tensor:
+        """The network input for one instance: training's evaluation path, on the CPU.
+
+        Parameters
+        ----------
+        ds
+            A parsed instance with pixel data (in memory).
+
+        Returns
+        -------
+        torch.Tensor
+            float32 ``(1, *image_size)``.
+        """
+        from medai.training.reader import dataset_to_image
+
+        image: torch.Tensor = self._chain({"image": dataset_to_image(ds)})["image"]
+        return image
+
+    def predict(self, batch: torch.Tensor) -> npt.NDArray[np.float32]:
+        """Per-label probabilities (sigmoid of the logits) of a batch ``(N, 1, *image_size)``.
+
+        Call it from one thread at a time (the batcher's inference thread).
+        """
+        import torch
+
+        with torch.inference_mode():
+            logits = self.network(batch.to(self.device, non_blocking=True))
+            probabilities: npt.NDArray[np.float32] = torch.sigmoid(logits.float()).cpu().numpy()
+        return probabilities
+
+    def findings(self, probabilities: Sequence[float]) -> list[Finding]:
+        """One :class:`Finding` per label: positive when ``probability >= threshold``."""
+        return [
+            Finding(label, float(p), threshold, bool(p >= threshold))
+            for label, p, threshold in zip(self.labels, probabilities, self.thresholds, strict=True)
+        ]
+
+
+def _client(settings: Settings) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    uri = settings.resolved_mlflow_tracking_uri
+    if uri.startswith("sqlite:///"):
+        # MLflow would create an empty database here; there is nothing to serve from one.
+        path = Path(uri.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise ModelUnavailable(
+                f"there is no MLflow database at {path}: train and promote a model first "
+                "(`medai train`, `medai models promote`), or set MEDAI_MLFLOW_TRACKING_URI"
+            )
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def resolve_version(settings: Settings, name: str, alias: str) -> tuple[str, str]:
+    """The version number and training run id that ``models:/<name>@<alias>`` points to.
+
+    Raises
+    ------
+    ModelUnavailable
+        No tracking database, no such model, or no version has the alias.
+    """
+    from mlflow.exceptions import MlflowException
+
+    client = _client(settings)
+    try:
+        version = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        raise ModelUnavailable(
+            f"no version of the registered model {name!r} has the alias {alias!r}: "
+            f"promote one with `medai models promote {name} VERSION`"
+        ) from None
+    if not version.run_id:
+        raise ModelUnavailable(f"{name} version {version.version} has no training run")
+    return str(version.version), str(version.run_id)
+
+
+def _thresholds(client: Any, run_id: str, labels: Sequence[str], what: str) -> tuple[float, ...]:
+    metrics = client.get_run(run_id).data.metrics
+    values = []
+    for label in labels:
+        value = float(metrics.get(THRESHOLD_METRIC.format(label=label), math.nan))
+        if not math.isfinite(value):
+            # Without it there is no positive/negative to report, only a bare score.
+            raise ModelUnavailable(
+                f"{what} has no operating threshold for {label!r} (metric "
+                f"{THRESHOLD_METRIC.format(label=label)}): retrain it on a validation "
+                "split with both classes of every label"
+            )
+        values.append(value)
+    return tuple(values)
+
+
+def read_model_card(settings: Settings, name: str) -> str | None:
+    """The model card ``<models_dir>/<name>/MODEL_CARD.md``, or None when there is none."""
+    path = settings.resolved_models_dir / name / MODEL_CARD
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        logger.warning("cannot read the model card %s: %s", path, type(exc).__name__)
+        return None
+
+
+def load_served_model(
+    settings: Settings,
+    *,
+    name: str,
+    alias: str,
+    device: torch.device,
+    version: tuple[str, str] | None = None,
+) -> ServedModel:
+    """Load ``models:/<name>@<alias>`` for inference.
+
+    Parameters
+    ----------
+    settings
+        Where MLflow and the model cards are.
+    name, alias
+        The registered model and the alias to follow.
+    device
+        Where the network runs.
+    version
+        ``(version, run_id)`` when already resolved (:func:`resolve_version`).
+
+    Returns
+    -------
+    ServedModel
+
+    Raises
+    ------
+    ModelUnavailable
+        When the alias, the run's artifacts or its thresholds are missing, or the
+        weights do not fit the configured network.
+    """
+    import mlflow.artifacts
+    import torch
+    from mlflow.exceptions import MlflowException
+    from pydantic import ValidationError
+
+    from medai.training.config import ModelConfig
+    from medai.training.networks import build_network
+    from medai.training.transforms import build_transforms
+
+    client = _client(settings)
+    number, run_id = version or resolve_version(settings, name, alias)
+    what = f"{name} version {number}"
+    uri = settings.resolved_mlflow_tracking_uri
+    # Model artifacts (no patient data) go through a temporary folder, gone after loading.
+    with tempfile.TemporaryDirectory(prefix="medai-model-") as tmp:
+        try:
+            config_path = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=CONFIG_ARTIFACT, dst_path=tmp, tracking_uri=uri
+            )
+            weights_path = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=WEIGHTS_ARTIFACT, dst_path=tmp, tracking_uri=uri
+            )
+        except (MlflowException, OSError) as exc:
+            raise ModelUnavailable(
+                f"{what}: its run {run_id} lacks {CONFIG_ARTIFACT} or {WEIGHTS_ARTIFACT} "
+                f"({type(exc).__name__}); it was trained by an older medai: retrain it"
+            ) from None
+        try:
+            config = ModelConfig.model_validate(json.loads(Path(config_path).read_text("utf-8")))
+        except (ValueError, ValidationError) as exc:
+            raise ModelUnavailable(f"{what}: {CONFIG_ARTIFACT} is not valid: {exc}") from None
+        network = build_network(
+            config.network.name,
+            num_labels=len(config.data.labels),
+            in_channels=1,
+            spatial_dims=len(config.transforms.image_size),
+            weights=None,
+        )
+        try:
+            state = torch.load(weights_path, map_location="cpu", weights_only=True)
+            network.load_state_dict(state)
+        except (RuntimeError, OSError, KeyError) as exc:
+            raise ModelUnavailable(
+                f"{what}: {WEIGHTS_ARTIFACT} does not fit a {config.network.name} with "
+                f"{len(config.data.labels)} outputs ({type(exc).__name__})"
+            ) from None
+    thresholds = _thresholds(client, run_id, config.data.labels, what)
+    network.eval().to(device)
+    return ServedModel(
+        name=name,
+        version=number,
+        alias=alias,
+        run_id=run_id,
+        config=config,
+        thresholds=thresholds,
+        network=network,
+        device=device,
+        card=read_model_card(settings, name),
+        loaded_at=dt.datetime.now(dt.UTC),
+        _chain=build_transforms(config.transforms, train=False),
+    )
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """The outcome of :meth:`ModelHolder.refresh`: the version before and after."""
+
+    previous: str | None
+    current: str
+    changed: bool
+
+
+class ModelHolder:
+    """The model being served; :meth:`refresh` follows the alias to a new version.
+
+    Parameters
+    ----------
+    settings
+        ``serve_model``, ``serve_alias``, ``inference_device`` and where MLflow is.
+    on_switch
+        Called as ``on_switch(previous, new, actor)`` after a new version was swapped in
+        (``previous`` is None for the first load), from the thread that loaded it.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        on_switch: Callable[[ServedModel | None, ServedModel, str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.name = settings.serve_model.strip()
+        self.alias = settings.serve_alias
+        self._on_switch = on_switch
+        # Serializes refreshes (the poller and the admin endpoint), never requests: they
+        # read `current`, one attribute, atomically.
+        self._lock = threading.Lock()
+        self.current: ServedModel | None = None
+        self.problem: str | None = f"loading models:/{self.name}@{self.alias}"
+
+    def refresh(self, actor: str = "medai-serve") -> Refresh:
+        """Load the version the alias points to now, if it is not the one served.
+
+        Parameters
+        ----------
+        actor
+            Who asked (for the audit record of a switch).
+
+        Raises
+        ------
+        ModelUnavailable
+            When the alias cannot be resolved or the new version cannot be loaded. The
+            version served so far (if any) goes on being served.
+        """
+        with self._lock:
+            served = self.current
+            try:
+                number, run_id = resolve_version(self.settings, self.name, self.alias)
+                if served is not None and served.version == number:
+                    return Refresh(served.version, number, changed=False)
+                model = load_served_model(
+                    self.settings,
+                    name=self.name,
+                    alias=self.alias,
+                    device=choose_device(self.settings.inference_device),
+                    version=(number, run_id),
+                )
+            except ModelUnavailable as exc:
+                if served is None:
+                    self.problem = str(exc)
+                raise
+            self.current = model  # the swap: later requests take the new version
+            self.problem = None
+        logger.info(
+            "serving %s version %s (@%s) on %s%s",
+            model.name,
+            model.version,
+            model.alias,
+            model.device,
+            "" if served is None else f", replacing version {served.version}",
+        )
+        if self._on_switch is not None:
+            self._on_switch(served, model, actor)
+        return Refresh(None if served is None else served.version, model.version, changed=True)

@@ -1,0 +1,160 @@
+"""The body of ``POST /v1/predict``: one study's instances, read into memory and parsed.
+
+Two forms are taken: ``application/dicom`` (one instance, the body is the file) and
+``multipart/related; type="application/dicom"`` (one or more instances, as STOW-RS
+sends them; parsed by :func:`medai.collection.stow.parse_multipart_related`).
+``multipart/form-data`` is refused on purpose: the usual form parsers spool large
+uploads to temporary files, and these files identify patients. The body is never
+written anywhere.
+
+Each instance is parsed and checked by :func:`medai.dicom.read.parse_instance`; every
+instance must hold an image and belong to the same study. Errors are
+:class:`fastapi.HTTPException` with a message that names the instance by its position,
+never by a value from the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from fastapi import HTTPException, Request
+from starlette.requests import ClientDisconnect
+
+from medai.collection.stow import (
+    DICOM_MEDIA_TYPE,
+    MalformedMultipart,
+    UnsupportedMediaType,
+    check_content_type,
+    parse_content_type,
+    parse_multipart_related,
+)
+from medai.dicom.read import parse_instance
+from medai.errors import Rejected
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+__all__ = ["ACCEPTED_TYPES", "check_upload_type", "parse_study", "read_body"]
+
+logger = logging.getLogger(__name__)
+
+ACCEPTED_TYPES = (
+    "send one instance as Content-Type: application/dicom, or one or more instances of "
+    'one study as Content-Type: multipart/related; type="application/dicom"; boundary=...'
+)
+_CLOSE = {"Connection": "close"}
+
+
+def check_upload_type(content_type: str | None) -> str:
+    """``"single"`` or ``"multipart"`` for an acceptable Content-Type; 415/400 otherwise.
+
+    Checked before the body is read, so a wrong upload costs no transfer.
+    """
+    if not content_type:
+        raise HTTPException(415, detail=f"no Content-Type: {ACCEPTED_TYPES}", headers=_CLOSE)
+    try:
+        media_type, _ = parse_content_type(content_type)
+        if media_type == DICOM_MEDIA_TYPE:
+            return "single"
+        if media_type == "multipart/related":
+            check_content_type(content_type)
+            return "multipart"
+    except UnsupportedMediaType as exc:
+        raise HTTPException(415, detail=f"{exc}; {ACCEPTED_TYPES}", headers=_CLOSE) from None
+    except MalformedMultipart as exc:
+        raise HTTPException(400, detail=str(exc), headers=_CLOSE) from None
+    raise HTTPException(
+        415, detail=f"{media_type!r} is not accepted: {ACCEPTED_TYPES}", headers=_CLOSE
+    )
+
+
+async def read_body(request: Request, *, max_bytes: int, idle_timeout: float) -> bytes:
+    """The whole body, in memory, at most ``max_bytes`` (413), stalling at most ``idle_timeout``.
+
+    Raises
+    ------
+    fastapi.HTTPException
+        400 for an upload cut short, 408 for one that stalled, 413 for one over the limit.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(stream), idle_timeout)
+        except StopAsyncIteration:
+            return b"".join(chunks)
+        except ClientDisconnect:
+            raise HTTPException(
+                400, detail="the upload was cut short; send it again", headers=_CLOSE
+            ) from None
+        except TimeoutError:
+            raise HTTPException(
+                408,
+                detail=f"the upload stalled for {idle_timeout:.0f} s; send it again",
+                headers=_CLOSE,
+            ) from None
+        size += len(chunk)
+        if size > max_bytes:
+            raise HTTPException(
+                413,
+                detail=f"the study is larger than the {max_bytes}-byte limit "
+                "(MEDAI_MAX_PREDICT_BYTES): send its images only, or ask the operator",
+                headers=_CLOSE,
+            )
+        chunks.append(chunk)
+
+
+def parse_study(
+    kind: str, content_type: str, body: bytes, *, max_instance_bytes: int
+) -> list[Dataset]:
+    """The instances of the upload, parsed in memory: one study, each with an image.
+
+    Call it in a worker thread (parsing checks, and may decode, the pixel data).
+
+    Raises
+    ------
+    fastapi.HTTPException
+        415 for a part that is not ``application/dicom``, 400 for a malformed multipart
+        body, 422 for an instance that is not DICOM, cannot be read, holds no image, or
+        belongs to another study than the first.
+    """
+    if kind == "single":
+        blobs = [body]
+    else:
+        try:
+            blobs = [part.data for part in parse_multipart_related(content_type, body)]
+        except UnsupportedMediaType as exc:
+            raise HTTPException(415, detail=f"{exc}; {ACCEPTED_TYPES}") from None
+        except MalformedMultipart as exc:
+            raise HTTPException(400, detail=str(exc)) from None
+    datasets: list[Dataset] = []
+    for number, blob in enumerate(blobs, 1):
+        where = "the instance" if len(blobs) == 1 else f"instance {number}"
+        try:
+            ds = parse_instance(blob, max_bytes=max_instance_bytes)
+        except Rejected as exc:
+            raise HTTPException(
+                422, detail=f"{where} cannot be read as DICOM ({exc.reason_code}): {exc}"
+            ) from None
+        except Exception as exc:  # pydicom's many ways of failing on a broken file
+            logger.info("unreadable instance in a prediction request: %s", type(exc).__name__)
+            raise HTTPException(
+                422, detail=f"{where} cannot be read as DICOM ({type(exc).__name__})"
+            ) from None
+        if "PixelData" not in ds:
+            raise HTTPException(
+                422,
+                detail=f"{where} holds no image (no Pixel Data): send the study's images, "
+                "not its reports or presentation states",
+            )
+        if datasets and ds.StudyInstanceUID != datasets[0].StudyInstanceUID:
+            raise HTTPException(
+                422,
+                detail=f"{where} belongs to another study than instance 1: one request "
+                "predicts one study; send each study in its own request",
+            )
+        datasets.append(ds)
+    return datasets
