@@ -1,0 +1,481 @@
+"""Inference throughput and latency: `medai serve` beside `mlflow models serve`, same load.
+
+In one run:
+  1. builds a tiny synthetic campaign in a temporary MEDAI_HOME and trains the demo model
+     (models/chest-xray-triage/config.toml: its network and input size, one epoch), registers
+     it in MLflow and promotes it to champion;
+  2. serves models:/chest-xray-triage@champion with
+       * medai  — `medai serve` (POST /v1/predict, body the DICOM instance,
+                  Content-Type: application/dicom, a clinician key), and
+       * MLflow — `mlflow models serve --env-manager local` (POST /invocations, body the
+                  preprocessed tensor as JSON {"inputs": [...]}: a client of MLflow's server
+                  must decode the DICOM and apply the model's transforms itself),
+     one server at a time, each a single process with its default settings;
+  3. drives each with the same load: 1, 8 and 32 concurrent clients (threads, one keep-alive
+     connection each), a fixed number of requests per client count, after a warm-up;
+  4. prints requests/s and p50/p99 latency side by side, and the ratios against the targets:
+     at 32 clients >= 3x MLflow's throughput and a lower p99; at 1 client a p50 no worse.
+
+    python benchmarks/serve.py [--requests 256] [--clients 1,8,32] [--image-size 512]
+                               [--only medai|mlflow] [--epochs 1] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.utils.dicom_net import free_port  # noqa: E402
+
+if TYPE_CHECKING:
+    from medai.config import Settings
+    from medai.training.config import ModelConfig
+
+MODEL = "chest-xray-triage"
+CONFIG = REPO / "models" / MODEL / "config.toml"
+WARMUP = 16
+
+
+@dataclass
+class Run:
+    """One client count against one server."""
+
+    server: str
+    clients: int
+    seconds: float
+    latencies: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    # medai's own metrics over the run (differences of its /metrics counters).
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.seconds
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies, q)) * 1000.0
+
+
+@dataclass
+class Target:
+    """What one server is sent: where, with which headers, which bodies, what a good answer is."""
+
+    server: str
+    url: str
+    headers: dict[str, str]
+    bodies: list[bytes]
+    check: Callable[[httpx.Response], str | None]
+    metrics: Callable[[], dict[str, float]] | None = None
+
+
+def clean_environment() -> dict[str, str]:
+    """This process's environment without the developer's own MEDAI_* settings.
+
+    The interpreter's bin directory comes first on PATH: `mlflow models serve` runs
+    `uvicorn` by name.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDAI_")}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+# ---------------------------------------------------------------- the model and the studies
+
+
+def register_demo_model(work: Path, epochs: int) -> tuple[Settings, ModelConfig]:
+    """Train the demo model's architecture on a tiny campaign; champion. (settings, config)."""
+    from medai.config import Settings
+    from medai.training.config import ModelConfig
+    from medai.training.tracking import promote, train_tracked
+    from tests.utils.research import build_tiny_catalog, tiny_synth
+
+    settings = Settings(home=work / "home", database_url=f"sqlite:///{work / 'home/catalog.db'}")
+    print("building a tiny synthetic campaign and its snapshot ...", flush=True)
+    build_tiny_catalog(settings, tiny_synth(work / "train-synth"), snapshot=MODEL)
+    data = tomllib.loads(CONFIG.read_text(encoding="utf-8"))
+    # The demo's network, labels and transforms (input size) as they are; only what makes
+    # training take seconds changes: the snapshot, the schedule, the evaluation's effort.
+    data["data"]["snapshot"] = MODEL
+    data["schedule"] |= {"epochs": epochs, "batch_size": 4, "patience": 0}
+    data["evaluation"] |= {"n_bootstrap": 50, "min_auroc_ci_low": 0.0}
+    config = ModelConfig.model_validate(data)
+    print(
+        f"training {config.network.name} on {list(config.transforms.image_size)} px, "
+        f"{epochs} epoch(s), and registering it ...",
+        flush=True,
+    )
+    start = time.perf_counter()
+    tracked = train_tracked(config, settings, device="cpu")
+    promote(MODEL, tracked.model_version, settings, min_auroc_ci_low=0.0)
+    print(
+        f"registered {MODEL} version {tracked.model_version} as champion "
+        f"({time.perf_counter() - start:.0f} s)\n",
+        flush=True,
+    )
+    return settings, config
+
+
+def load_studies(work: Path, count: int, image_size: int) -> list[bytes]:
+    """``count`` synthetic chest radiographs (``image_size`` px), the bytes a PACS would send."""
+    from medai.dicom.synth import generate
+
+    synth = generate(
+        work / "load-synth", studies=count, seed=2026, sites=("site-a",),
+        image_size=image_size, ct_slices=0,
+    )  # fmt: skip
+    files = [r.files[0] for r in synth.study_records if r.modality in ("CR", "DX")]
+    if not files:
+        raise SystemExit("the generator made no radiographs")
+    return [path.read_bytes() for path in files]
+
+
+def mlflow_bodies(instances: Sequence[bytes], config: ModelConfig) -> tuple[list[bytes], str]:
+    """Each instance as MLflow's server takes it: the model input, JSON {"inputs": [...]}."""
+    from medai.training.reader import read_image
+    from medai.training.transforms import build_transforms
+
+    chain = build_transforms(config.transforms, train=False)
+    bodies, shape = [], ""
+    for blob in instances:
+        tensor = chain({"image": read_image(blob)})["image"].unsqueeze(0)
+        shape = "x".join(str(n) for n in tensor.shape)
+        bodies.append(json.dumps({"inputs": tensor.tolist()}).encode())
+    return bodies, shape
+
+
+# ---------------------------------------------------------------- the two servers
+
+
+class Server:
+    """A server process in its own session (stopped with its children), logging to a file."""
+
+    def __init__(self, name: str, command: list[str], env: dict[str, str], log: Path) -> None:
+        self.name = name
+        self.log = log
+        self._out = log.open("wb")
+        self.process = subprocess.Popen(
+            command, env=env, stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def wait_ready(self, url: str, timeout: float = 600.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                tail = self.log.read_text(errors="replace")[-3000:]
+                raise SystemExit(f"{self.name} exited with {self.process.returncode}:\n{tail}")
+            try:
+                if httpx.get(url, timeout=5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise SystemExit(f"{self.name} was not ready after {timeout:.0f} s (log: {self.log})")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._out.close()
+
+
+def start_medai(settings: Settings, work: Path, port: int) -> tuple[Server, str]:
+    """`medai serve` on ``port`` and a clinician key for it."""
+    env = clean_environment() | {
+        "MEDAI_HOME": str(settings.resolved_home),
+        "MEDAI_DATABASE_URL": settings.resolved_database_url,
+        "MEDAI_MODELS_DIR": str(REPO / "models"),
+        "MEDAI_SERVE_MODEL": MODEL,
+        "MEDAI_LOG_LEVEL": "WARNING",
+    }
+    medai = [sys.executable, "-m", "medai.cli"]
+    created = subprocess.run(
+        [*medai, "keys", "create", "--role", "clinician", "--name", "bench"],
+        env=env, check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    key = created.stdout.strip().splitlines()[-1]  # the key is alone on the last line
+    server = Server(
+        "medai serve",
+        [*medai, "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env,
+        work / "medai-serve.log",
+    )
+    return server, key
+
+
+def start_mlflow(settings: Settings, work: Path, port: int) -> Server:
+    """`mlflow models serve` of the champion, from the same tracking store, on ``port``."""
+    uri = settings.resolved_mlflow_tracking_uri
+    env = clean_environment() | {"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri}
+    command = [
+        sys.executable, "-m", "mlflow", "models", "serve",
+        "-m", f"models:/{MODEL}@champion", "--env-manager", "local",
+        "-h", "127.0.0.1", "-p", str(port),
+    ]  # fmt: skip
+    return Server("mlflow models serve", command, env, work / "mlflow-serve.log")
+
+
+def medai_metrics(url: str, key: str) -> Callable[[], dict[str, float]]:
+    """A reader of medai's batching counters from its ``/metrics`` (sums and counts)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    wanted = {
+        "medai_inference_batch_size_sum",
+        "medai_inference_batch_size_count",
+        "medai_inference_forward_seconds_sum",
+        "medai_inference_queue_seconds_sum",
+    }
+
+    def read() -> dict[str, float]:
+        response = httpx.get(url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        response.raise_for_status()
+        values = dict.fromkeys(wanted, 0.0)
+        for family in text_string_to_metric_families(response.text):
+            for sample in family.samples:
+                if sample.name in wanted:
+                    values[sample.name] += sample.value
+        return values
+
+    return read
+
+
+def medai_check(response: httpx.Response) -> str | None:
+    if response.status_code != 200:
+        return f"{response.status_code} {response.text[:200]}"
+    return None if "findings" in response.json() else f"no findings: {response.text[:200]}"
+
+
+def mlflow_check(response: httpx.Response) -> str | None:
+    if response.status_code != 200:
+        return f"{response.status_code} {response.text[:200]}"
+    return None if "predictions" in response.json() else f"no predictions: {response.text[:200]}"
+
+
+# ---------------------------------------------------------------- the load
+
+
+def drive(target: Target, clients: int, requests: int) -> Run:
+    """``requests`` POSTs from ``clients`` threads at once; every latency, and the wall time."""
+    run = Run(target.server, clients, 0.0)
+    lock = threading.Lock()
+    issued = [0]
+    barrier = threading.Barrier(clients + 1)
+
+    def client() -> None:
+        with httpx.Client(timeout=300, headers=target.headers) as http:
+            barrier.wait()
+            while True:
+                with lock:
+                    index = issued[0]
+                    issued[0] += 1
+                if index >= requests:
+                    return
+                body = target.bodies[index % len(target.bodies)]
+                start = time.perf_counter()
+                try:
+                    response = http.post(target.url, content=body)
+                    problem = target.check(response)
+                except httpx.HTTPError as exc:
+                    problem = f"{type(exc).__name__}: {exc}"
+                elapsed = time.perf_counter() - start
+                with lock:
+                    if problem is None:
+                        run.latencies.append(elapsed)
+                    else:
+                        run.errors.append(problem)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    run.seconds = time.perf_counter() - start
+    return run
+
+
+def measure(target: Target, client_counts: Sequence[int], requests: int) -> list[Run]:
+    warm = drive(target, 1, WARMUP)  # first requests pay for lazy imports and allocations
+    if warm.errors:
+        raise SystemExit(f"{target.server}: warm-up failed: {warm.errors[0]}")
+    runs = []
+    for clients in client_counts:
+        print(f"  {target.server}: {clients} client(s), {requests} requests ...", flush=True)
+        before = target.metrics() if target.metrics else {}
+        run = drive(target, clients, requests)
+        if target.metrics:
+            after = target.metrics()
+            run.metrics = {name: after[name] - before.get(name, 0.0) for name in after}
+        if run.errors:
+            print(f"    {len(run.errors)} failed, e.g. {run.errors[0]}")
+        if not run.latencies:
+            raise SystemExit(f"{target.server}: every request failed")
+        runs.append(run)
+    return runs
+
+
+# ---------------------------------------------------------------- the report
+
+
+def report(medai: list[Run], mlflow: list[Run]) -> None:
+    by_clients = {run.clients: run for run in mlflow}
+    print()
+    header = (
+        f"{'clients':>7} | {'medai req/s':>11} {'p50 ms':>8} {'p99 ms':>8} | "
+        f"{'mlflow req/s':>12} {'p50 ms':>8} {'p99 ms':>8} | {'req/s x':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for ours in medai:
+        theirs = by_clients.get(ours.clients)
+        row = f"{ours.clients:>7} | {ours.rate:>11.1f} {ours.percentile(50):>8.1f} "
+        row += f"{ours.percentile(99):>8.1f} | "
+        if theirs is None:
+            row += f"{'-':>12} {'-':>8} {'-':>8} | {'-':>7}"
+        else:
+            row += f"{theirs.rate:>12.1f} {theirs.percentile(50):>8.1f} "
+            row += f"{theirs.percentile(99):>8.1f} | {ours.rate / theirs.rate:>6.2f}x"
+        print(row)
+    print()
+    top, one = max(by_clients), min(by_clients)
+    ours_top = next((r for r in medai if r.clients == top), None)
+    ours_one = next((r for r in medai if r.clients == one), None)
+    if ours_top is not None:
+        theirs = by_clients[top]
+        ratio = ours_top.rate / theirs.rate
+        print(
+            f"at {top} clients: throughput medai / mlflow = {ratio:.2f}x (target >= 3x: "
+            f"{'met' if ratio >= 3 else 'NOT met'}); p99 {ours_top.percentile(99):.1f} ms vs "
+            f"{theirs.percentile(99):.1f} ms (target lower: "
+            f"{'met' if ours_top.percentile(99) < theirs.percentile(99) else 'NOT met'})"
+        )
+    if ours_one is not None:
+        theirs = by_clients[one]
+        ratio = ours_one.percentile(50) / theirs.percentile(50)
+        print(
+            f"at {one} client: p50 medai / mlflow = {ratio:.2f} ({ours_one.percentile(50):.1f} "
+            f"ms vs {theirs.percentile(50):.1f} ms; target <= 1: "
+            f"{'met' if ratio <= 1 else 'NOT met'})"
+        )
+
+
+def print_runs(runs: list[Run]) -> None:
+    # On a shared machine other work competes for the cores: say how much there was.
+    load = os.getloadavg()[0]
+    print(f"  (1-minute load average after the runs: {load:.1f} on {os.cpu_count()} cores)")
+    for run in runs:
+        print(
+            f"  {run.server:<22}{run.clients:>3} clients {run.rate:>8.1f} req/s  "
+            f"p50 {run.percentile(50):>7.1f} ms  p99 {run.percentile(99):>7.1f} ms"
+        )
+        batches = run.metrics.get("medai_inference_batch_size_count", 0.0)
+        if batches:
+            images = run.metrics["medai_inference_batch_size_sum"]
+            forward = run.metrics["medai_inference_forward_seconds_sum"] * 1000.0
+            queued = run.metrics["medai_inference_queue_seconds_sum"] * 1000.0
+            print(
+                f"{'':<30}{batches:.0f} forward passes of {images / batches:.1f} images, "
+                f"{forward / batches:.1f} ms each ({forward / images:.1f} ms per image); "
+                f"a batch's longest queue wait {queued / batches:.1f} ms on average"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=256, help="requests per client count")
+    parser.add_argument("--clients", default="1,8,32", help="concurrent clients, comma-separated")
+    parser.add_argument("--image-size", type=int, default=512, help="radiograph size sent, px")
+    parser.add_argument("--studies", type=int, default=8, help="distinct radiographs sent")
+    parser.add_argument("--epochs", type=int, default=1, help="training epochs of the model")
+    parser.add_argument("--only", choices=("medai", "mlflow"), help="serve and drive one side")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    args = parser.parse_args()
+    client_counts = sorted({int(n) for n in args.clients.split(",")})
+
+    work = Path(tempfile.mkdtemp(prefix="medai-bench-serve-"))
+    try:
+        settings, config = register_demo_model(work, args.epochs)
+        instances = load_studies(work, args.studies, args.image_size)
+        bodies, shape = mlflow_bodies(instances, config)
+        print(
+            f"load: {len(instances)} radiographs of {args.image_size} px; {os.cpu_count()} CPU "
+            f"cores; {args.requests} requests per client count, after {WARMUP} warm-up ones\n"
+            f"  medai  POST /v1/predict   the DICOM instance (application/dicom), "
+            f"{np.mean([len(b) for b in instances]) / 1024:.0f} KiB\n"
+            f'  mlflow POST /invocations  the preprocessed tensor as JSON {{"inputs": [...]}} '
+            f"({shape} float32), {np.mean([len(b) for b in bodies]) / 1024:.0f} KiB: what a "
+            "client of `mlflow models serve` must send, having decoded the DICOM and applied "
+            "the model's transforms itself\n",
+            flush=True,
+        )
+        medai_runs: list[Run] = []
+        mlflow_runs: list[Run] = []
+        if args.only in (None, "mlflow"):
+            port = free_port()
+            server = start_mlflow(settings, work, port)
+            try:
+                server.wait_ready(f"http://127.0.0.1:{port}/ping")
+                target = Target(
+                    "mlflow models serve",
+                    f"http://127.0.0.1:{port}/invocations",
+                    {"Content-Type": "application/json"},
+                    bodies,
+                    mlflow_check,
+                )
+                mlflow_runs = measure(target, client_counts, args.requests)
+            finally:
+                server.stop()
+            print_runs(mlflow_runs)
+        if args.only in (None, "medai"):
+            port = free_port()
+            server, key = start_medai(settings, work, port)
+            try:
+                server.wait_ready(f"http://127.0.0.1:{port}/readyz")
+                target = Target(
+                    "medai serve",
+                    f"http://127.0.0.1:{port}/v1/predict",
+                    {"Authorization": f"Bearer {key}", "Content-Type": "application/dicom"},
+                    instances,
+                    medai_check,
+                    medai_metrics(f"http://127.0.0.1:{port}/metrics", key),
+                )
+                medai_runs = measure(target, client_counts, args.requests)
+            finally:
+                server.stop()
+            print_runs(medai_runs)
+        if medai_runs and mlflow_runs:
+            report(medai_runs, mlflow_runs)
+    finally:
+        if args.keep:
+            print(f"\nkept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
