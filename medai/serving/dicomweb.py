@@ -23,7 +23,6 @@ nothing: sending it again is all a site has to do.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from typing import Annotated
@@ -33,7 +32,6 @@ from fastapi.responses import Response
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect
 
 from medai.catalog.db import session_factory
 from medai.catalog.models import Site
@@ -52,7 +50,7 @@ from medai.collection.stow import (
 from medai.errors import CampaignError, KeyFileError, UnknownSite
 from medai.serving.auth import Caller, require_role
 from medai.serving.context import Service, ServiceDep
-from medai.serving.limits import RequestTooLarge
+from medai.serving.limits import RequestTooLarge, read_whole_body
 
 __all__ = ["SITE_HEADER", "router"]
 
@@ -170,7 +168,16 @@ async def _stow(
     except MalformedMultipart as exc:
         raise HTTPException(400, detail=str(exc), headers=_CLOSE) from None
 
-    body = await _read_body(request, service.settings.max_request_bytes, service.body_idle_timeout)
+    # Nothing is offered to the pipeline unless the body arrives whole: an upload cut short
+    # or stalled records nothing, and the sender has to send it all again.
+    max_bytes = service.settings.max_request_bytes
+    body = await read_whole_body(
+        request,
+        max_bytes=max_bytes,
+        idle_timeout=service.body_idle_timeout,
+        too_large=lambda: RequestTooLarge(max_bytes),
+        what="STOW-RS upload",
+    )
     try:
         parts = await run_in_threadpool(parse_multipart_related, content_type, body)
     except UnsupportedMediaType as exc:
@@ -196,41 +203,6 @@ async def _stow(
     if result.status == 503:
         response.headers["Retry-After"] = "30"
     return response
-
-
-async def _read_body(request: Request, max_bytes: int, idle_timeout: float) -> bytes:
-    """The whole body, in memory; the limit is also enforced by BodyLimitMiddleware.
-
-    Nothing is offered to the pipeline unless the body arrives whole: an upload cut
-    short or stalled for ``idle_timeout`` seconds records nothing, and the sender has
-    to send it all again.
-    """
-    chunks: list[bytes] = []
-    size = 0
-    stream = request.stream().__aiter__()
-    while True:
-        try:
-            chunk = await asyncio.wait_for(anext(stream), idle_timeout)
-        except StopAsyncIteration:
-            return b"".join(chunks)
-        except ClientDisconnect:
-            logger.info("a STOW-RS upload was cut short; nothing from it was recorded")
-            raise HTTPException(
-                400, detail="the upload was cut short; send it again", headers=_CLOSE
-            ) from None
-        except TimeoutError:
-            logger.info(
-                "a STOW-RS upload stalled for %.0f s; nothing from it was recorded", idle_timeout
-            )
-            raise HTTPException(
-                408,
-                detail=f"the upload stalled for {idle_timeout:.0f} s; send it again",
-                headers=_CLOSE,
-            ) from None
-        size += len(chunk)
-        if size > max_bytes:
-            raise RequestTooLarge(max_bytes)
-        chunks.append(chunk)
 
 
 def _ingest(

@@ -8,11 +8,19 @@ service hold more than ``max_request_bytes`` of its body in memory.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Callable
+
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["BodyLimitMiddleware", "RequestTooLarge"]
+__all__ = ["BodyLimitMiddleware", "RequestTooLarge", "read_whole_body"]
+
+logger = logging.getLogger(__name__)
+_CLOSE = {"Connection": "close"}
 
 
 class RequestTooLarge(HTTPException):
@@ -26,6 +34,61 @@ class RequestTooLarge(HTTPException):
             # The rest of the body is not read: end the connection after the answer.
             headers={"Connection": "close"},
         )
+
+
+async def read_whole_body(
+    request: Request,
+    *,
+    max_bytes: int,
+    idle_timeout: float,
+    too_large: Callable[[], HTTPException],
+    what: str,
+) -> bytes:
+    """The whole body in memory, or an HTTP error: nothing is used of a body not received whole.
+
+    Parameters
+    ----------
+    request
+        The request whose body to read.
+    max_bytes
+        Largest body accepted; ``too_large()`` is raised past it.
+    idle_timeout
+        Seconds the client may send nothing before the upload is given up (408).
+    too_large
+        The 413 error to raise (its message names the setting that limits it).
+    what
+        What the body is, for the log (``"STOW-RS upload"``).
+
+    Raises
+    ------
+    starlette.exceptions.HTTPException
+        400 for an upload cut short, 408 for one that stalled, ``too_large()`` for one
+        over the limit; each closes the connection.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(stream), idle_timeout)
+        except StopAsyncIteration:
+            return b"".join(chunks)
+        except ClientDisconnect:
+            logger.info("a %s was cut short; nothing from it was recorded", what)
+            raise HTTPException(
+                400, detail="the upload was cut short; send it again", headers=_CLOSE
+            ) from None
+        except TimeoutError:
+            logger.info("a %s stalled for %.0f s; nothing from it was recorded", what, idle_timeout)
+            raise HTTPException(
+                408,
+                detail=f"the upload stalled for {idle_timeout:.0f} s; send it again",
+                headers=_CLOSE,
+            ) from None
+        size += len(chunk)
+        if size > max_bytes:
+            raise too_large()
+        chunks.append(chunk)
 
 
 class BodyLimitMiddleware:

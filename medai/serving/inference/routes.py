@@ -49,8 +49,9 @@ from medai.serving.inference.schemas import (
     ReloadOut,
 )
 from medai.serving.inference.service import InferenceService
-from medai.serving.inference.upload import check_upload_type, parse_study, read_body
+from medai.serving.inference.upload import check_upload_type, parse_study, study_too_large
 from medai.serving.keys import role_grants
+from medai.serving.limits import read_whole_body
 
 __all__ = ["REFERENCE_HEADER", "router"]
 
@@ -181,10 +182,13 @@ async def predict(
     content_type = request.headers.get("content-type")
     kind = check_upload_type(content_type)
     settings = service.settings
-    body = await read_body(
+    max_bytes = min(settings.max_predict_bytes, settings.max_request_bytes)
+    body = await read_whole_body(
         request,
-        max_bytes=min(settings.max_predict_bytes, settings.max_request_bytes),
+        max_bytes=max_bytes,
         idle_timeout=service.body_idle_timeout,
+        too_large=lambda: study_too_large(max_bytes),
+        what="prediction upload",
     )
     datasets = await run_in_threadpool(
         parse_study, kind, content_type or "", body, max_instance_bytes=settings.max_instance_bytes

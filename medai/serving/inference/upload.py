@@ -15,12 +15,10 @@ never by a value from the file.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from fastapi import HTTPException, Request
-from starlette.requests import ClientDisconnect
+from fastapi import HTTPException
 
 from medai.collection.stow import (
     DICOM_MEDIA_TYPE,
@@ -36,7 +34,7 @@ from medai.errors import Rejected
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-__all__ = ["ACCEPTED_TYPES", "check_upload_type", "parse_study", "read_body"]
+__all__ = ["ACCEPTED_TYPES", "check_upload_type", "parse_study", "study_too_large"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,41 +68,14 @@ def check_upload_type(content_type: str | None) -> str:
     )
 
 
-async def read_body(request: Request, *, max_bytes: int, idle_timeout: float) -> bytes:
-    """The whole body, in memory, at most ``max_bytes`` (413), stalling at most ``idle_timeout``.
-
-    Raises
-    ------
-    fastapi.HTTPException
-        400 for an upload cut short, 408 for one that stalled, 413 for one over the limit.
-    """
-    chunks: list[bytes] = []
-    size = 0
-    stream = request.stream().__aiter__()
-    while True:
-        try:
-            chunk = await asyncio.wait_for(anext(stream), idle_timeout)
-        except StopAsyncIteration:
-            return b"".join(chunks)
-        except ClientDisconnect:
-            raise HTTPException(
-                400, detail="the upload was cut short; send it again", headers=_CLOSE
-            ) from None
-        except TimeoutError:
-            raise HTTPException(
-                408,
-                detail=f"the upload stalled for {idle_timeout:.0f} s; send it again",
-                headers=_CLOSE,
-            ) from None
-        size += len(chunk)
-        if size > max_bytes:
-            raise HTTPException(
-                413,
-                detail=f"the study is larger than the {max_bytes}-byte limit "
-                "(MEDAI_MAX_PREDICT_BYTES): send its images only, or ask the operator",
-                headers=_CLOSE,
-            )
-        chunks.append(chunk)
+def study_too_large(max_bytes: int) -> HTTPException:
+    """The 413 of a study over ``max_bytes`` (MEDAI_MAX_PREDICT_BYTES)."""
+    return HTTPException(
+        413,
+        detail=f"the study is larger than the {max_bytes}-byte limit "
+        "(MEDAI_MAX_PREDICT_BYTES): send its images only, or ask the operator",
+        headers=_CLOSE,
+    )
 
 
 def parse_study(
