@@ -10,6 +10,7 @@ a row without its file; re-sending anything is harmless.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections import Counter
@@ -143,6 +144,10 @@ class IngestPipeline:
         The campaign's Annex E de-identifier (with its pseudonymizer).
     max_instance_bytes
         Inputs longer than this are quarantined as too large without parsing.
+    actor
+        Who the audit records name.
+    clock
+        The time an instance is received at (UTC); the wall clock unless simulating.
     """
 
     def __init__(
@@ -154,6 +159,7 @@ class IngestPipeline:
         deidentifier: Deidentifier,
         max_instance_bytes: int,
         actor: str = "medai-ingest",
+        clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self.engine = engine
         self.store = store
@@ -161,6 +167,10 @@ class IngestPipeline:
         self.deidentifier = deidentifier
         self.max_instance_bytes = max_instance_bytes
         self.actor = actor
+        # When an instance counts as received (catalog rows, events, progress day). Always
+        # the wall clock but in a simulation (``medai demo`` replays a campaign's past days);
+        # audit records keep the real time.
+        self.clock = clock
         self._sessions: sessionmaker[Session] = session_factory(engine)
         # Reads need no write lock (SQLite otherwise begins every transaction IMMEDIATE).
         self._read_sessions: sessionmaker[Session] = session_factory(
@@ -363,7 +373,7 @@ class IngestPipeline:
         outcomes: list[Outcome] = []
         new_ids: dict[tuple[str, str], int] = {}
         touched_studies: set[int] = set()
-        counters = _ProgressCounters()
+        counters = _ProgressCounters(self.clock().date())
         with self._sessions.begin() as session:
             lock_audit_chain(session)  # before any row: see lock_audit_chain
             events: list[dict[str, object]] = []
@@ -393,7 +403,7 @@ class IngestPipeline:
                         "outcome": outcome.kind,
                         "sop_instance_uid": outcome.sop_instance_uid,
                         "quarantine_id": quarantine_id,
-                        "at": utcnow(),
+                        "at": self.clock(),
                     }
                 )
                 details: dict[str, object] = {
@@ -419,7 +429,7 @@ class IngestPipeline:
                 session.execute(
                     update(Study)
                     .where(Study.id.in_(sorted(touched_studies)))
-                    .values(last_received_at=utcnow(), completed_at=None)
+                    .values(last_received_at=self.clock(), completed_at=None)
                 )
             add_to_counters(session, ProgressCount, _ProgressCounters.KEY, counters.rows())
             append_audit_many(session, audit)
@@ -521,7 +531,7 @@ class IngestPipeline:
                 store_key=store_key,
                 byte_size=len(prepared.data),
                 source=offer.source,
-                received_at=utcnow(),
+                received_at=self.clock(),
             )
         )
         kind: OutcomeKind = "stored" if inserted.rowcount == 1 else "duplicate"  # type: ignore[attr-defined]
@@ -551,8 +561,8 @@ class _ProgressCounters:
 
     KEY = ("site_id", "day", "modality", "body_part")
 
-    def __init__(self) -> None:
-        self._today = utcnow().date()
+    def __init__(self, today: dt.date) -> None:
+        self._today = today
         self._studies: Counter[tuple[str, str, str]] = Counter()
         self._instances: Counter[tuple[str, str, str]] = Counter()
         self._bytes: Counter[tuple[str, str, str]] = Counter()

@@ -1,21 +1,40 @@
-"""``medai demo``: the main job end to end on embedded defaults (grows with each part of medai).
+"""``medai demo``: three hospitals collecting, a model trained, a clinician answered.
 
-Today: a campaign from ``collection/``, synthetic studies from three sites with PHI
-planted in them, each site's hand-over imported (de-identified, pseudonymized,
-catalogued, the rest quarantined), then the accounting and the audit chain verified.
+The steps, each the real component a deployment uses, on embedded defaults (SQLite, the
+local store, MLflow on SQLite under ``MEDAI_HOME``):
+
+1. the demo campaign (``collection/demo-campaign.toml``) set up with today as day N;
+2. synthetic studies of three sites, PHI planted, as the hospitals would send them;
+3. the days before today replayed through the ingest pipeline (:mod:`medai.demo.timeline`);
+4. today: ``medai collect listen`` started, two sites pushing over C-STORE;
+5. the third site's hand-over imported as a folder (with junk that ends quarantined);
+6. every site's label sheet imported and linked;
+7. ``medai campaign status``, then the accounting and the audit chain verified;
+8. a snapshot, the demo model trained and tracked in MLflow, promoted through its gate;
+9. ``medai serve`` started, a study sent as a clinician would, the findings printed;
+10. the dashboard and MLflow UI addresses, a summary, and the servers left running until
+    Ctrl-C (``--exit`` stops at the end).
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["demo_command", "register"]
+__all__ = ["demo_command"]
 
 console = Console()
+DEFAULT_CAMPAIGN = Path("collection/demo-campaign.toml")
+DEFAULT_MODEL = Path("models/chest-xray-triage")
+
+
+class DemoFailed(Exception):
+    """A step did not give what the demo needs to go on; the message says which."""
 
 
 def _step(number: int, text: str) -> None:
@@ -23,89 +42,126 @@ def _step(number: int, text: str) -> None:
 
 
 def demo_command(
-    campaign_file: Path = typer.Option(
-        Path("collection/example-campaign.toml"),
-        "--campaign",
-        help="Campaign definition to set up.",
-        exists=True,
-        dir_okay=False,
-    ),
-    studies: int = typer.Option(12, "--studies", min=1, help="Synthetic studies per site."),
-    seed: int = typer.Option(2026, "--seed", help="Seed of the synthetic generator."),
-    workers: int = typer.Option(0, "--workers", min=0, help="Import worker processes."),
-) -> None:
-    """Run the collection campaign end to end on synthetic data and prove the accounting."""
-    from medai.catalog.db import create_engine_for, session_factory
-    from medai.collection.accounting import verify_collection
-    from medai.collection.audit import verify_audit_chain
-    from medai.collection.campaign import init_campaign, load_campaign
-    from medai.collection.folder_import import import_path
+    campaign_file: Annotated[
+        Path,
+        typer.Option("--campaign", help="Campaign definition to set up.", exists=True,
+                     dir_okay=False),
+    ] = DEFAULT_CAMPAIGN,
+    model_dir: Annotated[
+        Path, typer.Option("--model", help="Model directory (config.toml) to train.", exists=True)
+    ] = DEFAULT_MODEL,
+    studies: Annotated[
+        int, typer.Option("--studies", min=4, help="Synthetic studies per site.")
+    ] = 200,
+    day: Annotated[
+        int, typer.Option("--day", min=2, help="Which day of the campaign today is.")
+    ] = 60,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic generator.")] = 2026,
+    image_size: Annotated[
+        int, typer.Option("--image-size", min=16, help="Rows and columns of the synthetic images.")
+    ] = 128,
+    epochs: Annotated[
+        int | None, typer.Option("--epochs", min=1, help="Training epochs (default: the config).")
+    ] = None,
+    min_auroc_ci_low: Annotated[
+        float | None,
+        typer.Option(help="Promotion gate override (default: the model config's gate)."),
+    ] = None,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Import worker processes.")] = 0,
+    serve_port: Annotated[int, typer.Option("--serve-port", help="Port of `medai serve`.")] = 8000,
+    mlflow_port: Annotated[int, typer.Option("--mlflow-port", help="MLflow UI port.")] = 5000,
+    exit_at_end: Annotated[
+        bool, typer.Option("--exit", help="Stop the servers and exit at the end (for scripts).")
+    ] = False,
+) -> None:  # fmt: skip
+    """Run the whole pilot end to end on synthetic data: collect, train, serve, predict."""
     from medai.config import get_settings
-    from medai.dicom.synth import generate
+    from medai.demo.services import Server
     from medai.errors import MedaiError
 
     settings = get_settings()
+    servers: list[Server] = []
+    started = time.monotonic()
     try:
-        _step(1, f"campaign from {campaign_file}")
-        definition = load_campaign(campaign_file)
-        init_campaign(definition, settings)
-        site_ids = [site.id for site in definition.sites]
-        console.print(f"campaign {definition.name!r}, sites: {', '.join(site_ids)}")
-        console.print(f"catalog: {settings.resolved_database_url}")
-
-        _step(2, "synthetic studies with PHI planted, as the sites would hand them over")
-        incoming = settings.resolved_home / "demo-incoming"
-        synth = generate(incoming, studies=studies * len(site_ids), seed=seed, sites=site_ids)
-        console.print(
-            f"{synth.instances} instances in {synth.studies} studies of {synth.patients} "
-            f"patients under {incoming}"
+        results = _run(
+            settings,
+            servers,
+            campaign_file=campaign_file,
+            model_dir=model_dir,
+            studies=studies,
+            day=day,
+            seed=seed,
+            image_size=image_size,
+            epochs=epochs,
+            min_auroc_ci_low=min_auroc_ci_low,
+            workers=workers,
+            serve_port=serve_port,
+            mlflow_port=mlflow_port,
         )
-        # Real hand-overs hold more than images: these must end quarantined, with a reason.
-        first_site = incoming / site_ids[0]
-        (first_site / "scanned-referral.txt").write_text("Referral letter, see attached scan.\n")
-        cut = synth.files[0].read_bytes()
-        (first_site / "copy-interrupted.dcm").write_bytes(cut[: len(cut) // 3])
-        console.print(f"added a text file and a truncated copy to {first_site.name}'s hand-over")
+    except (MedaiError, DemoFailed, RuntimeError) as exc:
+        console.print(f"[bold red]demo stopped:[/] {exc}")
+        for server in servers:
+            server.stop()
+        raise typer.Exit(1) from exc
+    summary = Table(title=f"medai demo: done in {time.monotonic() - started:.0f} s")
+    summary.add_column("stage")
+    summary.add_column("result")
+    for stage, result in results:
+        summary.add_row(stage, result)
+    console.print(summary)
+    console.print("[bold green]demo finished[/]")
+    if exit_at_end:
+        for server in servers:
+            server.stop()
+        return
+    console.print("servers keep running; Ctrl-C stops them")
+    try:
+        while all(server.alive() for server in servers):
+            time.sleep(1)
+        console.print("[red]a server exited[/]; see the logs under " + str(settings.resolved_home))
+    except KeyboardInterrupt:
+        console.print("stopping the servers")
+    finally:
+        for server in servers:
+            server.stop()
 
-        summary_table = Table(title="Import per site")
-        for column in ("site", "inputs", "stored", "duplicate", "quarantined", "files/s"):
-            summary_table.add_column(column, justify="right" if column != "site" else "left")
-        _step(3, "import each site's folder (twice: the second run must add nothing)")
-        for site_id in site_ids:
-            for _attempt in range(2):
-                summary = import_path(incoming / site_id, site_id, workers=workers)
-                summary_table.add_row(
-                    site_id,
-                    str(summary.inputs),
-                    str(summary.stored),
-                    str(summary.duplicate),
-                    str(sum(summary.quarantined.values())),
-                    f"{summary.inputs / max(summary.seconds, 1e-9):.0f}",
-                )
-        console.print(summary_table)
 
-        _step(4, "verify the accounting and the audit chain")
-        report = verify_collection(settings)
-        engine = create_engine_for(settings.resolved_database_url)
-        with session_factory(engine)() as session:
-            audit = verify_audit_chain(session)
-    except MedaiError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(2) from exc
+def _run(settings: Any, servers: list[Any], **options: Any) -> list[tuple[str, str]]:
+    from medai.demo import stages
 
-    console.print(
-        f"inputs {report.inputs} = stored {report.events.get('stored', 0)} + duplicate "
-        f"{report.events.get('duplicate', 0)} + quarantined {report.events.get('quarantined', 0)}"
+    step, out = _step, console
+    campaign = stages.set_up_campaign(
+        settings, options["campaign_file"], options["day"], step=step, console=out
     )
-    console.print(f"audit records: {audit.records}, chain {'intact' if audit.ok else 'BROKEN'}")
-    if not report.ok or not audit.ok:
-        for problem in report.problems:
-            console.print(f"[red]problem:[/] {problem}")
-        raise typer.Exit(1)
-    console.print(
-        "[bold green]demo finished[/]: `medai collect verify` and `medai audit verify` agree"
+    sites = stages.generate_sites(
+        settings, campaign, options["studies"], options["seed"], options["image_size"],
+        step=step, console=out,
+    )  # fmt: skip
+    results = [
+        ("campaign", campaign.summary),
+        ("synthetic studies", f"{sites.synth.instances} instances, {sites.synth.studies} studies"),
+        ("replayed days", stages.replay_past(settings, campaign, sites, step, out)),
+        ("C-STORE today", stages.push_today(settings, campaign, sites, servers, step, out)),
+        ("folder import",
+         stages.import_folder(settings, campaign, sites, options["workers"], step, out)),
+        ("label sheets", stages.import_labels(settings, sites, step, out)),
+        ("progress", stages.show_progress(settings, step, out)),
+        ("accounting", stages.verify(settings, step, out)),
+    ]  # fmt: skip
+    model = stages.train_model(
+        settings, options["model_dir"], options["epochs"], options["image_size"], step, out
     )
-
-
-def register(app: typer.Typer) -> None:
-    app.command("demo")(demo_command)
+    results += [
+        ("snapshot", model.snapshot_summary),
+        ("training", model.summary),
+        ("promotion", stages.promote_model(model, options["min_auroc_ci_low"], step, out)),
+    ]
+    service = stages.serve_and_predict(
+        settings, model, sites, servers, options["serve_port"], step, out
+    )
+    results += [
+        ("prediction", service.summary),
+        ("web", stages.start_mlflow_ui(settings, servers, options["mlflow_port"], service, step,
+                                       out)),
+    ]  # fmt: skip
+    return results

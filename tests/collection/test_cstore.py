@@ -14,6 +14,7 @@ from pydicom.data import get_testdata_file
 
 from medai.collection.accounting import verify_collection
 from medai.config import Settings
+from medai.demo.services import STORESCU_PROPOSE
 from medai.dicom.synth import generate
 from tests.utils.campaign import init_example_campaign
 from tests.utils.dicom_net import SITE_A_AE, Listener, echo
@@ -42,16 +43,6 @@ def listener(settings: Settings) -> Iterator[int]:
     assert "listener stopped" in output
 
 
-# storescu proposes one family of transfer syntaxes per run: the flag for each.
-_PROPOSE = {
-    "1.2.840.10008.1.2.1": [],
-    "1.2.840.10008.1.2": ["--propose-implicit"],
-    "1.2.840.10008.1.2.1.99": ["--propose-deflated"],
-    "1.2.840.10008.1.2.5": ["--propose-rle"],
-    "1.2.840.10008.1.2.4.90": ["--propose-j2k-lossless"],
-    "1.2.840.10008.1.2.4.91": ["--propose-j2k-lossy"],
-    "1.2.840.10008.1.2.4.70": ["--propose-lossless"],
-}
 
 
 def _store(port: int, calling: str, files: list[Path]) -> list[str]:
@@ -65,7 +56,7 @@ def _store(port: int, calling: str, files: list[Path]) -> list[str]:
         run = subprocess.run(
             [
                 "storescu",
-                *_PROPOSE[syntax],
+                *STORESCU_PROPOSE[syntax],
                 "-aet",
                 calling,
                 "-aec",
