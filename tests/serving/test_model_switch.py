@@ -144,7 +144,8 @@ def test_an_admin_switches_at_once_and_a_broken_version_is_not_served(
         assert _served_version(client, keys["clinician"]) == "1"
 
         # A version whose run has no weights (not trained by medai): it cannot load.
-        mlflow = MlflowClient(tracking_uri=champion.tracking_uri)
+        uri = champion.tracking_uri
+        mlflow = MlflowClient(tracking_uri=uri, registry_uri=uri)
         experiment = mlflow.get_experiment_by_name(champion.name)
         assert experiment is not None
         run = mlflow.create_run(experiment.experiment_id)

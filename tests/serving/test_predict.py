@@ -97,7 +97,7 @@ def served(campaign: Settings, champion: Champion, tmp_path: Path) -> Iterator[S
 
 
 def _thresholds(champion: Champion, version: str = "1") -> dict[str, float]:
-    client = MlflowClient(tracking_uri=champion.tracking_uri)
+    client = MlflowClient(tracking_uri=champion.tracking_uri, registry_uri=champion.tracking_uri)
     run = client.get_run(client.get_model_version(champion.name, version).run_id)
     return {label: run.data.metrics[f"test/threshold/{label}"] for label in LABELS}
 

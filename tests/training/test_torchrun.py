@@ -90,7 +90,9 @@ def test_torchrun_two_processes_log_one_run(
     assert str(candidate.version) == "1" and candidate.run_id == run.info.run_id
 
     # The registered model loads back and agrees with the logged best weights.
+    # Both URIs: another test in this worker process may have pointed the registry elsewhere.
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     loaded = mlflow.pytorch.load_model(f"models:/{MODEL}@{CANDIDATE_ALIAS}")
     weights = mlflow.artifacts.download_artifacts(
         run_id=run.info.run_id, artifact_path="weights/best.pt", dst_path=str(tmp_path / "w")

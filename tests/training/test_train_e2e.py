@@ -85,7 +85,10 @@ def test_train_track_register_load_and_promote(trained: Trained) -> None:
     assert pooled["auroc_low"].notna().all()
     assert set(result.evaluation.table["site"]) > {"all"}  # per-site rows too
 
-    client = MlflowClient(tracking_uri=settings.resolved_mlflow_tracking_uri)
+    client = MlflowClient(
+        tracking_uri=settings.resolved_mlflow_tracking_uri,
+        registry_uri=settings.resolved_mlflow_tracking_uri,
+    )
     run = client.get_run(tracked.run_id)
     params, metrics = run.data.params, run.data.metrics
     assert params["schedule.epochs"] == "2" and params["data.labels"] == ",".join(LABELS)
