@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from medai.collection.progress import CampaignProgress, SiteProgress
     from medai.errors import MedaiError
 
-__all__ = ["campaign_app", "register"]
+__all__ = ["campaign_app", "print_status_report", "register"]
 
 campaign_app = typer.Typer(
     name="campaign",
@@ -192,14 +192,19 @@ def status_command(
     `instances` at the top level).
     """
     from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
 
     report = _progress_report(today)
-    console = Console()
     if as_json:
         typer.echo(report.model_dump_json(indent=2))
         return
+    print_status_report(report, Console())
+
+
+def print_status_report(report: CampaignProgress, console: Console) -> None:
+    """The status tables of ``medai campaign status``: KPIs per site, targets, late sites."""
+    from rich.table import Table
+    from rich.text import Text
+
     console.print(
         Text.assemble(
             (report.campaign, "bold cyan"),

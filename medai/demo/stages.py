@@ -259,15 +259,15 @@ def import_labels(settings: Settings, sites: DemoSites, step: Step, console: Con
 def show_progress(settings: Settings, step: Step, console: Console) -> str:
     """``medai campaign status``: per-site KPIs, late sites first."""
     from medai.catalog.db import create_engine_for, session_factory
-    from medai.collection.cli import status_command
+    from medai.collection.cli import print_status_report
     from medai.collection.progress import compute_progress
 
     step(7, "`medai campaign status`")
-    status_command(as_json=False, today=None)
     engine = create_engine_for(settings.resolved_database_url)
     with session_factory(engine)() as session:
         report = compute_progress(session)
     engine.dispose()
+    print_status_report(report, console)
     sites = ", ".join(f"{site.site} {site.status}" for site in report.sites)
     return f"{report.status} overall; {sites}"
 

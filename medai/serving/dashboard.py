@@ -29,7 +29,7 @@ from medai.serving.context import Service, ServiceDep
 from medai.serving.dashboard_page import render_dashboard, render_login
 from medai.serving.keys import authenticate_key, role_grants
 
-__all__ = ["COOKIE", "router"]
+__all__ = ["COOKIE", "cookie_caller", "router"]
 
 router = APIRouter(tags=["campaign"])
 COOKIE = "medai_dashboard_key"
@@ -65,7 +65,7 @@ def campaign_progress(caller: Steward, service: ServiceDep) -> CampaignProgress:
     return _progress(service)
 
 
-def _cookie_caller(request: Request, service: Service) -> Caller | None:
+def cookie_caller(request: Request, service: Service) -> Caller | None:
     """The steward signed in with the dashboard cookie, or None."""
     key = request.cookies.get(COOKIE)
     if not key:
@@ -82,7 +82,7 @@ def _cookie_caller(request: Request, service: Service) -> Caller | None:
 @router.get("/dashboard", response_class=HTMLResponse, summary="The campaign dashboard")
 def dashboard(request: Request, service: ServiceDep) -> Response:
     """The dashboard page; without a valid steward cookie, a redirect to the sign-in page."""
-    caller = _cookie_caller(request, service)
+    caller = cookie_caller(request, service)
     if caller is None:
         return RedirectResponse("/dashboard/login", status_code=303)
     return HTMLResponse(

@@ -50,7 +50,7 @@ from medai.collection.stow import (
 from medai.errors import CampaignError, KeyFileError, UnknownSite
 from medai.serving.auth import Caller, require_role
 from medai.serving.context import Service, ServiceDep
-from medai.serving.limits import RequestTooLarge, read_whole_body
+from medai.serving.limits import CLOSE_CONNECTION, RequestTooLarge, read_whole_body
 
 __all__ = ["SITE_HEADER", "router"]
 
@@ -59,8 +59,6 @@ logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
 
 SITE_HEADER = "Medai-Site"
-# The rest of an unread body cannot be skipped cheaply: end the connection after the answer.
-_CLOSE = {"Connection": "close"}
 _STOW_RESPONSES: dict[int | str, dict[str, object]] = {
     200: {"description": "Every instance was stored (or was already held)"},
     202: {"description": "Some instances were stored, others failed (FailedSOPSequence)"},
@@ -159,14 +157,14 @@ async def _stow(
         raise HTTPException(
             415,
             detail='send Content-Type: multipart/related; type="application/dicom"; ...',
-            headers=_CLOSE,
+            headers=CLOSE_CONNECTION,
         )
     try:
         check_content_type(content_type)  # refuse before reading a body we cannot take
     except UnsupportedMediaType as exc:
-        raise HTTPException(415, detail=str(exc), headers=_CLOSE) from None
+        raise HTTPException(415, detail=str(exc), headers=CLOSE_CONNECTION) from None
     except MalformedMultipart as exc:
-        raise HTTPException(400, detail=str(exc), headers=_CLOSE) from None
+        raise HTTPException(400, detail=str(exc), headers=CLOSE_CONNECTION) from None
 
     # Nothing is offered to the pipeline unless the body arrives whole: an upload cut short
     # or stalled records nothing, and the sender has to send it all again.

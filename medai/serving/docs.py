@@ -18,12 +18,10 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from sqlalchemy.exc import SQLAlchemyError
 
 from medai.serving.auth import Caller, authenticate
 from medai.serving.context import ServiceDep
-from medai.serving.dashboard import COOKIE
-from medai.serving.keys import authenticate_key, role_grants
+from medai.serving.dashboard import cookie_caller
 
 __all__ = ["build_openapi", "router"]
 
@@ -107,14 +105,7 @@ def docs(caller: Annotated[Caller, Depends(_docs_caller)]) -> HTMLResponse:
 
 
 def _signed_in(request: Request, service: ServiceDep) -> bool:
-    key = request.cookies.get(COOKIE)
-    if not key:
-        return False
-    try:
-        info = authenticate_key(service.engine, key)
-    except SQLAlchemyError:
-        raise HTTPException(503, detail="the catalog is unreachable; retry later") from None
-    return info is not None and not info.revoked and role_grants(info.role, "steward")
+    return cookie_caller(request, service) is not None
 
 
 @router.get("/dashboard/docs")

@@ -17,10 +17,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["BodyLimitMiddleware", "RequestTooLarge", "read_whole_body"]
+__all__ = ["CLOSE_CONNECTION", "BodyLimitMiddleware", "RequestTooLarge", "read_whole_body"]
 
 logger = logging.getLogger(__name__)
-_CLOSE = {"Connection": "close"}
+# The rest of an unread body cannot be skipped cheaply: end the connection after the answer.
+CLOSE_CONNECTION = {"Connection": "close"}
 
 
 class RequestTooLarge(HTTPException):
@@ -32,7 +33,7 @@ class RequestTooLarge(HTTPException):
             detail=f"the request body is larger than the {max_bytes}-byte limit "
             "(MEDAI_MAX_REQUEST_BYTES): send fewer instances per request",
             # The rest of the body is not read: end the connection after the answer.
-            headers={"Connection": "close"},
+            headers=CLOSE_CONNECTION,
         )
 
 
@@ -76,14 +77,14 @@ async def read_whole_body(
         except ClientDisconnect:
             logger.info("a %s was cut short; nothing from it was recorded", what)
             raise HTTPException(
-                400, detail="the upload was cut short; send it again", headers=_CLOSE
+                400, detail="the upload was cut short; send it again", headers=CLOSE_CONNECTION
             ) from None
         except TimeoutError:
             logger.info("a %s stalled for %.0f s; nothing from it was recorded", what, idle_timeout)
             raise HTTPException(
                 408,
                 detail=f"the upload stalled for {idle_timeout:.0f} s; send it again",
-                headers=_CLOSE,
+                headers=CLOSE_CONNECTION,
             ) from None
         size += len(chunk)
         if size > max_bytes:
@@ -160,5 +161,5 @@ def _content_length(scope: Scope) -> int | None:
 
 
 async def _json(scope: Scope, receive: Receive, send: Send, status: int, detail: str) -> None:
-    response = JSONResponse({"detail": detail}, status_code=status, headers={"Connection": "close"})
+    response = JSONResponse({"detail": detail}, status_code=status, headers=CLOSE_CONNECTION)
     await response(scope, receive, send)

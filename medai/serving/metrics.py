@@ -34,6 +34,7 @@ from medai.serving.auth import Caller, authenticate
 
 __all__ = ["MetricsMiddleware", "ServiceMetrics", "router"]
 
+_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256, 512, 1024)
 _UNMATCHED = "<unmatched>"
 
@@ -65,13 +66,13 @@ class ServiceMetrics:
         self.queue_seconds = Histogram(
             "medai_inference_queue_seconds",
             "Longest wait of an image of a batch for its forward pass.",
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            buckets=_SECONDS_BUCKETS,
             registry=r,
         )
         self.inference_seconds = Histogram(
             "medai_inference_forward_seconds",
             "Duration of a forward pass (one batch).",
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            buckets=_SECONDS_BUCKETS,
             registry=r,
         )
         self.predictions = Counter(

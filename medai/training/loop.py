@@ -58,7 +58,14 @@ from medai.training.evaluation import EvaluationResult, auroc, evaluate
 from medai.training.networks import build_network
 from medai.training.transforms import seed_everything
 
-__all__ = ["EpochResult", "TrainResult", "masked_bce_with_logits", "predict", "train"]
+__all__ = [
+    "EpochResult",
+    "TrainResult",
+    "evaluate_predictions",
+    "masked_bce_with_logits",
+    "predict",
+    "train",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -234,6 +241,43 @@ def _has_both_classes(records: list[dict[str, Any]], n_labels: int) -> bool:
     return False
 
 
+def evaluate_predictions(
+    config: ModelConfig,
+    val_true: npt.NDArray[np.float64],
+    val_prob: npt.NDArray[np.float64],
+    test_true: npt.NDArray[np.float64],
+    test_prob: npt.NDArray[np.float64],
+    test_sites: list[str],
+    plot_dir: Path | None = None,
+) -> EvaluationResult:
+    """:func:`~medai.training.evaluation.evaluate` with the settings of ``config.evaluation``.
+
+    Parameters
+    ----------
+    config
+        Its labels, seed and ``[evaluation]`` section (threshold rule, bootstrap, level).
+    val_true, val_prob, test_true, test_prob, test_sites
+        As :func:`predict` gives them for the validation and test splits.
+    plot_dir
+        Where the ROC and reliability plots go; none are drawn if None.
+    """
+    ev = config.evaluation
+    return evaluate(
+        config.data.labels,
+        val_true,
+        val_prob,
+        test_true,
+        test_prob,
+        test_sites=test_sites,
+        threshold_method=ev.threshold,
+        target_sensitivity=ev.target_sensitivity,
+        n_bootstrap=ev.n_bootstrap,
+        confidence=ev.confidence,
+        seed=config.seed,
+        plot_dir=plot_dir,
+    )
+
+
 def _evaluate(
     config: ModelConfig,
     val_true: npt.NDArray[np.float64],
@@ -247,20 +291,8 @@ def _evaluate(
     # table: the arrays are the same on every rank, so this only saves their time.
     if not distributed.is_main_process():
         return EvaluationResult(table=distributed.broadcast_object(pd.DataFrame()))
-    ev = config.evaluation
-    evaluation = evaluate(
-        config.data.labels,
-        val_true,
-        val_prob,
-        test_true,
-        test_prob,
-        test_sites=test_sites,
-        threshold_method=ev.threshold,
-        target_sensitivity=ev.target_sensitivity,
-        n_bootstrap=ev.n_bootstrap,
-        confidence=ev.confidence,
-        seed=config.seed,
-        plot_dir=out_dir / "plots",
+    evaluation = evaluate_predictions(
+        config, val_true, val_prob, test_true, test_prob, test_sites, out_dir / "plots"
     )
     distributed.broadcast_object(evaluation.table)
     return evaluation

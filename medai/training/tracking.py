@@ -97,6 +97,25 @@ class TrackedRun:
     model_uri: str
     result: TrainResult
 
+    @classmethod
+    def registered(
+        cls,
+        config: ModelConfig,
+        run_id: str,
+        experiment_id: str,
+        version: str,
+        result: TrainResult,
+    ) -> TrackedRun:
+        """The run of ``config`` registered as ``version``, its model URI by the candidate alias."""
+        return cls(
+            run_id=run_id,
+            experiment_id=experiment_id,
+            model_name=config.name,
+            model_version=version,
+            model_uri=f"models:/{config.name}@{CANDIDATE_ALIAS}",
+            result=result,
+        )
+
 
 @dataclass(frozen=True)
 class GateFailure:
@@ -209,14 +228,7 @@ def train_tracked(
             return tracked
         result = train(config, settings, device=str(context.device), data=data)
         run_id, experiment_id, version = distributed.broadcast_object(("", "", ""))
-    return TrackedRun(
-        run_id=run_id,
-        experiment_id=experiment_id,
-        model_name=config.name,
-        model_version=version,
-        model_uri=f"models:/{config.name}@{CANDIDATE_ALIAS}",
-        result=result,
-    )
+    return TrackedRun.registered(config, run_id, experiment_id, version, result)
 
 
 def _train_logged(
@@ -314,14 +326,7 @@ def _train_logged(
             client.set_model_version_tag(
                 config.name, version, "medai.labels", ",".join(config.data.labels)
             )
-    return TrackedRun(
-        run_id=run_id,
-        experiment_id=experiment_id,
-        model_name=config.name,
-        model_version=version,
-        model_uri=f"models:/{config.name}@{CANDIDATE_ALIAS}",
-        result=result,
-    )
+    return TrackedRun.registered(config, run_id, experiment_id, version, result)
 
 
 def check_gate(

@@ -25,8 +25,7 @@ from medai.training import distributed
 from medai.training.config import load_model_config
 from medai.training.data import build_training_data
 from medai.training.distributed import interleave
-from medai.training.evaluation import evaluate
-from medai.training.loop import predict
+from medai.training.loop import evaluate_predictions, predict
 from medai.training.networks import build_network
 from medai.training.tracking import CANDIDATE_ALIAS
 from tests.utils.research import LABELS, build_tiny_catalog, tiny_model_config, tiny_synth
@@ -113,19 +112,8 @@ def test_torchrun_two_processes_log_one_run(
     val_true, val_prob, _, _ = predict(net, data.loaders["val"], cpu)
     test_true, test_prob, test_sites, _ = predict(net, data.loaders["test"], cpu)
     assert len(test_true) == len(data.records["test"])
-    ev = config.evaluation
-    expected = evaluate(
-        config.data.labels,
-        val_true,
-        val_prob,
-        test_true,
-        test_prob,
-        test_sites=test_sites,
-        threshold_method=ev.threshold,
-        target_sensitivity=ev.target_sensitivity,
-        n_bootstrap=ev.n_bootstrap,
-        confidence=ev.confidence,
-        seed=config.seed,
+    expected = evaluate_predictions(
+        config, val_true, val_prob, test_true, test_prob, test_sites
     ).table
     table = mlflow.artifacts.download_artifacts(
         run_id=run.info.run_id, artifact_path="evaluation/test.csv", dst_path=str(tmp_path / "e")

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
+from medai.demo.services import free_port
+
+__all__ = ["SITE_A_AE", "Listener", "echo", "free_port"]
+
 SITE_A_AE = "STMARY_PACS"  # a calling AE title of site-a in collection/example-campaign.toml
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def echo(port: int, calling: str = SITE_A_AE) -> subprocess.CompletedProcess[str]:

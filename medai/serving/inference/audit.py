@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from medai.catalog.db import session_factory
-from medai.collection.audit import append_audit, lock_audit_chain
+from medai.collection.audit import append_audit
 from medai.collection.pseudonymize import create_key_file, load_key
 from medai.errors import KeyFileError
 
@@ -89,9 +89,12 @@ def audit_prediction(
     instances: int,
     findings: Sequence[Finding],
 ) -> None:
-    """Append the ``inference.predict`` record of one prediction (its own transaction)."""
+    """Append the ``inference.predict`` record of one prediction (its own transaction).
+
+    The transaction writes nothing else, so the chain's lock that append_audit takes is
+    enough (no other row to deadlock on).
+    """
     with session_factory(engine).begin() as session:
-        lock_audit_chain(session)
         append_audit(
             session,
             actor=actor,
@@ -115,7 +118,6 @@ def audit_switch(
 ) -> None:
     """Append the ``inference.model-switch`` record: ``version`` is now served."""
     with session_factory(engine).begin() as session:
-        lock_audit_chain(session)
         append_audit(
             session,
             actor=actor,

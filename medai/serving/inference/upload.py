@@ -30,6 +30,7 @@ from medai.collection.stow import (
 )
 from medai.dicom.read import parse_instance
 from medai.errors import Rejected
+from medai.serving.limits import CLOSE_CONNECTION
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -42,7 +43,6 @@ ACCEPTED_TYPES = (
     "send one instance as Content-Type: application/dicom, or one or more instances of "
     'one study as Content-Type: multipart/related; type="application/dicom"; boundary=...'
 )
-_CLOSE = {"Connection": "close"}
 
 
 def check_upload_type(content_type: str | None) -> str:
@@ -51,7 +51,9 @@ def check_upload_type(content_type: str | None) -> str:
     Checked before the body is read, so a wrong upload costs no transfer.
     """
     if not content_type:
-        raise HTTPException(415, detail=f"no Content-Type: {ACCEPTED_TYPES}", headers=_CLOSE)
+        raise HTTPException(
+            415, detail=f"no Content-Type: {ACCEPTED_TYPES}", headers=CLOSE_CONNECTION
+        )
     try:
         media_type, _ = parse_content_type(content_type)
         if media_type == DICOM_MEDIA_TYPE:
@@ -60,11 +62,13 @@ def check_upload_type(content_type: str | None) -> str:
             check_content_type(content_type)
             return "multipart"
     except UnsupportedMediaType as exc:
-        raise HTTPException(415, detail=f"{exc}; {ACCEPTED_TYPES}", headers=_CLOSE) from None
+        raise HTTPException(
+            415, detail=f"{exc}; {ACCEPTED_TYPES}", headers=CLOSE_CONNECTION
+        ) from None
     except MalformedMultipart as exc:
-        raise HTTPException(400, detail=str(exc), headers=_CLOSE) from None
+        raise HTTPException(400, detail=str(exc), headers=CLOSE_CONNECTION) from None
     raise HTTPException(
-        415, detail=f"{media_type!r} is not accepted: {ACCEPTED_TYPES}", headers=_CLOSE
+        415, detail=f"{media_type!r} is not accepted: {ACCEPTED_TYPES}", headers=CLOSE_CONNECTION
     )
 
 
@@ -74,7 +78,7 @@ def study_too_large(max_bytes: int) -> HTTPException:
         413,
         detail=f"the study is larger than the {max_bytes}-byte limit "
         "(MEDAI_MAX_PREDICT_BYTES): send its images only, or ask the operator",
-        headers=_CLOSE,
+        headers=CLOSE_CONNECTION,
     )
 
 
