@@ -51,8 +51,8 @@ from medai.catalog.models import (  # noqa: E402
     Study,
     StudyLabel,
 )
-from medai.collection.campaign import CampaignDefinition  # noqa: E402
-from medai.collection.progress import compute_progress  # noqa: E402
+from medai.collection.campaign.definition import CampaignDefinition  # noqa: E402
+from medai.collection.campaign.progress import compute_progress  # noqa: E402
 
 SITES = 20
 DAYS = 90

@@ -40,11 +40,12 @@ def _fmt(value: float) -> str:
 
 def build_campaign(settings: Any, folder: Path, studies: int, seed: int, size: int) -> str:
     """Generate, ingest and label ``studies`` synthetic chest studies; freeze a snapshot."""
-    from medai.collection.campaign import init_campaign, load_campaign
-    from medai.collection.labels import import_label_sheet
+    from medai.collection.campaign.definition import load_campaign
+    from medai.collection.campaign.setup import init_campaign
+    from medai.collection.labels.sheets import import_label_sheet
     from medai.collection.pipeline import IngestPipeline, Offer
-    from medai.collection.snapshots import SnapshotQuery, create_snapshot
     from medai.dicom.synth import generate
+    from medai.snapshots.manifest import SnapshotQuery, create_snapshot
 
     started = time.perf_counter()
     # No CT: the snapshot takes chest radiographs only, so CT series would be dead weight.

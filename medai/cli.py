@@ -43,15 +43,17 @@ def _register_subapps() -> None:
     # Each part exposes register(app); imports here are light (commands import heavy
     # modules inside their bodies so that --help stays instant).
     from medai import demo
-    from medai.collection import cli as collection_cli
-    from medai.collection import collect_cli, labels_cli, snapshot_cli
+    from medai.collection import cli as collect_cli
+    from medai.collection.campaign import cli as campaign_cli
+    from medai.collection.labels import cli as labels_cli
     from medai.dicom import cli as dicom_cli
     from medai.serving import cli as serving_cli
+    from medai.snapshots import cli as snapshot_cli
     from medai.training import cli as training_cli
 
     dicom_cli.register(app)
     demo.register(app)
-    collection_cli.register(app)
+    campaign_cli.register(app)
     collect_cli.register(app)
     labels_cli.register(app)
     snapshot_cli.register(app)

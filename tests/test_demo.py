@@ -21,9 +21,9 @@ from sqlalchemy import func, select
 from medai.catalog.db import create_engine_for, session_factory
 from medai.catalog.models import Instance, ProgressCount
 from medai.collection.accounting import verify_collection
-from medai.collection.snapshots import list_snapshots
 from medai.config import Settings
 from medai.demo.timeline import REPLAY_SOURCE
+from medai.snapshots.manifest import list_snapshots
 from tests.utils.dicom_net import free_port
 from tests.utils.research import CAMPAIGN_KEY
 

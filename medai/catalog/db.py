@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 # Any constant works as long as every medai process uses the same one; it only
-# has to differ from the audit chain's lock (medai.collection.audit).
+# has to differ from the audit chain's lock (medai.audit).
 _MIGRATION_LOCK_ID = 0x6D656461_0001  # "meda" + 1
 
 # Several import workers write at once; a writer waits this long for the lock

@@ -423,7 +423,7 @@ class Snapshot(Base):
     """A frozen dataset: a manifest of de-identified instances with labels and splits.
 
     Immutable once written. ``content_hash`` is the sha256 of the manifest's canonical
-    content (see :mod:`medai.collection.snapshots`), not of the parquet bytes, so it does
+    content (see :mod:`medai.snapshots.manifest`), not of the parquet bytes, so it does
     not depend on the parquet library's version. ``manifest_path`` is relative to the
     medai home; ``query`` holds the resolved filters, ``counts`` the patients, studies and
     instances per split, ``fractions`` the split fractions asked for.

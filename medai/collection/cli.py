@@ -1,327 +1,296 @@
-"""Commands of the collection part: ``medai campaign ...`` (one function per command)."""
+"""``medai collect`` (import, verify) and ``medai audit verify``: the data steward's commands."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import NoReturn
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
-if TYPE_CHECKING:
-    from rich.console import Console
-    from rich.text import Text
+from medai.collection.receivers.pull_cli import pull_command
 
-    from medai.collection.campaign import CampaignDefinition
-    from medai.collection.campaign_setup import InitResult
-    from medai.collection.progress import CampaignProgress, SiteProgress
-    from medai.errors import MedaiError
+__all__ = ["audit_app", "collect_app", "register"]
 
-__all__ = ["campaign_app", "print_status_report", "register"]
+console = Console()
+err_console = Console(stderr=True)
 
-campaign_app = typer.Typer(
-    name="campaign",
-    help="Define and set up the collection campaign (sites, targets, de-identification).",
+collect_app = typer.Typer(
+    help="Receive DICOM from the campaign's sites and account for every file.",
     no_args_is_help=True,
 )
-
-# Exit status for a problem the user can fix (bad file, missing key): as click uses for usage.
-EXIT_USER_ERROR = 2
+audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
 
 
-class _UsageError(Exception):
-    """A bad option value (printed like the domain errors)."""
+def _fail(message: str, code: int = 2) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+@collect_app.command("import")
+def import_command(
+    path: Path = typer.Argument(..., help="A folder, a zip file or a DICOM file to import."),
+    site: str = typer.Option(..., "--site", help="The campaign site id the data comes from."),
+    workers: int = typer.Option(
+        0, "--workers", "-j", min=0, help="Worker processes (0: one per CPU core, plus one)."
+    ),
+) -> None:
+    """Import a site's folder or zip hand-over: de-identify, catalogue, quarantine the rest.
+
+    Re-running it is harmless: what is already catalogued counts as a duplicate.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from medai.collection.receivers.folder import import_path
+    from medai.errors import MedaiError
+
+    # No refresh thread: the import forks its workers, which is only safe single-threaded.
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=False,
+        auto_refresh=False,
+    ) as progress:
+        task = progress.add_task(f"importing for {site}", total=None)
+        last_refresh = [0.0]
+
+        def advance(_outcome: object) -> None:
+            progress.advance(task)
+            now = time.monotonic()
+            if now - last_refresh[0] > 0.1:
+                last_refresh[0] = now
+                progress.refresh()
+
+        def set_total(total: int) -> None:
+            progress.update(task, total=total)
+            progress.refresh()
+
+        try:
+            summary = import_path(
+                path, site, workers=workers, on_total=set_total, on_outcome=advance
+            )
+        except MedaiError as exc:
+            progress.stop()
+            _fail(str(exc))
+
+    table = Table(title=f"Import run {summary.run_id} — site {site}")
+    table.add_column("outcome")
+    table.add_column("files", justify="right")
+    table.add_row("stored", str(summary.stored))
+    table.add_row("duplicate", str(summary.duplicate))
+    for reason, count in sorted(summary.quarantined.items()):
+        table.add_row(f"quarantined: {reason}", str(count))
+    table.add_row("[bold]inputs", f"[bold]{summary.inputs}")
+    console.print(table)
+    rate = summary.inputs / summary.seconds if summary.seconds else 0.0
+    console.print(f"{summary.inputs} inputs in {summary.seconds:.1f} s ({rate:.1f} files/s)")
+    if summary.offered != summary.inputs:
+        _fail(f"accounted for {summary.offered} of {summary.inputs} inputs", code=1)
+
+
+@collect_app.command("listen")
+def listen_command(
+    port: int = typer.Option(11112, "--port", min=1, max=65535, help="TCP port to listen on."),
+    ae_title: str = typer.Option("MEDAI", "--ae-title", help="medai's own AE title."),
+    host: str = typer.Option("0.0.0.0", "--host", help="Address to bind."),
+    quiet_seconds: float | None = typer.Option(
+        None,
+        "--quiet-seconds",
+        min=0.001,
+        help="A study is complete after this long without a new instance "
+        "(default: MEDAI_STUDY_QUIET_SECONDS, 60).",
+    ),
+    drain_seconds: float = typer.Option(
+        30.0,
+        "--drain-seconds",
+        min=0.0,
+        help="On stop, how long associations in flight may take to finish before "
+        "they are aborted (their senders retry what was not acknowledged).",
+    ),
+    network_timeout: float = typer.Option(
+        60.0,
+        "--network-timeout",
+        min=0.1,
+        help="Abort an association idle, or stalled mid-message, for this many seconds.",
+    ),
+) -> None:
+    """Receive DICOM pushed by the sites' PACS (C-STORE SCP, with C-ECHO).
+
+    The calling AE title names the site (see the campaign's sites); unknown callers
+    are rejected. Studies are marked complete after a quiet period. Runs until
+    Ctrl-C or SIGTERM; then stops accepting, lets associations in flight finish
+    (up to --drain-seconds; a second Ctrl-C aborts them at once) and prints a summary.
+    """
+    import signal
+    import threading
+
+    from medai.collection.pipeline import IngestPipeline
+    from medai.collection.receivers.cstore import StorageListener, site_by_ae_title
+    from medai.config import get_settings
+    from medai.errors import MedaiError
+
+    settings = get_settings()
+    try:
+        pipeline = IngestPipeline.from_settings(settings)
+    except MedaiError as exc:
+        _fail(str(exc))
+    sites = site_by_ae_title(pipeline)
+    if not sites:
+        _fail("the campaign defines no AE titles: add them to the sites and run campaign init")
+    quiet = quiet_seconds if quiet_seconds is not None else settings.study_quiet_seconds
+    listener = StorageListener(
+        pipeline, ae_title, sites, quiet_seconds=quiet, network_timeout=network_timeout
+    )
+    stop, hurry = threading.Event(), threading.Event()
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        # The first signal starts the drain; a second one cuts it short.
+        (hurry if stop.is_set() else stop).set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        listener.start(host, port)
+    except OSError as exc:
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port")
+    console.print(
+        f"listening as {ae_title} on {host}:{port} for "
+        + ", ".join(f"{title} ({site})" for title, site in sorted(sites.items()))
+        + f"; studies complete after {quiet:g} s without new instances"
+    )
+    while not stop.wait(0.5):
+        pass
+    in_flight = len(listener.in_flight())
+    console.print(
+        f"stopping: no new associations; waiting up to {drain_seconds:g} s for "
+        f"{in_flight} in flight"
+    )
+    result = listener.stop(drain_seconds, hurry=hurry)
+    counts = listener.counts
+    if result.aborted:
+        console.print(
+            f"[yellow]aborted {result.aborted} association(s) still running after "
+            f"{result.seconds:.1f} s: their senders retry what was not acknowledged"
+        )
+    console.print(
+        f"{counts.associations} associations ({counts.rejected} rejected, "
+        f"{counts.aborted} aborted); {counts.instances} instances: {counts.stored} stored, "
+        f"{counts.duplicate} duplicate, {counts.quarantined} quarantined, "
+        f"{counts.failed} refused (not in custody); "
+        f"{listener.sweeper.completed} studies completed"
+    )
+    console.print("listener stopped")
+
+
+@collect_app.command("verify")
+def verify_command(
+    rehash: bool = typer.Option(
+        True, "--rehash/--no-rehash", help="Re-hash every stored file (slower, thorough)."
+    ),
+    collect: bool = typer.Option(
+        False, "--collect", help="Delete orphan store files (left by interrupted ingests)."
+    ),
+    min_age: float = typer.Option(
+        3600.0, "--min-age", help="Only collect orphans older than this many seconds."
+    ),
+) -> None:
+    """Prove the accounting: inputs = stored + duplicate + quarantined; every row has its file."""
+    from medai.collection.accounting import collect_orphans, verify_collection
+    from medai.errors import MedaiError
+
+    try:
+        with err_console.status("checking the catalog, the store and the quarantine"):
+            report = verify_collection(rehash=rehash)
+    except MedaiError as exc:
+        _fail(str(exc))
+
+    table = Table(title="Collection accounting")
+    table.add_column("")
+    table.add_column("count", justify="right")
+    for outcome in ("stored", "duplicate", "quarantined"):
+        table.add_row(f"{outcome} events", str(report.events.get(outcome, 0)))
+    table.add_row("[bold]inputs", f"[bold]{report.inputs}")
+    table.add_row("instance rows", str(report.instances))
+    table.add_row("quarantine entries", str(report.quarantine_entries))
+    table.add_row("import runs", str(len(report.runs)))
+    table.add_row("orphan store files", str(len(report.orphan_files)))
+    console.print(table)
+    for run in report.interrupted_runs:
+        console.print(
+            f"[yellow]import run {run.run_id} ({run.site_id}) was interrupted after "
+            f"{run.events} of {run.inputs_found} inputs: run the import again (it is harmless)."
+        )
+    if collect:
+        removed = collect_orphans(report, min_age_seconds=min_age)
+        console.print(f"collected {removed} orphan store file(s)")
+    elif report.orphan_files:
+        console.print("orphan files can be removed with `medai collect verify --collect`")
+    if report.ok:
+        console.print("[bold green]OK[/]: every input is stored, a duplicate or quarantined")
+        return
+    for problem in report.problems:
+        err_console.print(f"[red]problem:[/] {problem}")
+    raise typer.Exit(1)
+
+
+@collect_app.command("quarantine")
+def quarantine_command(
+    purge: bool = typer.Option(
+        False,
+        "--purge",
+        help="Delete raw files held longer than MEDAI_QUARANTINE_RETENTION_DAYS "
+        "(the catalog keeps their rows, so the accounting still adds up).",
+    ),
+) -> None:
+    """Show what is quarantined, by site and reason; optionally apply the retention limit."""
+    from medai.collection.retention import purge_expired, summarize_quarantine
+    from medai.config import get_settings
+
+    settings = get_settings()
+    if purge:
+        removed = purge_expired(settings)
+        console.print(
+            f"purged {removed} file(s) older than {settings.quarantine_retention_days} days"
+        )
+    summary = summarize_quarantine(settings)
+    table = Table(title=f"Quarantine ({settings.resolved_quarantine_dir})")
+    for column in ("site", "reason", "files"):
+        table.add_column(column, justify="right" if column == "files" else "left")
+    for (site, reason), count in sorted(summary.by_site_and_reason.items()):
+        table.add_row(site, reason, str(count))
+    console.print(table)
+    oldest = summary.oldest_held.date().isoformat() if summary.oldest_held else "-"
+    console.print(f"held {summary.held}, purged {summary.released}; oldest held since {oldest}")
+
+
+@audit_app.command("verify")
+def audit_verify_command() -> None:
+    """Recompute the audit log's hash chain; exit 1 and name the first bad record if edited."""
+    from medai.audit import verify_audit_chain
+    from medai.catalog.db import create_engine_for, session_factory
+    from medai.config import get_settings
+
+    engine = create_engine_for(get_settings().resolved_database_url)
+    with session_factory(engine)() as session:
+        report = verify_audit_chain(session)
+    if report.ok:
+        console.print(f"[bold green]OK[/]: {report.records} audit records, chain intact")
+        return
+    err_console.print(
+        f"[bold red]audit chain broken[/] at record {report.first_bad_seq}: {report.problem}"
+    )
+    raise typer.Exit(1)
+
+
+collect_app.command("pull")(pull_command)  # DICOMweb pull: medai/collection/receivers/pull_cli.py
 
 
 def register(app: typer.Typer) -> None:
-    """Add the collection sub-apps (``campaign``) to the root ``medai`` app."""
-    app.add_typer(campaign_app, name="campaign")
-
-
-def _fail(error: MedaiError | _UsageError, hint: str | None = None) -> typer.Exit:
-    """Print ``error`` in red on stderr (with what to do next) and return the exit to raise."""
-    from rich.console import Console
-    from rich.text import Text
-
-    console = Console(stderr=True)
-    # Text, not markup: messages hold field paths like "sites[1]" that rich would eat.
-    console.print(Text(f"error: {error}", style="red"), soft_wrap=True)
-    if hint:
-        console.print(Text(hint), soft_wrap=True)
-    return typer.Exit(EXIT_USER_ERROR)
-
-
-@campaign_app.command("init")
-def init_command(
-    file: Annotated[
-        Path,
-        typer.Argument(
-            metavar="FILE",
-            help="Campaign definition (TOML), e.g. collection/example-campaign.toml.",
-        ),
-    ],
-) -> None:
-    """Set up the campaign: migrate the catalog, create the key, record the sites.
-
-    Safe to run again after editing the file: sites are updated, the key is kept.
-    """
-    from rich.console import Console
-
-    from medai.collection.campaign import load_campaign
-    from medai.collection.campaign_setup import init_campaign
-    from medai.config import get_settings
-    from medai.errors import CampaignError, MedaiError
-
-    try:
-        definition = load_campaign(file)
-        result = init_campaign(definition, get_settings())
-    except CampaignError as exc:
-        raise _fail(exc, f"Fix {file} and run `medai campaign init {file}` again.") from None
-    except MedaiError as exc:
-        raise _fail(exc) from None
-    _print_init_summary(Console(), definition, result)
-
-
-def _print_init_summary(
-    console: Console, definition: CampaignDefinition, result: InitResult
-) -> None:
-    from rich.table import Table
-    from rich.text import Text
-
-    verb = "unchanged"
-    if result.campaign_created or result.campaign_updated:
-        verb = "created" if result.campaign_created else "updated"
-    console.print(
-        Text.assemble(
-            ("Campaign ", "bold"),
-            (definition.name, "bold cyan"),
-            f" ({verb}): {definition.start_date.isoformat()} to {definition.last_day.isoformat()}"
-            f", {definition.length_days} days",
-        )
-    )
-    console.print(Text(f"Catalog: {result.database}"), soft_wrap=True)
-
-    status = dict.fromkeys(result.sites_created, "new") | dict.fromkeys(
-        result.sites_updated, "updated"
-    )
-    table = Table(title="Sites", show_lines=False)
-    for column in ("Site", "Name", "AE titles", "Targets", "Change"):
-        table.add_column(column)
-    for site in definition.sites:
-        targets = "\n".join(
-            " ".join(v for v in (t.modality, t.body_part, t.finding) if v)
-            + f": {t.studies} studies"
-            for t in site.targets
-        )
-        table.add_row(
-            site.id, site.name, ", ".join(site.ae_titles), targets, status.get(site.id, "unchanged")
-        )
-    console.print(table)
-    if result.sites_not_in_definition:
-        console.print(
-            Text(
-                "In the catalog but no longer in the file (kept): "
-                + ", ".join(result.sites_not_in_definition),
-                style="yellow",
-            )
-        )
-
-    key_state = "created" if result.key_created else "already there: reused, not overwritten"
-    console.print(Text(f"Pseudonymization key: {result.key_file} ({key_state})"), soft_wrap=True)
-    console.print(
-        Text(
-            "Back up the key file now, and keep the backup apart from the catalog backups: "
-            "without it, data sent later gets different pseudonyms; whoever holds both the key "
-            "and the catalog can link pseudonyms back to known patient IDs.",
-            style="bold yellow",
-        )
-    )
-
-
-def _progress_report(today: str | None) -> CampaignProgress:
-    """Compute the campaign's progress from the configured catalog (exits on errors)."""
-    import datetime as dt
-
-    from medai.catalog.db import create_engine_for, session_factory
-    from medai.collection.progress import compute_progress
-    from medai.config import get_settings
-    from medai.errors import MedaiError
-
-    day = None
-    if today is not None:
-        try:
-            day = dt.date.fromisoformat(today)
-        except ValueError:
-            raise _fail(
-                _UsageError(f"--today {today!r} is not a date"), "Write it as YYYY-MM-DD."
-            ) from None
-    engine = create_engine_for(get_settings().resolved_database_url)
-    try:
-        # Reads only: no write lock on SQLite, so it never waits behind an import.
-        sessions = session_factory(engine.execution_options(sqlite_begin="DEFERRED"))
-        with sessions() as session:
-            return compute_progress(session, today=day)
-    except MedaiError as exc:
-        raise _fail(exc) from None
-    finally:
-        engine.dispose()
-
-
-_TODAY_HELP = "Report as of this day (YYYY-MM-DD, UTC); default today."
-_STATUS_STYLE = {
-    "late": "bold red",
-    "at risk": "yellow",
-    "on track": "green",
-    "complete": "bold green",
-    "no targets": "dim",
-}
-
-
-@campaign_app.command("status")
-def status_command(
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the full report as JSON (for scripts).")
-    ] = False,
-    today: Annotated[str | None, typer.Option("--today", help=_TODAY_HELP)] = None,
-) -> None:
-    """Show progress per site against its targets: late sites first, with the KPIs.
-
-    Status rule: complete when every target is met; late below 70% of the plan for today
-    (or when the campaign ended unmet); at risk at 70-90% of the plan, or when the 7-day
-    rate finishes after the last day; on track otherwise. The JSON form is the same
-    document as `medai campaign export --format json` (totals such as `studies` and
-    `instances` at the top level).
-    """
-    from rich.console import Console
-
-    report = _progress_report(today)
-    if as_json:
-        typer.echo(report.model_dump_json(indent=2))
-        return
-    print_status_report(report, Console())
-
-
-def print_status_report(report: CampaignProgress, console: Console) -> None:
-    """The status tables of ``medai campaign status``: KPIs per site, targets, late sites."""
-    from rich.table import Table
-    from rich.text import Text
-
-    console.print(
-        Text.assemble(
-            (report.campaign, "bold cyan"),
-            f": day {report.day} of {report.length_days} ({report.start_date} to "
-            f"{report.end_date}), {report.days_left} days left — ",
-            (report.status, _STATUS_STYLE[report.status]),
-        )
-    )
-    table = Table(title="Progress by site (late first)")
-    for column, justify in (
-        ("Site", "left"),
-        ("Status", "left"),
-        ("Progress", "right"),
-        ("Plan today", "right"),
-        ("Studies", "right"),
-        ("Instances", "right"),
-        ("7-day rate", "right"),
-        ("Projected", "right"),
-        ("QC rejected", "right"),
-        ("Labelled", "right"),
-    ):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    for site in report.sites:
-        table.add_row(f"{site.site}\n[dim]{site.name}", *_kpi_cells(site))
-    table.add_section()
-    table.add_row("[bold]campaign", *_kpi_cells(report))
-    console.print(table)
-    targets = Table(title="Targets")
-    for column in ("Site", "Target", "Collected", "Goal", "Done"):
-        targets.add_column(column, justify="left" if column in ("Site", "Target") else "right")
-    for site in report.sites:
-        for target in site.targets:
-            what = " ".join(v for v in (target.modality, target.body_part, target.finding) if v)
-            targets.add_row(
-                site.site,
-                f"{what or 'any'} ({target.unit})",
-                str(target.collected),
-                str(target.target),
-                _percent(target.fraction),
-            )
-    console.print(targets)
-    if report.quarantine_reasons:
-        console.print(
-            "Quarantined by reason: "
-            + ", ".join(f"{reason} {n}" for reason, n in report.quarantine_reasons.items())
-        )
-    if report.late_sites:
-        console.print(Text("Late: " + ", ".join(report.late_sites), style="bold red"))
-
-
-def _kpi_cells(part: SiteProgress | CampaignProgress) -> list[Text | str]:
-    """The status table's cells after the name, for a site or the whole campaign."""
-    from rich.text import Text
-
-    return [
-        Text(part.status, style=_STATUS_STYLE[part.status]),
-        _percent(part.progress),
-        _percent(part.expected_progress),
-        str(part.studies),
-        str(part.instances),
-        "-" if part.rate_7d is None else f"{part.rate_7d * 100:.1f}%/day",
-        "done" if part.completed else str(part.projected_completion or "-"),
-        f"{part.quarantined} ({part.rejection_rate * 100:.1f}%)",
-        f"{part.labelled_studies} ({part.label_coverage * 100:.0f}%)",
-    ]
-
-
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{value * 100:.0f}%"
-
-
-@campaign_app.command("export")
-def export_command(
-    fmt: Annotated[
-        str, typer.Option("--format", "-f", help="json (the full document) or csv (per site).")
-    ] = "json",
-    output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
-    ] = None,
-    today: Annotated[str | None, typer.Option("--today", help=_TODAY_HELP)] = None,
-    schema: Annotated[
-        bool, typer.Option("--schema", help="Print the JSON Schema of the json export and exit.")
-    ] = False,
-) -> None:
-    """Export progress for the city's monitoring system (stable field names, a timestamp).
-
-    JSON: the document described by collection/progress.schema.json (`--schema` prints
-    it). CSV: one row per site and a last row for the campaign (site `*`).
-    """
-    import csv
-    import io
-    import json
-
-    from medai.collection.progress import (
-        CSV_COLUMNS,
-        CampaignProgress,
-        progress_csv_rows,
-    )
-
-    if schema:
-        typer.echo(json.dumps(CampaignProgress.model_json_schema(), indent=2))
-        return
-    if fmt not in ("json", "csv"):
-        raise _fail(_UsageError(f"unknown format {fmt!r}"), "Use --format json or --format csv.")
-    report = _progress_report(today)
-    if fmt == "json":
-        text = report.model_dump_json(indent=2) + "\n"
-    else:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(progress_csv_rows(report))
-        text = buffer.getvalue()
-    if output is None:
-        typer.echo(text, nl=False)
-        return
-    tmp = output.with_name(output.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(output)  # the monitoring system never reads a half-written file
-    typer.echo(f"wrote {output}", err=True)
+    """Add ``collect`` and ``audit`` to the root app."""
+    app.add_typer(collect_app, name="collect")
+    app.add_typer(audit_app, name="audit")

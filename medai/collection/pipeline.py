@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Literal
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import OperationalError
 
+from medai.audit import AuditEntry, append_audit_many, lock_audit_chain
 from medai.catalog.db import (
     add_to_counters,
     create_engine_for,
@@ -39,8 +40,7 @@ from medai.catalog.models import (
     Study,
     utcnow,
 )
-from medai.collection.audit import AuditEntry, append_audit_many, lock_audit_chain
-from medai.collection.campaign import get_site, stored_campaign
+from medai.collection.campaign.definition import get_site, stored_campaign
 from medai.collection.deid import Deidentifier
 from medai.collection.pseudonymize import Pseudonymizer, load_key
 from medai.collection.quarantine import Quarantine, QuarantinedFile
@@ -425,7 +425,7 @@ class IngestPipeline:
             session.execute(insert(IngestEvent), events)
             if touched_studies:
                 # A new instance restarts the study's quiet period (and reopens it if it
-                # had been marked complete): see medai.collection.study_completion.
+                # had been marked complete): see medai.collection.receivers.study_completion.
                 session.execute(
                     update(Study)
                     .where(Study.id.in_(sorted(touched_studies)))

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, select
 
+from medai.audit import append_audit, lock_audit_chain
 from medai.catalog.db import create_engine_for, session_factory
 from medai.catalog.models import QuarantineEntry, utcnow
-from medai.collection.audit import append_audit, lock_audit_chain
 from medai.collection.quarantine import Quarantine
 from medai.config import Settings, get_settings
 

@@ -31,7 +31,7 @@ from medai.demo.services import (
 from medai.demo.timeline import SitePlan, plans_by_site, replay, start_for_day
 
 if TYPE_CHECKING:
-    from medai.collection.campaign import CampaignDefinition
+    from medai.collection.campaign.definition import CampaignDefinition
     from medai.dicom.synth import SynthResult
     from medai.training.tracking import TrackedRun
 
@@ -75,7 +75,8 @@ def set_up_campaign(
     settings: Settings, campaign_file: Path, day: int, *, step: Step, console: Console
 ) -> DemoCampaign:
     """``medai campaign init`` of ``campaign_file`` with its start moved to make today ``day``."""
-    from medai.collection.campaign import init_campaign, load_campaign
+    from medai.collection.campaign.definition import load_campaign
+    from medai.collection.campaign.setup import init_campaign
 
     step(1, f"campaign from {campaign_file}, today as day {day}")
     definition = load_campaign(campaign_file)
@@ -199,7 +200,7 @@ def import_folder(
     console: Console,
 ) -> str:  # fmt: skip
     """The last site hands over a folder (with junk that must end quarantined), imported twice."""
-    from medai.collection.folder_import import import_path
+    from medai.collection.receivers.folder import import_path
 
     site = campaign.definition.sites[-1].id
     step(5, f"today: {site} hands over a folder; `medai collect import` (twice)")
@@ -232,7 +233,7 @@ def import_folder(
 def import_labels(settings: Settings, sites: DemoSites, step: Step, console: Console) -> str:
     """``medai labels import`` of each site's RIS export, then a re-match of kept rows."""
     from medai.catalog.db import create_engine_for, session_factory
-    from medai.collection.labels import import_label_sheet, rematch_labels
+    from medai.collection.labels.sheets import import_label_sheet, rematch_labels
 
     step(6, "label sheets: each site's RIS export linked to its studies")
     table = Table()
@@ -259,8 +260,8 @@ def import_labels(settings: Settings, sites: DemoSites, step: Step, console: Con
 def show_progress(settings: Settings, step: Step, console: Console) -> str:
     """``medai campaign status``: per-site KPIs, late sites first."""
     from medai.catalog.db import create_engine_for, session_factory
-    from medai.collection.cli import print_status_report
-    from medai.collection.progress import compute_progress
+    from medai.collection.campaign.cli import print_status_report
+    from medai.collection.campaign.progress import compute_progress
 
     step(7, "`medai campaign status`")
     engine = create_engine_for(settings.resolved_database_url)
@@ -274,9 +275,9 @@ def show_progress(settings: Settings, step: Step, console: Console) -> str:
 
 def verify(settings: Settings, step: Step, console: Console) -> str:
     """``medai collect verify`` and ``medai audit verify``."""
+    from medai.audit import verify_audit_chain
     from medai.catalog.db import create_engine_for, session_factory
     from medai.collection.accounting import verify_collection
-    from medai.collection.audit import verify_audit_chain
 
     step(8, "`medai collect verify` and `medai audit verify`")
     report = verify_collection(settings)
@@ -322,7 +323,7 @@ class DemoModel:
 
 
 def _free_snapshot_name(base: str, settings: Settings) -> str:
-    from medai.collection.snapshots import list_snapshots
+    from medai.snapshots.manifest import list_snapshots
 
     taken = {info.name for info in list_snapshots(settings)}
     name, number = base, 1
@@ -341,7 +342,7 @@ def train_model(
     console: Console,
 ) -> DemoModel:
     """``medai snapshot create`` of the labelled radiographs, then ``medai train``."""
-    from medai.collection.snapshots import SnapshotQuery, create_snapshot
+    from medai.snapshots.manifest import SnapshotQuery, create_snapshot
     from medai.training.config import apply_overrides, load_model_config
     from medai.training.tracking import train_tracked
 

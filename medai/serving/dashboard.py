@@ -1,7 +1,7 @@
 """Campaign progress for people and machines: the dashboard pages and the progress API.
 
 - ``GET /v1/campaign/progress``: the export document
-  (:class:`~medai.collection.progress.CampaignProgress`, JSON Schema in
+  (:class:`~medai.collection.campaign.progress.CampaignProgress`, JSON Schema in
   ``collection/progress.schema.json``) for the city's monitoring system; steward key as
   ``Authorization: Bearer``.
 - ``GET /dashboard``: the HTML dashboard for data stewards. A browser cannot send a
@@ -22,7 +22,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 
 from medai.catalog.db import session_factory
-from medai.collection.progress import CampaignProgress, compute_progress
+from medai.collection.campaign.progress import CampaignProgress, compute_progress
 from medai.errors import MedaiError
 from medai.serving.auth import Caller, require_role
 from medai.serving.context import Service, ServiceDep

@@ -35,8 +35,8 @@ from starlette.concurrency import run_in_threadpool
 
 from medai.catalog.db import session_factory
 from medai.catalog.models import Site
-from medai.collection.labels import rematch_labels
-from medai.collection.stow import (
+from medai.collection.labels.sheets import rematch_labels
+from medai.collection.receivers.stow import (
     RESPONSE_MEDIA_TYPE,
     MalformedMultipart,
     Part,

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
 from medai.catalog.db import alembic_config, session_factory
-from medai.collection.campaign import stored_campaign
+from medai.collection.campaign.definition import stored_campaign
 from medai.collection.pseudonymize import load_key
 from medai.errors import MedaiError
 from medai.serving.context import Service, ServiceDep

@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Final
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
+from medai.audit import append_audit, lock_audit_chain
 from medai.catalog.db import session_factory
 from medai.catalog.models import ApiKey, utcnow
-from medai.collection.audit import append_audit, lock_audit_chain
 from medai.errors import MedaiError
 
 if TYPE_CHECKING:

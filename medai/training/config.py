@@ -34,8 +34,9 @@ seed, dataset caching, and how the model is evaluated and gated for promotion::
     threshold = "youden"
     min_auroc_ci_low = 0.7          # promotion gate, per label
 
-Errors name the file and each bad field, as :func:`medai.collection.campaign.load_campaign`
-does (``models/x/config.toml: schedule.epochs: Input should be greater than or equal to 1``).
+Errors name the file and each bad field, as the campaign's
+``load_campaign`` does
+(``models/x/config.toml: schedule.epochs: Input should be greater than or equal to 1``).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ CONFIG_FILE = "config.toml"
 # MLflow registered model names are free text; keep them to what is safe in a URI
 # (models:/<name>@alias) and a directory name.
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
-# As medai.collection.snapshots: snapshot names and finding codes.
+# As medai.snapshots.manifest: snapshot names and finding codes.
 _SNAPSHOT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _FINDING = re.compile(r"[a-z0-9][a-z0-9_]*")
 

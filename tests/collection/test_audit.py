@@ -11,14 +11,14 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from medai.catalog import db
-from medai.catalog.models import AuditRecord
-from medai.collection.audit import (
+from medai.audit import (
     GENESIS_HASH,
     append_audit,
     compute_record_hash,
     verify_audit_chain,
 )
+from medai.catalog import db
+from medai.catalog.models import AuditRecord
 
 Factory = sessionmaker[Session]
 

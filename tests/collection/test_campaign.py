@@ -16,16 +16,16 @@ from typer.testing import CliRunner
 
 from medai.catalog.db import create_engine_for, session_factory
 from medai.catalog.models import AuditRecord, Campaign, Site
-from medai.collection.campaign import (
+from medai.collection.campaign.cli import register
+from medai.collection.campaign.definition import (
     CampaignDefinition,
     get_site,
-    init_campaign,
     load_campaign,
     site_for_ae_title,
     site_targets,
     stored_campaign,
 )
-from medai.collection.cli import register
+from medai.collection.campaign.setup import init_campaign
 from medai.config import Settings
 from medai.errors import CampaignError, UnknownSite
 

@@ -31,14 +31,14 @@ from medai.catalog.db import create_engine_for, session_factory
 from medai.catalog.models import Base, ImportRun, Instance, Study
 from medai.cli import app
 from medai.collection.accounting import verify_collection
-from medai.collection.dicomweb_archive import (
+from medai.collection.pseudonymize import Pseudonymizer, load_key
+from medai.collection.receivers.dicomweb_archive import (
     IncompleteResponse,
     PullError,
     RetryPolicy,
     part10_from_response,
 )
-from medai.collection.dicomweb_pull import SOURCE, PullCheckpoint, PullStopped, pull_site
-from medai.collection.pseudonymize import Pseudonymizer, load_key
+from medai.collection.receivers.dicomweb_pull import SOURCE, PullCheckpoint, PullStopped, pull_site
 from medai.config import Settings
 from medai.dicom.synth import SynthResult, generate
 from tests.utils.campaign import dataset_bytes, init_example_campaign

@@ -18,7 +18,7 @@ from medai.catalog.db import create_engine_for, session_factory
 from medai.catalog.models import Instance, QuarantineEntry
 from medai.cli import app
 from medai.collection.accounting import verify_collection
-from medai.collection.folder_import import import_path, iter_inputs
+from medai.collection.receivers.folder import import_path, iter_inputs
 from medai.config import Settings
 from medai.dicom.synth import generate
 from tests.utils.campaign import bad_inputs, init_example_campaign

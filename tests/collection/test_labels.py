@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 from medai.catalog.db import create_engine_for, session_factory
 from medai.catalog.models import AuditRecord, Base, LabelImport, LabelRow, Study, StudyLabel
 from medai.cli import app
-from medai.collection.campaign import CampaignDefinition, load_campaign
-from medai.collection.labels import (
+from medai.collection.campaign.definition import CampaignDefinition, load_campaign
+from medai.collection.labels.sheets import (
     LabelSheetError,
     RematchResult,
     findings_by_site,
@@ -640,7 +640,7 @@ def test_a_folder_import_matches_the_sheet_imported_before_its_images(
     settings: Settings, session: Session, synth: SynthResult
 ) -> None:
     """Receivers re-match at the end of their run: no manual `labels rematch` needed."""
-    from medai.collection.folder_import import import_path
+    from medai.collection.receivers.folder import import_path
 
     pseudo = _pseudonymizer(settings)
     sheet = import_label_sheet(synth.label_sheets["site-a"], "site-a")

@@ -12,6 +12,7 @@ import pydicom
 import pytest
 from sqlalchemy import func, select, text
 
+from medai.audit import verify_audit_chain
 from medai.catalog.db import create_engine_for, session_factory
 from medai.catalog.models import (
     Base,
@@ -22,7 +23,6 @@ from medai.catalog.models import (
     Study,
 )
 from medai.collection.accounting import collect_orphans, verify_collection
-from medai.collection.audit import verify_audit_chain
 from medai.collection.pipeline import IngestPipeline
 from medai.config import Settings
 from medai.dicom.synth import SynthResult, generate

@@ -25,9 +25,10 @@ from medai.catalog.models import (
     Study,
     StudyLabel,
 )
-from medai.collection.campaign import CampaignDefinition, init_campaign
+from medai.collection.campaign.definition import CampaignDefinition
+from medai.collection.campaign.progress import CampaignProgress, compute_progress
+from medai.collection.campaign.setup import init_campaign
 from medai.collection.pipeline import IngestPipeline, Offer
-from medai.collection.progress import CampaignProgress, compute_progress
 from medai.config import Settings
 from medai.dicom.synth import generate
 from tests.utils.campaign import init_example_campaign
@@ -308,7 +309,7 @@ def test_label_targets_and_coverage_follow_imported_sheets(
     """Real ingest and real label import: the counters agree with the label rows."""
     from sqlalchemy import func, select
 
-    from medai.collection.labels import import_label_sheet
+    from medai.collection.labels.sheets import import_label_sheet
 
     init_example_campaign(settings)
     synth = generate(tmp_path / "in", studies=9, seed=8, image_size=32, ct_slices=2)

@@ -124,7 +124,7 @@ def test_counters_stay_exact_under_concurrent_ingest(
     """Two importers (each with several worker processes) share studies: no lost update."""
     import threading
 
-    from medai.collection.folder_import import import_path
+    from medai.collection.receivers.folder import import_path
 
     init_example_campaign(settings)
     out = tmp_path_factory.mktemp("concurrent")

@@ -18,9 +18,12 @@ from typer.testing import CliRunner
 from medai.catalog.db import create_engine_for, session_factory
 from medai.catalog.models import AuditRecord, Snapshot, Study, StudyLabel
 from medai.cli import app
-from medai.collection.labels import import_label_sheet
+from medai.collection.labels.sheets import import_label_sheet
 from medai.collection.pipeline import IngestPipeline, Offer
-from medai.collection.snapshots import (
+from medai.config import Settings
+from medai.dicom.synth import SynthResult, generate
+from medai.errors import UnknownSite
+from medai.snapshots.manifest import (
     BASE_COLUMNS,
     SnapshotError,
     SnapshotExists,
@@ -35,9 +38,6 @@ from medai.collection.snapshots import (
     load_snapshot,
     parse_fractions,
 )
-from medai.config import Settings
-from medai.dicom.synth import SynthResult, generate
-from medai.errors import UnknownSite
 from tests.utils.campaign import init_example_campaign
 
 FINDINGS = ["cardiomegaly", "effusion", "nodule"]

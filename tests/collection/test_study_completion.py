@@ -13,11 +13,11 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import select, update
 
+from medai.audit import verify_audit_chain
 from medai.catalog.db import create_engine_for, session_factory
 from medai.catalog.models import AuditRecord, Study, utcnow
-from medai.collection.audit import verify_audit_chain
 from medai.collection.pipeline import IngestPipeline
-from medai.collection.study_completion import (
+from medai.collection.receivers.study_completion import (
     ACTION,
     CompletionSweeper,
     complete_quiet_studies,

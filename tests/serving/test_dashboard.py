@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from medai.catalog.db import create_engine_for, session_factory
+from medai.collection.campaign.progress import CampaignProgress, compute_progress
 from medai.collection.pipeline import IngestPipeline, Offer
-from medai.collection.progress import CampaignProgress, compute_progress
 from medai.config import Settings
 from medai.dicom.synth import generate
 from medai.serving.dashboard import COOKIE

@@ -10,10 +10,10 @@ import sys
 from sqlalchemy import select
 from typer.testing import CliRunner
 
+from medai.audit import verify_audit_chain
 from medai.catalog.db import create_engine_for, session_factory, upgrade
 from medai.catalog.models import ApiKey, AuditRecord, Base
 from medai.cli import app
-from medai.collection.audit import verify_audit_chain
 from medai.config import Settings
 from medai.serving.app import create_app
 from medai.serving.keys import LAST_USED_RESOLUTION, authenticate_key, create_key

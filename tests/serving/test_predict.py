@@ -28,9 +28,9 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 from sqlalchemy import select
 
+from medai.audit import verify_audit_chain
 from medai.catalog.db import create_engine_for, session_factory
 from medai.catalog.models import AuditRecord
-from medai.collection.audit import verify_audit_chain
 from medai.collection.pseudonymize import load_key
 from medai.config import Settings
 from medai.serving.app import create_app

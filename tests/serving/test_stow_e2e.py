@@ -16,7 +16,7 @@ import requests
 from dicomweb_client import DICOMwebClient
 
 from medai.collection.accounting import verify_collection
-from medai.collection.stow import FAILURE_CODES
+from medai.collection.receivers.stow import FAILURE_CODES
 from medai.config import Settings
 from medai.dicom.synth import SynthResult
 from tests.serving.helpers import (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from medai.collection.stow import (
+from medai.collection.receivers.stow import (
     MalformedMultipart,
     UnsupportedMediaType,
     is_valid_uid,

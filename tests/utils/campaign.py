@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pydicom
 
-from medai.collection.campaign import init_campaign, load_campaign
+from medai.collection.campaign.definition import load_campaign
+from medai.collection.campaign.setup import init_campaign
 from medai.config import Settings
 
 REPO = Path(__file__).resolve().parents[2]

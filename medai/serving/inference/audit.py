@@ -23,8 +23,8 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from medai.audit import append_audit
 from medai.catalog.db import session_factory
-from medai.collection.audit import append_audit
 from medai.collection.pseudonymize import create_key_file, load_key
 from medai.errors import KeyFileError
 

@@ -2,7 +2,7 @@
 
 Two forms are taken: ``application/dicom`` (one instance, the body is the file) and
 ``multipart/related; type="application/dicom"`` (one or more instances, as STOW-RS
-sends them; parsed by :func:`medai.collection.stow.parse_multipart_related`).
+sends them; parsed by :func:`medai.collection.receivers.stow.parse_multipart_related`).
 ``multipart/form-data`` is refused on purpose: the usual form parsers spool large
 uploads to temporary files, and these files identify patients. The body is never
 written anywhere.
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import HTTPException
 
-from medai.collection.stow import (
+from medai.collection.receivers.stow import (
     DICOM_MEDIA_TYPE,
     MalformedMultipart,
     UnsupportedMediaType,

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 from sqlalchemy import ColumnElement, Engine, func, select, update
 
+from medai.audit import AuditEntry, append_audit_many, lock_audit_chain
 from medai.catalog.db import session_factory
 from medai.catalog.models import Instance, Series, Study, utcnow
-from medai.collection.audit import AuditEntry, append_audit_many, lock_audit_chain
-from medai.collection.labels import rematch_labels
+from medai.collection.labels.sheets import rematch_labels
 
 __all__ = [
     "ACTION",

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from sqlalchemy.orm import Session
 
-    from medai.collection.labels import LabelImportResult, LabelStatus, RematchResult
+    from medai.collection.labels.sheets import LabelImportResult, LabelStatus, RematchResult
 
 __all__ = ["labels_app", "register"]
 
@@ -122,7 +122,7 @@ def import_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
-    from medai.collection.labels import LabelSheetError, import_label_sheet
+    from medai.collection.labels.sheets import LabelSheetError, import_label_sheet
     from medai.errors import CampaignError, MedaiError, UnknownSite
 
     with Progress(
@@ -233,7 +233,7 @@ def rematch_command(
     from sqlalchemy import func, select
 
     from medai.catalog.models import LabelRow
-    from medai.collection.labels import rematch_labels
+    from medai.collection.labels.sheets import rematch_labels
 
     try:
         actor = getpass.getuser()
@@ -274,7 +274,7 @@ def _print_rematch(console: Console, result: RematchResult, waiting: int) -> Non
 
 
 def _status(session: Session) -> LabelStatus:
-    from medai.collection.labels import label_status
+    from medai.collection.labels.sheets import label_status
 
     return label_status(session)
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 if TYPE_CHECKING:
-    from medai.collection.snapshots import SnapshotInfo
+    from medai.snapshots.manifest import SnapshotInfo
 
 __all__ = ["register", "snapshot_app"]
 
@@ -114,7 +114,7 @@ def create_command(
     splits; splits are stratified by site and positive findings. The same catalog, query and
     seed always give the same content hash. Snapshots are immutable.
     """
-    from medai.collection.snapshots import (
+    from medai.snapshots.manifest import (
         SnapshotError,
         SnapshotQuery,
         create_snapshot,
@@ -152,7 +152,7 @@ def list_command(
     from rich.console import Console
     from rich.table import Table
 
-    from medai.collection.snapshots import list_snapshots
+    from medai.snapshots.manifest import list_snapshots
 
     infos: list[SnapshotInfo] = _run("list the snapshots", list_snapshots)
     if as_json:
@@ -185,7 +185,7 @@ def show_command(
     ] = False,
 ) -> None:
     """Show a snapshot: query, seed, split fractions, counts per split and content hash."""
-    from medai.collection.snapshots import get_snapshot
+    from medai.snapshots.manifest import get_snapshot
 
     info: SnapshotInfo = _run("read the snapshot", lambda: get_snapshot(name))
     if as_json:
@@ -212,7 +212,7 @@ def export_command(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from medai.collection.snapshots import export_snapshot, get_snapshot
+    from medai.snapshots.manifest import export_snapshot, get_snapshot
 
     info: SnapshotInfo = _run("read the snapshot", lambda: get_snapshot(name))
     total = int(info.counts.get("total", {}).get("instances", 0))

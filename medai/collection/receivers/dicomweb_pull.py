@@ -1,7 +1,7 @@
 """DICOMweb pull: fetch a site's studies in a date window from its archive, resumably.
 
 The archive is searched and read through
-:class:`~medai.collection.dicomweb_archive.DicomwebSource` (QIDO-RS, WADO-RS, retries
+:class:`~medai.collection.receivers.dicomweb_archive.DicomwebSource` (QIDO-RS, WADO-RS, retries
 with back-off, cut downloads detected). Each instance's Part 10 bytes are offered to
 the :class:`~medai.collection.pipeline.IngestPipeline` (source ``dicomweb-pull``,
 in batches: one catalog transaction each), which stores, de-duplicates or
@@ -20,7 +20,7 @@ commit and the next checkpoint costs nothing but a listing: those instances are
 catalogued. The checkpoint names studies and instances only by their pseudonymized
 UIDs: no original UID, name or credential reaches the catalog or the log.
 
-A pull that stops on a :class:`~medai.collection.dicomweb_archive.PullError`
+A pull that stops on a :class:`~medai.collection.receivers.dicomweb_archive.PullError`
 (refused, or retries exhausted) first offers every instance it had fully
 downloaded, then finishes its run with the error in the checkpoint; running the
 same pull again resumes it.
@@ -39,19 +39,19 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 
+from medai.audit import append_audit, lock_audit_chain
 from medai.catalog.db import session_factory
 from medai.catalog.models import ImportRun, Instance, utcnow
-from medai.collection.audit import append_audit, lock_audit_chain
-from medai.collection.dicomweb_archive import (
+from medai.collection.labels.sheets import rematch_labels
+from medai.collection.pipeline import IngestPipeline, Offer, Outcome, OutcomeCounts
+from medai.collection.pseudonymize import Pseudonymizer, load_key
+from medai.collection.receivers.dicomweb_archive import (
     DicomwebSource,
     PullError,
     RemoteStudy,
     RetryPolicy,
     quiet_identifying_loggers,
 )
-from medai.collection.labels import rematch_labels
-from medai.collection.pipeline import IngestPipeline, Offer, Outcome, OutcomeCounts
-from medai.collection.pseudonymize import Pseudonymizer, load_key
 from medai.config import Settings, get_settings
 from medai.errors import TooLarge
 

@@ -2,7 +2,7 @@
 
 A label sheet (CSV or .xlsx) is PHI by nature: accession numbers, study UIDs, patient ids
 and names, report text, reader names. Import reads it through the campaign's ``[labels]``
-mapping (:class:`medai.collection.campaign.LabelMapping`) and keeps, per row, only
+mapping (:class:`medai.collection.campaign.definition.LabelMapping`) and keeps, per row, only
 
 - ``ref``: the keyed hash of the site's accession number or the pseudonymized study UID,
   computed exactly as the ingest pipeline computes them for the images;
@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import and_, func, insert, select, union_all, update
 
+from medai.audit import append_audit, lock_audit_chain
 from medai.catalog.db import add_to_counters, create_engine_for, session_factory
 from medai.catalog.models import (
     LabelCount,
@@ -51,8 +52,7 @@ from medai.catalog.models import (
     StudyLabel,
     utcnow,
 )
-from medai.collection.audit import append_audit, lock_audit_chain
-from medai.collection.campaign import SiteLabelMapping, get_site, stored_campaign
+from medai.collection.campaign.definition import SiteLabelMapping, get_site, stored_campaign
 from medai.collection.pseudonymize import Pseudonymizer, load_key
 from medai.config import Settings, get_settings
 from medai.errors import CampaignError, MedaiError

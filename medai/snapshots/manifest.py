@@ -45,10 +45,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from medai.audit import append_audit, canonical_json, lock_audit_chain
 from medai.catalog.db import create_engine_for, session_factory
 from medai.catalog.models import Instance, Patient, Series, Snapshot, Study, StudyLabel
-from medai.collection.audit import append_audit, canonical_json, lock_audit_chain
-from medai.collection.campaign import get_site, stored_campaign
+from medai.collection.campaign.definition import get_site, stored_campaign
 from medai.config import Settings, get_settings
 from medai.errors import MedaiError
 from medai.store import ObjectStore, write_atomically
@@ -791,7 +791,7 @@ def export_snapshot(
     description["manifest"] = MANIFEST_NAME
     del description["actor"]  # a staff login name is nothing the partner needs
     description["content_hash_definition"] = (
-        "sha256 over the manifest's canonical content (medai.collection.snapshots."
+        "sha256 over the manifest's canonical content (medai.snapshots.manifest."
         "content_hash), not over the parquet bytes"
     )
     (out / "snapshot.json").write_text(

@@ -1,6 +1,6 @@
 """``medai collect pull``: fetch a site's studies from its DICOMweb archive (QIDO-RS/WADO-RS).
 
-Registered on ``medai collect`` by :mod:`medai.collection.collect_cli`. Only typer and
+Registered on ``medai collect`` by :mod:`medai.collection.cli`. Only typer and
 rich are imported here; the pull itself (requests, dicomweb-client, the pipeline)
 loads when the command runs, so ``medai --help`` stays fast.
 """
@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from medai.collection.dicomweb_pull import PullSummary
+    from medai.collection.receivers.dicomweb_pull import PullSummary
 
 __all__ = ["parse_date", "parse_header", "pull_command"]
 
@@ -113,7 +113,7 @@ def pull_command(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from medai.collection.dicomweb_pull import PullStopped, RetryPolicy, pull_site
+    from medai.collection.receivers.dicomweb_pull import PullStopped, RetryPolicy, pull_site
     from medai.errors import MedaiError
 
     first, last = since, until

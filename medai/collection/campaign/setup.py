@@ -1,6 +1,6 @@
 """Setting up a campaign: migrate the catalog, make the key, record the campaign and its sites.
 
-Use it through :mod:`medai.collection.campaign`, which re-exports :func:`init_campaign`.
+Use it through :mod:`medai.collection.campaign.definition`, which re-exports :func:`init_campaign`.
 """
 
 from __future__ import annotations
@@ -16,16 +16,14 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
+from medai.audit import append_audit, lock_audit_chain
 from medai.catalog.db import create_engine_for, session_factory, upgrade
 from medai.catalog.models import Campaign, Site
-from medai.collection.audit import append_audit, lock_audit_chain
+from medai.collection.campaign.definition import CampaignDefinition, SiteDefinition
 from medai.collection.pseudonymize import create_key_file, load_key
 from medai.errors import CampaignError, KeyFileError
 
 if TYPE_CHECKING:
-    # Types only: medai.collection.campaign re-exports this module's API, so a runtime
-    # import back would be circular.
-    from medai.collection.campaign import CampaignDefinition, SiteDefinition
     from medai.config import Settings
 
 __all__ = ["InitResult", "init_campaign"]
@@ -97,7 +95,7 @@ def init_campaign(
     Parameters
     ----------
     definition
-        The validated campaign, e.g. from :func:`medai.collection.campaign.load_campaign`.
+        The validated campaign, from :func:`~medai.collection.campaign.definition.load_campaign`.
     settings
         Where the catalog and the key file are.
     actor

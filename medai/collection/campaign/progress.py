@@ -42,7 +42,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from medai.catalog.models import LabelCount, ProgressCount, QuarantineEntry, Site, utcnow
-from medai.collection.campaign import CampaignDefinition, Target, site_targets, stored_campaign
+from medai.collection.campaign.definition import (
+    CampaignDefinition,
+    Target,
+    site_targets,
+    stored_campaign,
+)
 
 __all__ = [
     "CSV_COLUMNS",

@@ -20,10 +20,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass
 from pathlib import Path
 
+from medai.audit import append_audit, lock_audit_chain
 from medai.catalog.db import session_factory
 from medai.catalog.models import ImportRun, utcnow
-from medai.collection.audit import append_audit, lock_audit_chain
-from medai.collection.labels import rematch_labels
+from medai.collection.labels.sheets import rematch_labels
 from medai.collection.pipeline import IngestPipeline, Offer, Outcome, OutcomeCounts
 from medai.config import Settings, get_settings
 from medai.errors import MedaiError, Rejected, TooLarge

@@ -1,7 +1,7 @@
 """The campaign definition: the TOML file a data steward edits, validated into typed models.
 
-Also the campaign's API for the rest of medai: :func:`load_campaign`, :func:`init_campaign`
-(from :mod:`medai.collection.campaign_setup`) and the site look-ups the receivers use.
+Also the site look-ups the receivers use; setting a campaign up in the catalog is
+:mod:`medai.collection.campaign.setup`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from pydantic_core import PydanticCustomError
 from sqlalchemy import select
 
 from medai.catalog.models import Campaign, Site
-from medai.collection.campaign_setup import InitResult, init_campaign
 from medai.errors import CampaignError, UnknownSite
 from medai.tomlfile import format_validation_errors, read_toml
 
@@ -31,7 +30,6 @@ __all__ = [
     "DEFAULT_NEGATIVE",
     "DEFAULT_POSITIVE",
     "DeidentificationOptions",
-    "InitResult",
     "LabelMapping",
     "LabelSiteOverride",
     "SafePrivateTag",
@@ -40,7 +38,6 @@ __all__ = [
     "StudyKeyKind",
     "Target",
     "get_site",
-    "init_campaign",
     "load_campaign",
     "site_for_ae_title",
     "site_targets",

@@ -33,7 +33,7 @@ from sqlalchemy import select
 from medai.catalog.db import session_factory
 from medai.catalog.models import Site
 from medai.collection.pipeline import IngestPipeline
-from medai.collection.study_completion import CompletionSweeper
+from medai.collection.receivers.study_completion import CompletionSweeper
 
 __all__ = [
     "SOURCE",

@@ -1,0 +1,1 @@
+"""The campaign: its definition (TOML), its set-up in the catalog, progress and KPIs."""

@@ -1,0 +1,1 @@
+"""Dataset snapshots: frozen, labelled, split manifests between collection and training."""
