@@ -7,22 +7,44 @@ web service into a JSON error, the CLI into a message and an exit code).
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import Any
+
 __all__ = [
+    "ApiKeyError",
     "AuditChainBroken",
+    "BatcherStopped",
     "BurnedInAnnotation",
     "CampaignError",
     "CannotDeidentify",
+    "DemoFailed",
+    "GateFailure",
+    "IncompleteResponse",
     "KeyFileError",
+    "LabelSheetError",
+    "MalformedMultipart",
     "MedaiError",
     "MissingAttribute",
+    "ModelConfigError",
+    "ModelUnavailable",
     "NotDicom",
+    "PromotionRefused",
+    "PullError",
+    "PullStopped",
     "Rejected",
+    "SnapshotError",
+    "SnapshotExists",
+    "SnapshotNotFound",
+    "SnapshotTampered",
     "StoreCorrupt",
     "TooLarge",
     "TruncatedDicom",
     "UndecodableTransferSyntax",
     "UnknownSite",
+    "UnsupportedMediaType",
     "UnsupportedObject",
+    "WeightsError",
 ]
 
 
@@ -95,3 +117,111 @@ class StoreCorrupt(MedaiError):
 
 class AuditChainBroken(MedaiError):
     """The audit log's hash chain does not verify: a record was edited or removed."""
+
+
+
+class MalformedMultipart(MedaiError):
+    """The request body is not a well-formed multipart/related body (HTTP 400)."""
+
+
+class UnsupportedMediaType(MedaiError):
+    """The request or one of its parts is not ``application/dicom`` (HTTP 415)."""
+
+
+class PullError(MedaiError):
+    """A pull that cannot go on: refused by the server, unreachable, or retries exhausted.
+
+    The message names the operation and the server (without credentials), never a
+    study or instance UID.
+    """
+
+
+class IncompleteResponse(MedaiError):
+    """An answer that ended before its end (a cut connection): worth retrying."""
+
+
+class PullStopped(PullError):
+    """A pull that stopped part-way; ``summary`` says what it did until then."""
+
+    # ``summary`` is a medai.collection.receivers.dicomweb_pull.PullSummary: typed loosely
+    # because this module sits below every part and imports none of them.
+    def __init__(self, message: str, summary: Any) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+class LabelSheetError(MedaiError):
+    """A label sheet that cannot be read, or whose header does not fit the campaign's mapping.
+
+    The message names the problem, the columns involved and what to do; never a value
+    from the sheet.
+    """
+
+
+class ModelConfigError(MedaiError):
+    """A model configuration file that cannot be read or is invalid."""
+
+
+class WeightsError(MedaiError):
+    """A weights file that is missing, unreadable, or does not fit the network."""
+
+
+@dataclass(frozen=True)
+class GateFailure:
+    """One label that failed the promotion gate (``ci_low`` NaN: not measured).
+
+    A value, not an error: :class:`PromotionRefused` carries a list of them.
+    """
+
+    label: str
+    ci_low: float
+    required: float
+
+    def __str__(self) -> str:
+        if math.isnan(self.ci_low):
+            return f"{self.label}: no test AUROC confidence interval was logged (one class only?)"
+        return (
+            f"{self.label}: lower CI bound of AUROC {self.ci_low:.3f} < {self.required:.3f} "
+            f"(short by {self.required - self.ci_low:.3f})"
+        )
+
+
+class PromotionRefused(MedaiError):
+    """The version does not pass the promotion gate."""
+
+    def __init__(self, name: str, version: str, failures: list[GateFailure]) -> None:
+        self.failures = failures
+        lines = "\n".join(f"  {failure}" for failure in failures)
+        super().__init__(f"{name} version {version} does not pass the promotion gate:\n{lines}")
+
+
+class SnapshotError(MedaiError):
+    """A snapshot cannot be created, found, read or exported as asked."""
+
+
+class SnapshotExists(SnapshotError):
+    """A snapshot of that name exists already (snapshots are immutable)."""
+
+
+class SnapshotNotFound(SnapshotError):
+    """No snapshot of that name."""
+
+
+class SnapshotTampered(SnapshotError):
+    """The manifest on disk no longer has the content hash recorded at creation."""
+
+
+class ModelUnavailable(MedaiError):
+    """The served model cannot be loaded (not registered, no alias, artifacts missing)."""
+
+
+class BatcherStopped(MedaiError):
+    """The service is stopping: the image was not (or will not be) forwarded."""
+
+
+class ApiKeyError(MedaiError):
+    """A key name or role that cannot be used, or a key that does not exist."""
+
+
+class DemoFailed(MedaiError):
+    """A step did not give what the demo needs to go on; the message says which."""

@@ -26,15 +26,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from medai.errors import DemoFailed
+
 __all__ = ["demo_command"]
 
 console = Console()
 DEFAULT_CAMPAIGN = Path("collection/demo-campaign.toml")
 DEFAULT_MODEL = Path("models/chest-xray-triage")
-
-
-class DemoFailed(Exception):
-    """A step did not give what the demo needs to go on; the message says which."""
 
 
 def _step(number: int, text: str) -> None:

@@ -385,7 +385,8 @@ def promote_model(
     model: DemoModel, min_auroc_ci_low: float | None, step: Step, console: Console
 ) -> str:
     """``medai models promote NAME VERSION``: champion only through the AUROC gate."""
-    from medai.training.tracking import PromotionRefused, promote
+    from medai.errors import PromotionRefused
+    from medai.training.tracking import promote
 
     tracked = model.tracked
     step(10, f"`medai models promote {tracked.model_name} {tracked.model_version}`")

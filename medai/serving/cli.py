@@ -193,7 +193,8 @@ def create_command(
     """
     from rich.console import Console
 
-    from medai.serving.keys import ApiKeyError, create_key
+    from medai.errors import ApiKeyError
+    from medai.serving.keys import create_key
 
     engine = _engine()
     try:
@@ -253,7 +254,8 @@ def revoke_command(
     """Revoke a key: requests with it are refused (401) from now on. Cannot be undone."""
     from rich.console import Console
 
-    from medai.serving.keys import ApiKeyError, revoke_key
+    from medai.errors import ApiKeyError
+    from medai.serving.keys import revoke_key
 
     engine = _engine()
     try:

@@ -38,16 +38,20 @@ from medai.catalog.models import Site
 from medai.collection.labels.sheets import rematch_labels
 from medai.collection.receivers.stow import (
     RESPONSE_MEDIA_TYPE,
-    MalformedMultipart,
     Part,
     StoreResult,
-    UnsupportedMediaType,
     check_content_type,
     is_valid_uid,
     parse_multipart_related,
     store_instances,
 )
-from medai.errors import CampaignError, KeyFileError, UnknownSite
+from medai.errors import (
+    CampaignError,
+    KeyFileError,
+    MalformedMultipart,
+    UnknownSite,
+    UnsupportedMediaType,
+)
 from medai.serving.auth import Caller, require_role
 from medai.serving.context import Service, ServiceDep
 from medai.serving.limits import CLOSE_CONNECTION, RequestTooLarge, read_whole_body

@@ -30,7 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from medai.audit import append_audit, lock_audit_chain
 from medai.catalog.db import session_factory
 from medai.catalog.models import ApiKey, utcnow
-from medai.errors import MedaiError
+from medai.errors import ApiKeyError
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -39,7 +39,6 @@ __all__ = [
     "KEY_PREFIX",
     "LAST_USED_RESOLUTION",
     "ROLES",
-    "ApiKeyError",
     "CreatedKey",
     "KeyInfo",
     "authenticate_key",
@@ -63,10 +62,6 @@ _IMPLIED: Final[dict[str, frozenset[str]]] = {
 LAST_USED_RESOLUTION: Final = dt.timedelta(minutes=1)
 _SHOWN_PREFIX: Final = len(KEY_PREFIX) + 6
 _NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
-
-
-class ApiKeyError(MedaiError):
-    """A key name or role that cannot be used, or a key that does not exist."""
 
 
 @dataclass(frozen=True)

@@ -114,12 +114,8 @@ def create_command(
     splits; splits are stratified by site and positive findings. The same catalog, query and
     seed always give the same content hash. Snapshots are immutable.
     """
-    from medai.snapshots.manifest import (
-        SnapshotError,
-        SnapshotQuery,
-        create_snapshot,
-        parse_fractions,
-    )
+    from medai.errors import SnapshotError
+    from medai.snapshots.manifest import SnapshotQuery, create_snapshot, parse_fractions
 
     try:
         fractions = parse_fractions(split)

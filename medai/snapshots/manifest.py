@@ -50,7 +50,12 @@ from medai.catalog.db import create_engine_for, session_factory
 from medai.catalog.models import Instance, Patient, Series, Snapshot, Study, StudyLabel
 from medai.collection.campaign.definition import get_site, stored_campaign
 from medai.config import Settings, get_settings
-from medai.errors import MedaiError
+from medai.errors import (
+    SnapshotError,
+    SnapshotExists,
+    SnapshotNotFound,
+    SnapshotTampered,
+)
 from medai.store import ObjectStore, write_atomically
 
 if TYPE_CHECKING:
@@ -61,12 +66,8 @@ __all__ = [
     "DEFAULT_FRACTIONS",
     "SPLITS",
     "ExportResult",
-    "SnapshotError",
-    "SnapshotExists",
     "SnapshotInfo",
-    "SnapshotNotFound",
     "SnapshotQuery",
-    "SnapshotTampered",
     "assign_splits",
     "content_hash",
     "create_snapshot",
@@ -108,22 +109,6 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _FINDING = re.compile(r"[a-z0-9][a-z0-9_]*")
 # Path components of the exported tree: pseudonyms (P + base32) and 2.25.<int> UIDs.
 _SAFE_COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
-class SnapshotError(MedaiError):
-    """A snapshot cannot be created, found, read or exported as asked."""
-
-
-class SnapshotExists(SnapshotError):
-    """A snapshot of that name exists already (snapshots are immutable)."""
-
-
-class SnapshotNotFound(SnapshotError):
-    """No snapshot of that name."""
-
-
-class SnapshotTampered(SnapshotError):
-    """The manifest on disk no longer has the content hash recorded at creation."""
 
 
 @dataclass(frozen=True)

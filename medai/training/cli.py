@@ -121,8 +121,8 @@ def promote_command(
     """Move the `champion` alias to VERSION if every label's lower AUROC CI bound passes."""
     from mlflow.exceptions import MlflowException
 
-    from medai.errors import MedaiError
-    from medai.training.tracking import PromotionRefused, promote
+    from medai.errors import MedaiError, PromotionRefused
+    from medai.training.tracking import promote
 
     try:
         result = promote(name, version, min_auroc_ci_low=min_auroc_ci_low)

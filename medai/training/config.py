@@ -48,7 +48,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from medai.errors import MedaiError
+from medai.errors import ModelConfigError
 from medai.tomlfile import format_validation_errors, read_toml
 from medai.training.networks import NETWORKS
 from medai.training.transforms import TransformConfig
@@ -58,7 +58,6 @@ __all__ = [
     "DataConfig",
     "EvaluationConfig",
     "ModelConfig",
-    "ModelConfigError",
     "NetworkConfig",
     "OptimizerConfig",
     "ScheduleConfig",
@@ -74,10 +73,6 @@ _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 # As medai.snapshots.manifest: snapshot names and finding codes.
 _SNAPSHOT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _FINDING = re.compile(r"[a-z0-9][a-z0-9_]*")
-
-
-class ModelConfigError(MedaiError):
-    """A model configuration file that cannot be read or is invalid."""
 
 
 class _Strict(BaseModel):

@@ -35,11 +35,9 @@ from monai.networks.nets.densenet import DenseNet121
 from monai.networks.nets.resnet import resnet18, resnet34, resnet50
 from torch import nn
 
-__all__ = ["NETWORKS", "WeightsError", "build_network", "load_weights"]
+from medai.errors import WeightsError
 
-
-class WeightsError(ValueError):
-    """A weights file that is missing, unreadable, or does not fit the network."""
+__all__ = ["NETWORKS", "build_network", "load_weights"]
 
 
 def _densenet121(spatial_dims: int, in_channels: int, num_labels: int) -> nn.Module:

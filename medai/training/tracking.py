@@ -58,7 +58,7 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from medai.config import Settings, get_settings
-from medai.errors import MedaiError
+from medai.errors import GateFailure, MedaiError, PromotionRefused
 from medai.training import distributed
 from medai.training.config import ModelConfig, flatten
 from medai.training.data import TrainingData, build_training_data
@@ -67,8 +67,6 @@ from medai.training.loop import EpochResult, TrainResult, train
 __all__ = [
     "CANDIDATE_ALIAS",
     "CHAMPION_ALIAS",
-    "GateFailure",
-    "PromotionRefused",
     "PromotionResult",
     "TrackedRun",
     "check_gate",
@@ -115,32 +113,6 @@ class TrackedRun:
             model_uri=f"models:/{config.name}@{CANDIDATE_ALIAS}",
             result=result,
         )
-
-
-@dataclass(frozen=True)
-class GateFailure:
-    """One label that failed the promotion gate (``ci_low`` NaN: not measured)."""
-
-    label: str
-    ci_low: float
-    required: float
-
-    def __str__(self) -> str:
-        if math.isnan(self.ci_low):
-            return f"{self.label}: no test AUROC confidence interval was logged (one class only?)"
-        return (
-            f"{self.label}: lower CI bound of AUROC {self.ci_low:.3f} < {self.required:.3f} "
-            f"(short by {self.required - self.ci_low:.3f})"
-        )
-
-
-class PromotionRefused(MedaiError):
-    """The version does not pass the promotion gate."""
-
-    def __init__(self, name: str, version: str, failures: list[GateFailure]) -> None:
-        self.failures = failures
-        lines = "\n".join(f"  {failure}" for failure in failures)
-        super().__init__(f"{name} version {version} does not pass the promotion gate:\n{lines}")
 
 
 @dataclass(frozen=True)

@@ -32,15 +32,11 @@ from medai.catalog.models import Base, ImportRun, Instance, Study
 from medai.cli import app
 from medai.collection.accounting import verify_collection
 from medai.collection.pseudonymize import Pseudonymizer, load_key
-from medai.collection.receivers.dicomweb_archive import (
-    IncompleteResponse,
-    PullError,
-    RetryPolicy,
-    part10_from_response,
-)
-from medai.collection.receivers.dicomweb_pull import SOURCE, PullCheckpoint, PullStopped, pull_site
+from medai.collection.receivers.dicomweb_archive import RetryPolicy, part10_from_response
+from medai.collection.receivers.dicomweb_pull import SOURCE, PullCheckpoint, pull_site
 from medai.config import Settings
 from medai.dicom.synth import SynthResult, generate
+from medai.errors import IncompleteResponse, PullError, PullStopped
 from tests.utils.campaign import dataset_bytes, init_example_campaign
 from tests.utils.orthanc import Orthanc
 from tests.utils.tcp_proxy import CuttingProxy

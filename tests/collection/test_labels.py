@@ -22,7 +22,6 @@ from medai.catalog.models import AuditRecord, Base, LabelImport, LabelRow, Study
 from medai.cli import app
 from medai.collection.campaign.definition import CampaignDefinition, load_campaign
 from medai.collection.labels.sheets import (
-    LabelSheetError,
     RematchResult,
     findings_by_site,
     import_label_sheet,
@@ -34,7 +33,7 @@ from medai.collection.pipeline import IngestPipeline, Offer
 from medai.collection.pseudonymize import Pseudonymizer, load_key
 from medai.config import Settings
 from medai.dicom.synth import SynthResult, SynthStudy, generate
-from medai.errors import CampaignError, UnknownSite
+from medai.errors import CampaignError, LabelSheetError, UnknownSite
 from tests.utils.campaign import EXAMPLE_CAMPAIGN, init_example_campaign
 
 FINDINGS = ("nodule", "effusion", "cardiomegaly")

@@ -22,14 +22,16 @@ from medai.collection.labels.sheets import import_label_sheet
 from medai.collection.pipeline import IngestPipeline, Offer
 from medai.config import Settings
 from medai.dicom.synth import SynthResult, generate
-from medai.errors import UnknownSite
-from medai.snapshots.manifest import (
-    BASE_COLUMNS,
+from medai.errors import (
     SnapshotError,
     SnapshotExists,
     SnapshotNotFound,
-    SnapshotQuery,
     SnapshotTampered,
+    UnknownSite,
+)
+from medai.snapshots.manifest import (
+    BASE_COLUMNS,
+    SnapshotQuery,
     assign_splits,
     create_snapshot,
     export_snapshot,

@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from medai.config import Settings
+from medai.errors import BatcherStopped
 from medai.serving.app import create_app
-from medai.serving.inference.batcher import BatcherStopped, InstanceResult, MicroBatcher
+from medai.serving.inference.batcher import InstanceResult, MicroBatcher
 from medai.serving.inference.model import ServedModel
 from medai.training.config import ModelConfig
 from medai.training.transforms import build_transforms

@@ -5,12 +5,11 @@ from __future__ import annotations
 import pytest
 
 from medai.collection.receivers.stow import (
-    MalformedMultipart,
-    UnsupportedMediaType,
     is_valid_uid,
     parse_content_type,
     parse_multipart_related,
 )
+from medai.errors import MalformedMultipart, UnsupportedMediaType
 from tests.serving.helpers import multipart
 
 DICOM = 'multipart/related; type="application/dicom"; boundary='

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from medai.training.config import ModelConfigError, apply_overrides, flatten, load_model_config
+from medai.errors import ModelConfigError
+from medai.training.config import apply_overrides, flatten, load_model_config
 
 REPO = Path(__file__).resolve().parents[2]
 MINIMAL = """

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from medai.training.networks import NETWORKS, WeightsError, build_network
+from medai.errors import WeightsError
+from medai.training.networks import NETWORKS, build_network
 
 
 @pytest.mark.parametrize("name", sorted(NETWORKS))

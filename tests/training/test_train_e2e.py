@@ -22,13 +22,13 @@ from typer.testing import CliRunner
 from medai.cli import app
 from medai.config import Settings, get_settings
 from medai.dicom.synth import SynthResult
+from medai.errors import PromotionRefused
 from medai.training.config import load_model_config
 from medai.training.data import make_dataset, make_loader
 from medai.training.loop import EpochResult, masked_bce_with_logits
 from medai.training.tracking import (
     CANDIDATE_ALIAS,
     CHAMPION_ALIAS,
-    PromotionRefused,
     TrackedRun,
     promote,
     train_tracked,

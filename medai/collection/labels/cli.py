@@ -122,8 +122,8 @@ def import_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
-    from medai.collection.labels.sheets import LabelSheetError, import_label_sheet
-    from medai.errors import CampaignError, MedaiError, UnknownSite
+    from medai.collection.labels.sheets import import_label_sheet
+    from medai.errors import CampaignError, LabelSheetError, MedaiError, UnknownSite
 
     with Progress(
         "[progress.description]{task.description}",

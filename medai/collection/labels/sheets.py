@@ -55,7 +55,7 @@ from medai.catalog.models import (
 from medai.collection.campaign.definition import SiteLabelMapping, get_site, stored_campaign
 from medai.collection.pseudonymize import Pseudonymizer, load_key
 from medai.config import Settings, get_settings
-from medai.errors import CampaignError, MedaiError
+from medai.errors import CampaignError, LabelSheetError
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -69,7 +69,6 @@ __all__ = [
     "LabelImportResult",
     "LabelMismatch",
     "LabelSheet",
-    "LabelSheetError",
     "LabelStatus",
     "RejectedRow",
     "RematchResult",
@@ -101,14 +100,6 @@ _UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 _UID_MAX = 64
 # Excel writes a whole number it stored as a float as "1.0".
 _WHOLE_FLOAT = re.compile(r"([0-9]+)\.0+")
-
-
-class LabelSheetError(MedaiError):
-    """A label sheet that cannot be read, or whose header does not fit the campaign's mapping.
-
-    The message names the problem, the columns involved and what to do; never a value
-    from the sheet.
-    """
 
 
 # -- reading a sheet ----------------------------------------------------------------------

@@ -40,12 +40,10 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 import requests
 from dicomweb_client import DICOMwebClient
 
-from medai.errors import MedaiError, TooLarge
+from medai.errors import IncompleteResponse, PullError, TooLarge
 
 __all__ = [
     "DicomwebSource",
-    "IncompleteResponse",
-    "PullError",
     "RemoteInstance",
     "RemoteStudy",
     "RetryPolicy",
@@ -69,18 +67,6 @@ _ACCEPT_INSTANCE = 'multipart/related; type="application/dicom"; transfer-syntax
 # Multipart framing around one instance (boundaries, part headers) is far below this.
 _FRAMING_SLACK = 64 * 1024
 _MAX_RETRY_AFTER = 300.0  # seconds: a server asking for longer is not waited for
-
-
-class PullError(MedaiError):
-    """A pull that cannot go on: refused by the server, unreachable, or retries exhausted.
-
-    The message names the operation and the server (without credentials), never a
-    study or instance UID.
-    """
-
-
-class IncompleteResponse(Exception):
-    """An answer that ended before its end (a cut connection): worth retrying."""
 
 
 # -- URLs -------------------------------------------------------------------------------

@@ -47,13 +47,12 @@ from medai.collection.pipeline import IngestPipeline, Offer, Outcome, OutcomeCou
 from medai.collection.pseudonymize import Pseudonymizer, load_key
 from medai.collection.receivers.dicomweb_archive import (
     DicomwebSource,
-    PullError,
     RemoteStudy,
     RetryPolicy,
     quiet_identifying_loggers,
 )
 from medai.config import Settings, get_settings
-from medai.errors import TooLarge
+from medai.errors import PullError, PullStopped, TooLarge
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -62,7 +61,6 @@ __all__ = [
     "SOURCE",
     "PullCheckpoint",
     "PullError",
-    "PullStopped",
     "PullSummary",
     "RetryPolicy",
     "pull_site",
@@ -155,14 +153,6 @@ class PullSummary(OutcomeCounts):
     def downloaded(self) -> int:
         """Instances fetched and offered to the pipeline (this run's inputs)."""
         return self.accounted
-
-
-class PullStopped(PullError):
-    """A pull that stopped part-way; ``summary`` says what it did until then."""
-
-    def __init__(self, message: str, summary: PullSummary) -> None:
-        super().__init__(message)
-        self.summary = summary
 
 
 @dataclass

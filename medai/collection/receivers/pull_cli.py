@@ -113,8 +113,8 @@ def pull_command(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from medai.collection.receivers.dicomweb_pull import PullStopped, RetryPolicy, pull_site
-    from medai.errors import MedaiError
+    from medai.collection.receivers.dicomweb_pull import RetryPolicy, pull_site
+    from medai.errors import MedaiError, PullStopped
 
     first, last = since, until
     if last is not None and last < first:

@@ -25,19 +25,17 @@ from dataclasses import dataclass, field
 from io import BytesIO
 from typing import TYPE_CHECKING, Any, Final
 
-from medai.errors import MedaiError, UnknownSite
+from medai.errors import MalformedMultipart, UnknownSite, UnsupportedMediaType
 
 if TYPE_CHECKING:
     from medai.collection.pipeline import IngestPipeline
 
 __all__ = [
     "FAILURE_CODES",
-    "MalformedMultipart",
     "Part",
     "PartIdentity",
     "SOURCE",
     "StoreResult",
-    "UnsupportedMediaType",
     "check_content_type",
     "identify_part",
     "is_valid_uid",
@@ -89,14 +87,6 @@ _RAW_START: Final = (b"\x08\x00", b"\x00\x08")  # group 0x0008, little or big en
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _MAX_PART_HEADER_BYTES: Final = 16 * 1024
 _CRLF: Final = b"\r\n"
-
-
-class MalformedMultipart(MedaiError):
-    """The request body is not a well-formed multipart/related body (HTTP 400)."""
-
-
-class UnsupportedMediaType(MedaiError):
-    """The request or one of its parts is not ``application/dicom`` (HTTP 415)."""
 
 
 # -- multipart/related ----------------------------------------------------------------------

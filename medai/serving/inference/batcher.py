@@ -33,15 +33,13 @@ if TYPE_CHECKING:
 
     from medai.serving.inference.model import ServedModel
 
-__all__ = ["BatcherStopped", "InstanceResult", "MicroBatcher"]
+from medai.errors import BatcherStopped
+
+__all__ = ["InstanceResult", "MicroBatcher"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-class BatcherStopped(RuntimeError):
-    """The service is stopping: the image was not (or will not be) forwarded."""
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medai.config import Settings
-from medai.errors import MedaiError
+from medai.errors import ModelUnavailable
 from medai.serving.inference.findings import Finding
 
 if TYPE_CHECKING:
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ModelHolder",
-    "ModelUnavailable",
     "Refresh",
     "ServedModel",
     "choose_device",
@@ -58,10 +57,6 @@ CONFIG_ARTIFACT = "config/resolved.json"
 WEIGHTS_ARTIFACT = "weights/best.pt"
 THRESHOLD_METRIC = "test/threshold/{label}"
 MODEL_CARD = "MODEL_CARD.md"
-
-
-class ModelUnavailable(MedaiError):
-    """The served model cannot be loaded (not registered, no alias, artifacts missing)."""
 
 
 def choose_device(setting: str | None) -> torch.device:

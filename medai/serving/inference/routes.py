@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
-from medai.errors import MedaiError
+from medai.errors import BatcherStopped, MedaiError, ModelUnavailable
 from medai.serving.auth import Caller, require_role
 from medai.serving.context import ServiceDep
 from medai.serving.inference.answers import (
@@ -39,8 +39,7 @@ from medai.serving.inference.answers import (
     wants_dicom,
 )
 from medai.serving.inference.audit import audit_prediction, study_hash
-from medai.serving.inference.batcher import BatcherStopped
-from medai.serving.inference.model import ModelUnavailable, ServedModel
+from medai.serving.inference.model import ServedModel
 from medai.serving.inference.predictions import StoredPrediction, header_only
 from medai.serving.inference.schemas import (
     ModelsOut,

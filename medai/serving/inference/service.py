@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from medai.errors import MedaiError
+from medai.errors import MedaiError, ModelUnavailable
 from medai.serving.inference.audit import audit_switch, load_or_create_serving_key
 from medai.serving.inference.batcher import MicroBatcher
-from medai.serving.inference.model import ModelHolder, ModelUnavailable, Refresh, ServedModel
+from medai.serving.inference.model import ModelHolder, Refresh, ServedModel
 from medai.serving.inference.predictions import PredictionStore
 
 if TYPE_CHECKING:

@@ -22,14 +22,12 @@ from fastapi import HTTPException
 
 from medai.collection.receivers.stow import (
     DICOM_MEDIA_TYPE,
-    MalformedMultipart,
-    UnsupportedMediaType,
     check_content_type,
     parse_content_type,
     parse_multipart_related,
 )
 from medai.dicom.read import parse_instance
-from medai.errors import Rejected
+from medai.errors import MalformedMultipart, Rejected, UnsupportedMediaType
 from medai.serving.limits import CLOSE_CONNECTION
 
 if TYPE_CHECKING:
