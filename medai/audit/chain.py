@@ -122,6 +122,8 @@ def compute_record_hash(
 def lock_audit_chain(session: Session) -> None:
     """Take the audit chain's lock for the rest of the caller's transaction.
 
+    :func:`medai.audit.audited_transaction` takes it for you; call this directly only
+    where a helper decides part-way through a caller's transaction that it will write.
     A transaction that writes other rows *and* appends audit records must call
     this before its first write: taking the lock only at the first append, after
     rows another transaction may be waiting on, can deadlock on PostgreSQL. On
@@ -152,7 +154,8 @@ def append_audit(
     session
         The caller's session (PostgreSQL: READ COMMITTED, the default).
     actor
-        Who acted: a user name, API key name or ``system:<component>``.
+        Who acted, spelled by :mod:`medai.audit.actors` (``user:<login>``,
+        ``system:<part>``, ``apikey:<name>``).
     action
         What was done, e.g. ``ingest.stored``, ``snapshot.create``.
     subject

@@ -7,7 +7,7 @@
 * every instance's store file exists and (optionally) re-hashes to its key;
 * every quarantine row has its raw file;
 * store files no row references ("orphans", left by a crash between the store
-  write and the catalog commit) are listed, and can be collected.
+  write and the catalog commit) are listed, and can be collected (each deletion audited).
 """
 
 from __future__ import annotations
@@ -15,14 +15,21 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 
+from medai.audit import AuditEntry, actors, append_audit_many, audited_transaction
 from medai.catalog.db import create_engine_for, session_factory
 from medai.catalog.models import ImportRun, IngestEvent, Instance, QuarantineEntry
 from medai.config import Settings, get_settings
 from medai.store import ObjectStore
 
-__all__ = ["RunAccount", "VerifyReport", "collect_orphans", "verify_collection"]
+__all__ = [
+    "ORPHAN_DELETE_ACTION",
+    "RunAccount",
+    "VerifyReport",
+    "collect_orphans",
+    "verify_collection",
+]
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,25 @@ def verify_collection(
     engine = create_engine_for(settings.resolved_database_url)
     store = ObjectStore(settings.resolved_store_dir)
     report = VerifyReport()
+    try:
+        referenced, quarantined = _read_catalog(engine, report)
+    finally:
+        engine.dispose()
+    if rehash:
+        for problem in store.verify(sorted(referenced)):
+            (report.missing_files if problem.kind == "missing" else report.corrupt_files).append(
+                problem.key
+            )
+    else:
+        report.missing_files = sorted(key for key in referenced if not store.exists(key))
+    root = settings.resolved_quarantine_dir
+    report.quarantine_missing = [path for path in quarantined if not (root / path).exists()]
+    report.orphan_files = sorted(key for key in store.keys() if key not in referenced)
+    return report
+
+
+def _read_catalog(engine: Engine, report: VerifyReport) -> tuple[set[str], list[str]]:
+    """Fill ``report``'s catalog counts; return the referenced store keys and held quarantine."""
     with session_factory(engine.execution_options(sqlite_begin="DEFERRED"))() as session:
         report.events = {
             str(outcome): int(count)
@@ -136,41 +162,46 @@ def verify_collection(
                 select(QuarantineEntry.relative_path).where(QuarantineEntry.released_at.is_(None))
             )
         )
+    return referenced, quarantined
 
-    if rehash:
-        for problem in store.verify(sorted(referenced)):
-            (report.missing_files if problem.kind == "missing" else report.corrupt_files).append(
-                problem.key
-            )
-    else:
-        report.missing_files = sorted(key for key in referenced if not store.exists(key))
-    root = settings.resolved_quarantine_dir
-    report.quarantine_missing = [path for path in quarantined if not (root / path).exists()]
-    report.orphan_files = sorted(key for key in store.keys() if key not in referenced)
-    return report
+
+ORPHAN_DELETE_ACTION = "store.orphan-delete"
 
 
 def collect_orphans(
-    report: VerifyReport, settings: Settings | None = None, *, min_age_seconds: float = 3600
+    report: VerifyReport,
+    settings: Settings | None = None,
+    *,
+    min_age_seconds: float = 3600,
+    actor: str | None = None,
 ) -> int:
     """Delete the orphan store files of ``report`` older than ``min_age_seconds``.
 
     The age guard keeps a file that an ingest still in flight has just written
-    (its catalog commit follows the store write) from being taken.
+    (its catalog commit follows the store write) from being taken. Each deletion is
+    audited (``store.orphan-delete``, subject: the store key) by ``actor``, the
+    person at the command line by default. The re-check and the deletions run under
+    the audit chain's lock, which every ingest batch takes too, so no instance row
+    can start referring to a file between its re-check and its deletion.
     """
     settings = settings or get_settings()
     store = ObjectStore(settings.resolved_store_dir)
     engine = create_engine_for(settings.resolved_database_url)
     cutoff = time.time() - min_age_seconds
-    removed = 0
-    with session_factory(engine)() as session:
-        for key in report.orphan_files:
-            path = store.path(key)
-            if not path.exists() or path.stat().st_mtime > cutoff:
-                continue
-            # Re-check under the current catalog: it may have been referenced since.
-            if session.scalar(select(Instance.id).where(Instance.store_key == key).limit(1)):
-                continue
-            store.delete(key)
-            removed += 1
-    return removed
+    actor = actor or actors.operator()
+    try:
+        with audited_transaction(engine) as session:
+            deleted: list[AuditEntry] = []
+            for key in report.orphan_files:
+                path = store.path(key)
+                if not path.exists() or path.stat().st_mtime > cutoff:
+                    continue
+                if session.scalar(select(Instance.id).where(Instance.store_key == key).limit(1)):
+                    continue  # referenced since the report was made
+                size = path.stat().st_size
+                store.delete(key)
+                deleted.append(AuditEntry(actor, ORPHAN_DELETE_ACTION, key, {"bytes": size}))
+            append_audit_many(session, deleted)
+    finally:
+        engine.dispose()
+    return len(deleted)

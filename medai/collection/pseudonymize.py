@@ -5,23 +5,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import logging
-import os
-import secrets
 from functools import lru_cache
-from pathlib import Path
 
-from medai.errors import KeyFileError
+# The key file itself lives below collection (serving reads keys too); re-exported here
+# for the receivers that load the campaign key next to their pseudonymizer.
+from medai.keyfile import KEY_BYTES, create_key_file, load_key
 
 __all__ = ["KEY_BYTES", "Pseudonymizer", "create_key_file", "load_key"]
 
-logger = logging.getLogger(__name__)
-
-KEY_BYTES = 32
-"""Length of a campaign key: 256 random bits, stored as 64 hex digits."""
-
 _MAX_OFFSET_DAYS = 3650
-_CREATE_HINT = "create one with `medai campaign init CAMPAIGN.toml` or point MEDAI_KEY_FILE at it"
 
 # Each use of the key hashes under its own label, so a patient pseudonym can never equal
 # (or help to predict) a UID or a date offset computed from the same input string.
@@ -29,82 +21,6 @@ _DOMAIN_PATIENT = b"medai/v1/patient-id\x00"
 _DOMAIN_UID = b"medai/v1/uid\x00"
 _DOMAIN_DATE = b"medai/v1/date-offset\x00"
 _DOMAIN_ACCESSION = b"medai/v1/accession\x00"
-
-
-def create_key_file(path: Path) -> None:
-    """Write a new random campaign key to ``path`` with mode 0600.
-
-    Parameters
-    ----------
-    path
-        Where to write the key (64 hex digits and a newline). Parent folders are created.
-
-    Raises
-    ------
-    KeyFileError
-        If ``path`` already exists: a key is never overwritten, because every pseudonym
-        issued so far depends on it.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise KeyFileError(
-            f"pseudonymization key file {path} already exists; refusing to overwrite it "
-            "(every pseudonym issued so far depends on that key)"
-        ) from None
-    try:
-        # O_CREAT's mode is filtered by the umask; make 0600 explicit.
-        os.fchmod(fd, 0o600)
-        os.write(fd, (secrets.token_hex(KEY_BYTES) + "\n").encode("ascii"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    logger.info("created pseudonymization key file %s", path)
-
-
-def load_key(path: Path) -> bytes:
-    """Read a campaign key written by :func:`create_key_file`.
-
-    Parameters
-    ----------
-    path
-        The key file.
-
-    Returns
-    -------
-    bytes
-        The 32-byte key.
-
-    Raises
-    ------
-    KeyFileError
-        If the file is missing, unreadable or does not hold 64 hex digits; the message
-        says what to run.
-    """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="ascii").strip()
-    except FileNotFoundError:
-        raise KeyFileError(f"pseudonymization key file {path} not found; {_CREATE_HINT}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise KeyFileError(
-            f"pseudonymization key file {path} cannot be read ({exc.__class__.__name__}); "
-            f"check its permissions, or {_CREATE_HINT}"
-        ) from None
-    try:
-        key = bytes.fromhex(text)
-    except ValueError:
-        key = b""
-    if len(key) != KEY_BYTES:
-        raise KeyFileError(
-            f"pseudonymization key file {path} is malformed (expected {2 * KEY_BYTES} hex "
-            f"digits); restore it from backup, or {_CREATE_HINT} for a new campaign"
-        )
-    if os.name == "posix" and path.stat().st_mode & 0o077:
-        logger.warning("pseudonymization key file %s is readable by others; chmod 600 it", path)
-    return key
 
 
 class Pseudonymizer:

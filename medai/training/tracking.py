@@ -17,15 +17,15 @@ experiment named after the model and logs:
   (``pt2``: loading it executes no pickled code), with a signature whose batch dimension is
   dynamic (``-1``) and an input example of two images (``torch.export`` would fix a batch
   dimension of 1 in the example to a constant), registered as a new version of the registered
-  model ``config.name`` with the alias ``candidate``.
+  model ``config.name`` with the alias ``candidate``, and audited (``model.register``) in the
+  catalog the snapshot came from (:mod:`medai.training.registry`).
 
 Nothing identifying is logged: the snapshot holds pseudonymized data only, and what goes
 to MLflow is aggregated (counts, metrics, plots of pooled results) or configuration; the
 input example is noise of the input's shape, not an image.
 
-:func:`promote` moves the ``champion`` alias to a version whose run passes the gate:
-the lower confidence bound of the test AUROC of every label at least the configured
-``evaluation.min_auroc_ci_low``.
+:func:`~medai.training.registry.promote` (re-exported here with the registry's other public
+names) moves the ``champion`` alias to a version whose run passes the gate.
 
 Under ``torchrun`` every rank trains (:mod:`medai.training.distributed`) but only rank 0
 opens the MLflow run, logs and registers: one run and one version per training, whatever
@@ -41,12 +41,10 @@ whatever directory the command ran in.
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import mlflow.pytorch
@@ -57,12 +55,23 @@ import torch
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
+from medai.audit import actors
 from medai.config import Settings, get_settings
-from medai.errors import GateFailure, MedaiError, PromotionRefused
 from medai.training import distributed
 from medai.training.config import ModelConfig, flatten
 from medai.training.data import TrainingData, build_training_data
 from medai.training.loop import EpochResult, TrainResult, train
+from medai.training.registry import (
+    CANDIDATE_ALIAS,
+    CHAMPION_ALIAS,
+    PromotionResult,
+    audit_registration,
+    check_gate,
+    configure_mlflow,
+    load_registered,
+    promote,
+    require_catalog,
+)
 
 __all__ = [
     "CANDIDATE_ALIAS",
@@ -76,12 +85,8 @@ __all__ = [
     "train_tracked",
 ]
 
-CANDIDATE_ALIAS = "candidate"
-CHAMPION_ALIAS = "champion"
 MODEL_ARTIFACT = "model"
 WEIGHTS_ARTIFACT_DIR = "weights"  # holds best.pt (medai.training.loop.CHECKPOINT_NAME)
-GATE_PARAM = "evaluation.min_auroc_ci_low"
-LABELS_PARAM = "data.labels"
 
 
 @dataclass(frozen=True)
@@ -113,28 +118,6 @@ class TrackedRun:
             model_uri=f"models:/{config.name}@{CANDIDATE_ALIAS}",
             result=result,
         )
-
-
-@dataclass(frozen=True)
-class PromotionResult:
-    """A promotion: the version now ``champion``, and the one it replaced (if any)."""
-
-    name: str
-    version: str
-    previous: str | None
-    ci_low: dict[str, float]
-    required: float
-
-
-def configure_mlflow(settings: Settings | None = None) -> str:
-    """Point MLflow (tracking and registry) at the settings' tracking URI and return it."""
-    settings = settings or get_settings()
-    uri = settings.resolved_mlflow_tracking_uri
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    return uri
 
 
 def _experiment_id(name: str, settings: Settings, uri: str) -> str:
@@ -172,16 +155,20 @@ def train_tracked(
     progress: Callable[[EpochResult], None] | None = None,
     *,
     device: str | None = None,
+    actor: str | None = None,
 ) -> TrackedRun:
     """Train ``config`` in a new MLflow run, log it, and register the model as ``candidate``.
 
     Launched by ``torchrun``, it joins the process group for the run (and leaves it
-    after); every rank trains, rank 0 alone logs and calls ``progress``.
+    after); every rank trains, rank 0 alone logs, registers, audits and calls ``progress``.
 
     Parameters
     ----------
     config, settings, progress, device
         As :func:`medai.training.loop.train`.
+    actor
+        Who is recorded as registering the version; :func:`medai.audit.actors.operator`
+        by default.
 
     Returns
     -------
@@ -189,12 +176,24 @@ def train_tracked(
         The same run and version ids on every rank; ``result`` is this rank's.
     """
     settings = settings or get_settings()
+    # The version will be audited in this catalog: without one, say so before training.
+    require_catalog(settings)
     with distributed.process_group(device) as context:
         # Load the snapshot first: a missing or altered one fails before an empty run is
         # logged.
         data = build_training_data(config, settings)
         if context.is_main:
             tracked = _train_logged(config, settings, progress, str(context.device), data)
+            # After the run, not inside it: the chain's lock is not held for minutes of
+            # logging, and a version is only recorded once it exists.
+            audit_registration(
+                settings,
+                name=config.name,
+                version=tracked.model_version,
+                run_id=tracked.run_id,
+                snapshot=tracked.result.snapshot,
+                actor=actor or actors.operator(),
+            )
             ids = (tracked.run_id, tracked.experiment_id, tracked.model_version)
             distributed.broadcast_object(ids)
             return tracked
@@ -299,76 +298,3 @@ def _train_logged(
                 config.name, version, "medai.labels", ",".join(config.data.labels)
             )
     return TrackedRun.registered(config, run_id, experiment_id, version, result)
-
-
-def check_gate(
-    metrics: dict[str, float], labels: list[str], required: float, prefix: str = "test"
-) -> tuple[dict[str, float], list[GateFailure]]:
-    """Each label's lower AUROC bound from logged ``metrics``, and the labels that fail."""
-    lows: dict[str, float] = {}
-    failures: list[GateFailure] = []
-    for label in labels:
-        low = float(metrics.get(f"{prefix}/auroc_low/{label}", math.nan))
-        lows[label] = low
-        if math.isnan(low) or low < required:
-            failures.append(GateFailure(label, low, required))
-    return lows, failures
-
-
-def promote(
-    name: str,
-    version: str | int,
-    settings: Settings | None = None,
-    *,
-    min_auroc_ci_low: float | None = None,
-) -> PromotionResult:
-    """Move the ``champion`` alias of ``name`` to ``version`` if its run passes the gate.
-
-    Parameters
-    ----------
-    name, version
-        The registered model and version.
-    settings
-        Where the tracking server is.
-    min_auroc_ci_low
-        The gate; by default the value the run was trained with
-        (``evaluation.min_auroc_ci_low``).
-
-    Raises
-    ------
-    PromotionRefused
-        A label's lower CI bound is below the gate (or missing); the alias is not moved.
-    mlflow.exceptions.MlflowException
-        No such model or version.
-    """
-    uri = configure_mlflow(settings)
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    model_version = client.get_model_version(name, str(version))
-    if not model_version.run_id:
-        raise MedaiError(f"{name} version {version} has no training run to read the gate from")
-    run = client.get_run(model_version.run_id)
-    params = run.data.params
-    labels = [label for label in params.get(LABELS_PARAM, "").split(",") if label]
-    required = (
-        float(params.get(GATE_PARAM, "nan")) if min_auroc_ci_low is None else min_auroc_ci_low
-    )
-    if not labels or math.isnan(required):
-        raise MedaiError(f"run {model_version.run_id} of {name} version {version} logged no gate")
-    lows, failures = check_gate(dict(run.data.metrics), labels, required)
-    if failures:
-        raise PromotionRefused(name, str(version), failures)
-    previous: str | None
-    try:
-        previous = str(client.get_model_version_by_alias(name, CHAMPION_ALIAS).version)
-    except mlflow.exceptions.MlflowException:
-        previous = None
-    client.set_registered_model_alias(name, CHAMPION_ALIAS, str(version))
-    return PromotionResult(name, str(version), previous, lows, required)
-
-
-def load_registered(
-    name: str, alias: str = CANDIDATE_ALIAS, settings: Settings | None = None
-) -> Any:
-    """Load ``models:/<name>@<alias>`` as a torch module (for notebooks and checks)."""
-    configure_mlflow(settings)
-    return mlflow.pytorch.load_model(f"models:/{name}@{alias}")

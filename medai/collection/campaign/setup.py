@@ -5,7 +5,6 @@ Use it through :mod:`medai.collection.campaign.definition`, which re-exports :fu
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import json
 import logging
@@ -16,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
-from medai.audit import append_audit, lock_audit_chain
-from medai.catalog.db import create_engine_for, session_factory, upgrade
+from medai.audit import actors, append_audit, audited_transaction
+from medai.catalog.db import create_engine_for, upgrade
 from medai.catalog.models import Campaign, Site
 from medai.collection.campaign.definition import CampaignDefinition, SiteDefinition
-from medai.collection.pseudonymize import create_key_file, load_key
-from medai.errors import CampaignError, KeyFileError
+from medai.errors import CampaignError
+from medai.keyfile import ensure_key_file, key_fingerprint, load_key
 
 if TYPE_CHECKING:
     from medai.config import Settings
@@ -61,27 +60,6 @@ def _site_values(site: SiteDefinition) -> dict[str, Any]:
     }
 
 
-def _actor() -> str:
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):  # no login name in some containers
-        return "unknown"
-
-
-def _ensure_key(path: Path) -> bool:
-    """Create the key file if there is none; return whether it was created."""
-    if not path.exists():
-        try:
-            create_key_file(path)
-            return True
-        except KeyFileError:
-            if not path.exists():
-                raise
-            # Another process created it first: reuse it like any existing key.
-    load_key(path)  # a malformed key must stop the set-up, never be replaced
-    return False
-
-
 def init_campaign(
     definition: CampaignDefinition, settings: Settings, *, actor: str | None = None
 ) -> InitResult:
@@ -89,7 +67,8 @@ def init_campaign(
 
     Upgrades the catalog schema, creates the pseudonymization key file if there is none (an
     existing key is reused, never overwritten), inserts or updates the campaign row and the
-    site rows, and appends a ``campaign.init`` audit record. Running it again with the same
+    site rows, and appends a ``campaign.init`` audit record (and ``campaign.key-create``
+    when the key was created). Running it again with the same
     definition changes nothing but the audit log.
 
     Parameters
@@ -99,7 +78,7 @@ def init_campaign(
     settings
         Where the catalog and the key file are.
     actor
-        Who is recorded in the audit log; the login name by default.
+        Who is recorded in the audit log; :func:`medai.audit.actors.operator` by default.
 
     Returns
     -------
@@ -118,7 +97,7 @@ def init_campaign(
     try:
         upgrade(engine)
         key_file = settings.resolved_key_file
-        key_created = _ensure_key(key_file)
+        key_created = ensure_key_file(key_file)
         document = definition.model_dump(mode="json")
         digest = hashlib.sha256(
             json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
@@ -126,8 +105,8 @@ def init_campaign(
         created: list[str] = []
         updated: list[str] = []
         unchanged: list[str] = []
-        with session_factory(engine).begin() as session:
-            lock_audit_chain(session)  # before any row, so writers never deadlock
+        actor = actor or actors.operator()
+        with audited_transaction(engine) as session:
             rows = list(session.scalars(select(Campaign).order_by(Campaign.id)))
             others = [r.name for r in rows if r.name != definition.name]
             if others:
@@ -163,9 +142,19 @@ def init_campaign(
                 else:
                     unchanged.append(site.id)
             stale = sorted(set(existing) - {s.id for s in definition.sites})
+            if key_created:
+                # The key decides every pseudonym from now on: its creation is on the record
+                # (by fingerprint; the key itself never leaves its file).
+                append_audit(
+                    session,
+                    actor=actor,
+                    action="campaign.key-create",
+                    subject=definition.name,
+                    details={"fingerprint": key_fingerprint(load_key(key_file))},
+                )
             append_audit(
                 session,
-                actor=actor or _actor(),
+                actor=actor,
                 action="campaign.init",
                 subject=definition.name,
                 details={
