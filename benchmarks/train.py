@@ -42,10 +42,11 @@ def build_campaign(settings: Any, folder: Path, studies: int, seed: int, size: i
     """Generate, ingest and label ``studies`` synthetic chest studies; freeze a snapshot."""
     from medai.collection.campaign.definition import load_campaign
     from medai.collection.campaign.setup import init_campaign
-    from medai.collection.labels.sheets import import_label_sheet
-    from medai.collection.pipeline import IngestPipeline, Offer
+    from medai.collection.labels import import_label_sheet
+    from medai.collection.outcomes import Offer
+    from medai.collection.pipeline import IngestPipeline
     from medai.dicom.synth import generate
-    from medai.snapshots.manifest import SnapshotQuery, create_snapshot
+    from medai.snapshots import SnapshotQuery, create_snapshot
 
     started = time.perf_counter()
     # No CT: the snapshot takes chest radiographs only, so CT series would be dead weight.

@@ -6,8 +6,9 @@ Names are imported on first use, so that importing ``medai.dicom.cli`` (for
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from medai.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from medai.dicom.metadata import InstanceMetadata, normalized_metadata
@@ -33,8 +34,4 @@ _MODULES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _MODULES.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports(__name__, _MODULES)

@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.table import Table
+from rich.text import Text
+
+from medai.cli_support import (
+    JsonFlag,
+    console,
+    fail,
+    plain,
+    print_json,
+    progress_bar,
+    require_campaign,
+    row,
+)
 
 if TYPE_CHECKING:
-    from medai.snapshots.manifest import SnapshotInfo
+    from medai.snapshots import SnapshotInfo
 
 __all__ = ["register", "snapshot_app"]
 
@@ -20,46 +33,20 @@ snapshot_app = typer.Typer(
     no_args_is_help=True,
 )
 
-# Exit status for a problem the user can fix (bad name, unknown site): as click uses for usage.
-EXIT_USER_ERROR = 2
-_SET_UP_HINT = "Is the catalog reachable and set up? Run `medai campaign init FILE` first."
-
-
 def register(app: typer.Typer) -> None:
     """Add the ``snapshot`` sub-app to the root ``medai`` app."""
     app.add_typer(snapshot_app, name="snapshot")
 
 
-def _fail(message: str, hint: str | None = None) -> NoReturn:
-    """Print ``message`` (and what to do) in red on stderr and exit with status 2."""
-    from rich.console import Console
-    from rich.text import Text
-
-    console = Console(stderr=True)
-    # Text, not markup: messages hold JSON and paths that rich would read as markup.
-    console.print(Text(f"error: {message}", style="red"), soft_wrap=True)
-    if hint:
-        console.print(Text(hint), soft_wrap=True)
-    raise typer.Exit(EXIT_USER_ERROR)
-
-
-def _print_json(data: Any) -> None:
-    # One line on stdout: the last line of the output is the JSON document.
-    typer.echo(json.dumps(data, sort_keys=True))
-
-
-def _run(action: str, call: Any) -> Any:
-    """Call ``call()``, turning medai and database errors into a clear message and exit 2."""
-    from sqlalchemy.exc import OperationalError, ProgrammingError
-
+def _run(call: Any) -> Any:
+    """Call ``call()`` on a set-up catalog; a medai error ends the command with its message."""
     from medai.errors import MedaiError
 
+    require_campaign()
     try:
         return call()
     except MedaiError as exc:
-        _fail(str(exc))
-    except (OperationalError, ProgrammingError) as exc:
-        _fail(f"cannot {action} ({type(exc.orig).__name__})", _SET_UP_HINT)
+        raise fail(exc) from None
 
 
 @snapshot_app.command("create")
@@ -103,9 +90,7 @@ def create_command(
         str,
         typer.Option("--split", help="Train,val,test fractions of patients (sum 1)."),
     ] = "0.7,0.15,0.15",
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the snapshot record as one JSON line.")
-    ] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Freeze a dataset: a parquet manifest, patient-level stratified splits and a content hash.
 
@@ -115,12 +100,12 @@ def create_command(
     seed always give the same content hash. Snapshots are immutable.
     """
     from medai.errors import SnapshotError
-    from medai.snapshots.manifest import SnapshotQuery, create_snapshot, parse_fractions
+    from medai.snapshots import SnapshotQuery, create_snapshot, parse_fractions
 
     try:
         fractions = parse_fractions(split)
     except SnapshotError as exc:
-        _fail(str(exc))
+        raise fail(exc) from None
     query = SnapshotQuery(
         sites=tuple(site or ()),
         modalities=tuple(modality or ()),
@@ -128,31 +113,23 @@ def create_command(
         findings=tuple(finding or ()),
         labelled_only=labelled_only,
     )
-    info: SnapshotInfo = _run(
-        "create the snapshot",
-        lambda: create_snapshot(name, query, seed=seed, fractions=fractions),
-    )
+    info: SnapshotInfo = _run(lambda: create_snapshot(name, query, seed=seed, fractions=fractions))
     if as_json:
-        _print_json(info.to_dict())
+        print_json(info.to_dict())
         return
     _print_info(info)
 
 
 @snapshot_app.command("list")
 def list_command(
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the snapshots as one JSON line (a list).")
-    ] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """List the snapshots, oldest first."""
-    from rich.console import Console
-    from rich.table import Table
+    from medai.snapshots import list_snapshots
 
-    from medai.snapshots.manifest import list_snapshots
-
-    infos: list[SnapshotInfo] = _run("list the snapshots", list_snapshots)
+    infos: list[SnapshotInfo] = _run(list_snapshots)
     if as_json:
-        _print_json([info.to_dict() for info in infos])
+        print_json([info.to_dict() for info in infos])
         return
     if not infos:
         typer.echo("No snapshots yet: create one with `medai snapshot create --name NAME`.")
@@ -163,29 +140,29 @@ def list_command(
     for info in infos:
         total = info.counts.get("total", {})
         table.add_row(
-            info.name,
-            info.created_at.strftime("%Y-%m-%d %H:%M UTC"),
-            str(total.get("patients", "")),
-            str(total.get("studies", "")),
-            str(total.get("instances", "")),
-            info.content_hash[:12],
+            *row(
+                info.name,
+                info.created_at.strftime("%Y-%m-%d %H:%M UTC"),
+                total.get("patients", ""),
+                total.get("studies", ""),
+                total.get("instances", ""),
+                info.content_hash[:12],
+            )
         )
-    Console().print(table)
+    console().print(table)
 
 
 @snapshot_app.command("show")
 def show_command(
     name: Annotated[str, typer.Argument(metavar="NAME", help="The snapshot.")],
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the snapshot record as one JSON line.")
-    ] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Show a snapshot: query, seed, split fractions, counts per split and content hash."""
-    from medai.snapshots.manifest import get_snapshot
+    from medai.snapshots import get_snapshot
 
-    info: SnapshotInfo = _run("read the snapshot", lambda: get_snapshot(name))
+    info: SnapshotInfo = _run(lambda: get_snapshot(name))
     if as_json:
-        _print_json(info.to_dict())
+        print_json(info.to_dict())
         return
     _print_info(info)
 
@@ -196,9 +173,7 @@ def export_command(
     out_dir: Annotated[
         Path, typer.Argument(metavar="DIR", help="A new or empty directory to write to.")
     ],
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the summary as one JSON line.")
-    ] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Write a snapshot as a de-identified DICOM tree (patient/study/series) for sharing.
 
@@ -206,28 +181,21 @@ def export_command(
     and snapshot.json (name, content hash, counts, query). Every file is checked against its
     sha256 in the store while copying. Refuses a non-empty directory.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import MofNCompleteColumn
 
-    from medai.snapshots.manifest import export_snapshot, get_snapshot
+    from medai.snapshots import export_snapshot, get_snapshot
 
-    info: SnapshotInfo = _run("read the snapshot", lambda: get_snapshot(name))
+    info: SnapshotInfo = _run(lambda: get_snapshot(name))
     total = int(info.counts.get("total", {}).get("instances", 0))
-    with Progress(
-        TextColumn("exporting"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        transient=True,
-        disable=as_json,
-    ) as bar:
-        task = bar.add_task("export", total=total)
+    with progress_bar(MofNCompleteColumn(), transient=True, disable=as_json) as bar:
+        task = bar.add_task("exporting", total=total)
         result = _run(
-            "export the snapshot",
             lambda: export_snapshot(
                 name, out_dir, progress=lambda done, _total: bar.update(task, completed=done)
             ),
         )
     if as_json:
-        _print_json(result.to_dict())
+        print_json(result.to_dict())
         return
     typer.echo(
         f"Exported snapshot {result.name}: {result.files} files, {result.bytes} bytes "
@@ -236,18 +204,14 @@ def export_command(
 
 
 def _print_info(info: SnapshotInfo) -> None:
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
-    console = Console()
-    console.print(Text.assemble(("Snapshot ", "bold"), (info.name, "bold cyan")))
-    console.print(Text(f"Created {info.created_at.isoformat()} by {info.actor}"))
-    console.print(Text(f"Content hash: {info.content_hash}"), soft_wrap=True)
-    console.print(Text(f"Manifest: {info.manifest}"), soft_wrap=True)
-    console.print(Text(f"Query: {json.dumps(info.query, sort_keys=True)}"), soft_wrap=True)
+    out = console()
+    out.print(Text.assemble(("Snapshot ", "bold"), (info.name, "bold cyan")))
+    out.print(plain(f"Created {info.created_at.isoformat()} by {info.actor}"))
+    out.print(plain(f"Content hash: {info.content_hash}"), soft_wrap=True)
+    out.print(plain(f"Manifest: {info.manifest}"), soft_wrap=True)
+    out.print(plain(f"Query: {json.dumps(info.query, sort_keys=True)}"), soft_wrap=True)
     fractions = ", ".join(f"{k} {v:g}" for k, v in info.fractions.items())
-    console.print(Text(f"Seed {info.seed}; split fractions: {fractions}"))
+    out.print(plain(f"Seed {info.seed}; split fractions: {fractions}"))
     findings = list(info.query.get("findings", []))
     table = Table(title="Counts")
     for column in ("Split", "Patients", "Studies", "Instances", *findings):
@@ -255,12 +219,14 @@ def _print_info(info: SnapshotInfo) -> None:
     for split, counts in info.counts.items():
         positives = counts.get("positives", {})
         table.add_row(
-            split,
-            str(counts["patients"]),
-            str(counts["studies"]),
-            str(counts["instances"]),
-            *(str(positives.get(f, 0)) for f in findings),
+            *row(
+                split,
+                counts["patients"],
+                counts["studies"],
+                counts["instances"],
+                *(positives.get(f, 0) for f in findings),
+            )
         )
-    console.print(table)
+    out.print(table)
     if findings:
-        console.print(Text("Finding columns count positive studies.", style="dim"))
+        out.print(plain("Finding columns count positive studies.", "dim"))

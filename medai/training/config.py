@@ -70,7 +70,7 @@ CONFIG_FILE = "config.toml"
 # MLflow registered model names are free text; keep them to what is safe in a URI
 # (models:/<name>@alias) and a directory name.
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
-# As medai.snapshots.manifest: snapshot names and finding codes.
+# Snapshot names as medai.snapshots.query.validate_name allows; finding codes as column names.
 _SNAPSHOT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _FINDING = re.compile(r"[a-z0-9][a-z0-9_]*")
 

@@ -48,7 +48,7 @@ from monai.transforms.compose import Compose
 from torch.utils.data import DistributedSampler, Sampler
 
 from medai.config import Settings, get_settings
-from medai.snapshots.manifest import SPLITS, load_snapshot
+from medai.snapshots import SPLITS, load_snapshot
 from medai.store import ObjectStore
 from medai.training import distributed
 from medai.training.config import ModelConfig
@@ -189,8 +189,8 @@ def build_training_data(config: ModelConfig, settings: Settings | None = None) -
 
     Raises
     ------
-    medai.snapshots.manifest.SnapshotNotFound, SnapshotTampered
-        From :func:`medai.snapshots.manifest.load_snapshot`.
+    medai.errors.SnapshotNotFound, SnapshotTampered
+        From :func:`medai.snapshots.load_snapshot`.
     KeyError
         A configured label is not a column of the manifest.
     ValueError

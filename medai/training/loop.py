@@ -1,7 +1,8 @@
 """The training loop: a model configuration in, the best network and its evaluation out.
 
 :func:`train` knows nothing of MLflow (:mod:`medai.training.tracking` wraps it), so a
-notebook calls the same function as ``medai train``.
+notebook calls the same function as ``medai train``. Running the network over a split, the
+masked loss and the evaluation settings are :mod:`medai.training.prediction`.
 
 - Seeds: :func:`medai.training.transforms.seed_everything` before the network is built,
   seeded transforms and shuffling (:mod:`medai.training.data`): one seed, one run.
@@ -38,7 +39,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -50,22 +50,21 @@ from medai.training.config import ModelConfig
 from medai.training.data import (
     IMAGE_KEY,
     LABEL_KEY,
-    SITE_KEY,
     TrainingData,
     build_training_data,
 )
-from medai.training.evaluation import EvaluationResult, auroc, evaluate
+from medai.training.evaluation import EvaluationResult
 from medai.training.networks import build_network
+from medai.training.prediction import (
+    autocast,
+    evaluate_predictions,
+    macro_auroc,
+    masked_bce_with_logits,
+    predict,
+)
 from medai.training.transforms import seed_everything
 
-__all__ = [
-    "EpochResult",
-    "TrainResult",
-    "evaluate_predictions",
-    "masked_bce_with_logits",
-    "predict",
-    "train",
-]
+__all__ = ["CHECKPOINT_NAME", "EpochResult", "TrainResult", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -139,97 +138,6 @@ class TrainResult:
     device: str = "cpu"
 
 
-def masked_bce_with_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy on logits, averaged over the known (non-NaN) targets.
-
-    A batch with no known target gives 0 (with a gradient), not NaN.
-    """
-    known = ~torch.isnan(targets)
-    losses = nn.functional.binary_cross_entropy_with_logits(
-        logits.float(), torch.nan_to_num(targets, nan=0.0), reduction="none"
-    )
-    return (losses * known).sum() / known.sum().clamp(min=1)
-
-
-def macro_auroc(y_true: npt.NDArray[np.float64], y_prob: npt.NDArray[np.float64]) -> float:
-    """Mean AUROC over the labels with both classes among the known values; NaN if none."""
-    values = []
-    for column in range(y_true.shape[1]):
-        known = ~np.isnan(y_true[:, column])
-        y = y_true[known, column]
-        if y.size and 0 < y.sum() < y.size:
-            values.append(auroc(y, y_prob[known, column]))
-    return float(np.mean(values)) if values else math.nan
-
-
-@torch.no_grad()
-def _infer(
-    model: nn.Module, loader: Any, device: torch.device, n_labels: int
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], list[str], tuple[float, int]]:
-    model.eval()
-    labels: list[npt.NDArray[np.float64]] = []
-    probs: list[npt.NDArray[np.float64]] = []
-    sites: list[str] = []
-    total, known = 0.0, 0
-    for batch in loader:
-        images = batch[IMAGE_KEY].to(device)
-        targets = batch[LABEL_KEY].to(device)
-        with _autocast(device):
-            logits = model(images)
-        mask = ~torch.isnan(targets)
-        total += float(masked_bce_with_logits(logits, targets)) * int(mask.sum())
-        known += int(mask.sum())
-        labels.append(targets.double().cpu().numpy())
-        probs.append(torch.sigmoid(logits.float()).double().cpu().numpy())
-        sites.extend(str(site) for site in batch.get(SITE_KEY, [""] * len(images)))
-    if not labels:
-        empty = np.empty((0, n_labels), dtype=np.float64)
-        return empty, empty.copy(), sites, (total, known)
-    return np.concatenate(labels), np.concatenate(probs), sites, (total, known)
-
-
-def predict(
-    model: nn.Module, loader: Any, device: torch.device, *, n_labels: int | None = None
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], list[str], float]:
-    """Run ``model`` over ``loader``: labels, sigmoid probabilities, sites, mean masked loss.
-
-    In a process group ``loader`` is this rank's shard of a split
-    (:func:`medai.training.data.build_training_data`) and the result the whole split,
-    gathered in manifest order, on every rank; every rank must call it.
-
-    Parameters
-    ----------
-    model
-        The network (not its DistributedDataParallel wrapper, whose forward pass would
-        wait for the other ranks).
-    loader
-        Batches of images and label vectors (and sites).
-    device
-        Where ``model`` is.
-    n_labels
-        Columns of the label arrays when ``loader`` yields no batch (a rank's empty
-        shard); 0 if None.
-
-    Returns
-    -------
-    tuple
-        Labels ``(N, L)`` (NaN where unknown), probabilities ``(N, L)``, sites, and the
-        masked loss averaged over the known labels (NaN if none).
-    """
-    labels, probs, sites, totals = distributed.gather_split(
-        *_infer(model, loader, device, n_labels or 0)
-    )
-    total, known = totals
-    return labels, probs, sites, (total / known if known else math.nan)
-
-
-def _autocast(device: torch.device) -> Any:
-    # float16 autocast only on CUDA; elsewhere a no-op context.
-    return torch.autocast(
-        device_type=device.type, dtype=torch.float16, enabled=device.type == "cuda"
-    )
-
-
 def _has_both_classes(records: list[dict[str, Any]], n_labels: int) -> bool:
     if not records:
         return False
@@ -239,63 +147,6 @@ def _has_both_classes(records: list[dict[str, Any]], n_labels: int) -> bool:
         if known.size and 0 < known.sum() < known.size:
             return True
     return False
-
-
-def evaluate_predictions(
-    config: ModelConfig,
-    val_true: npt.NDArray[np.float64],
-    val_prob: npt.NDArray[np.float64],
-    test_true: npt.NDArray[np.float64],
-    test_prob: npt.NDArray[np.float64],
-    test_sites: list[str],
-    plot_dir: Path | None = None,
-) -> EvaluationResult:
-    """:func:`~medai.training.evaluation.evaluate` with the settings of ``config.evaluation``.
-
-    Parameters
-    ----------
-    config
-        Its labels, seed and ``[evaluation]`` section (threshold rule, bootstrap, level).
-    val_true, val_prob, test_true, test_prob, test_sites
-        As :func:`predict` gives them for the validation and test splits.
-    plot_dir
-        Where the ROC and reliability plots go; none are drawn if None.
-    """
-    ev = config.evaluation
-    return evaluate(
-        config.data.labels,
-        val_true,
-        val_prob,
-        test_true,
-        test_prob,
-        test_sites=test_sites,
-        threshold_method=ev.threshold,
-        target_sensitivity=ev.target_sensitivity,
-        n_bootstrap=ev.n_bootstrap,
-        confidence=ev.confidence,
-        seed=config.seed,
-        plot_dir=plot_dir,
-    )
-
-
-def _evaluate(
-    config: ModelConfig,
-    val_true: npt.NDArray[np.float64],
-    val_prob: npt.NDArray[np.float64],
-    test_true: npt.NDArray[np.float64],
-    test_prob: npt.NDArray[np.float64],
-    test_sites: list[str],
-    out_dir: Path,
-) -> EvaluationResult:
-    # Rank 0 evaluates (the bootstrap and plots are the costly part) and the others get its
-    # table: the arrays are the same on every rank, so this only saves their time.
-    if not distributed.is_main_process():
-        return EvaluationResult(table=distributed.broadcast_object(pd.DataFrame()))
-    evaluation = evaluate_predictions(
-        config, val_true, val_prob, test_true, test_prob, test_sites, out_dir / "plots"
-    )
-    distributed.broadcast_object(evaluation.table)
-    return evaluation
 
 
 def train(
@@ -392,7 +243,7 @@ def train(
             images = batch[IMAGE_KEY].to(target, non_blocking=True)
             targets = batch[LABEL_KEY].to(target, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
-            with _autocast(target):
+            with autocast(target):
                 logits = model(images)
             loss = masked_bce_with_logits(logits, targets)
             scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
@@ -444,7 +295,9 @@ def train(
     test_true, test_prob, test_sites, _ = predict(
         net, data.loaders["test"], target, n_labels=len(labels)
     )
-    evaluation = _evaluate(config, val_true, val_prob, test_true, test_prob, test_sites, out_dir)
+    evaluation = evaluate_predictions(
+        config, val_true, val_prob, test_true, test_prob, test_sites, out_dir / "plots"
+    )
     # The input example MLflow stores with the model: noise of the input's shape and range,
     # never a real image (pixels can carry burned-in identifiers). Two images, not one:
     # MLflow exports the model with torch.export, which fixes a dimension of size 1 in the

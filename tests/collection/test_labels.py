@@ -21,7 +21,7 @@ from medai.catalog.db import create_engine_for, session_factory
 from medai.catalog.models import AuditRecord, Base, LabelImport, LabelRow, Study, StudyLabel
 from medai.cli import app
 from medai.collection.campaign.definition import CampaignDefinition, load_campaign
-from medai.collection.labels.sheets import (
+from medai.collection.labels import (
     RematchResult,
     findings_by_site,
     import_label_sheet,
@@ -29,7 +29,8 @@ from medai.collection.labels.sheets import (
     read_label_sheet,
     rematch_labels,
 )
-from medai.collection.pipeline import IngestPipeline, Offer
+from medai.collection.outcomes import Offer
+from medai.collection.pipeline import IngestPipeline
 from medai.collection.pseudonymize import Pseudonymizer, load_key
 from medai.config import Settings
 from medai.dicom.synth import SynthResult, SynthStudy, generate

@@ -167,7 +167,7 @@ def test_crash_between_store_and_commit_leaves_only_an_orphan(
     def crash(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt("power cut after the store write")
 
-    monkeypatch.setattr(pipeline, "_commit", crash)
+    monkeypatch.setattr(pipeline.writer, "commit", crash)
     with pytest.raises(KeyboardInterrupt):
         pipeline.ingest(data, "site-a", "folder")
     report = verify_collection(campaign)

@@ -26,9 +26,11 @@ from medai.catalog.models import (
     StudyLabel,
 )
 from medai.collection.campaign.definition import CampaignDefinition
-from medai.collection.campaign.progress import CampaignProgress, compute_progress
+from medai.collection.campaign.progress import compute_progress
+from medai.collection.campaign.report import CampaignProgress
 from medai.collection.campaign.setup import init_campaign
-from medai.collection.pipeline import IngestPipeline, Offer
+from medai.collection.outcomes import Offer
+from medai.collection.pipeline import IngestPipeline
 from medai.config import Settings
 from medai.dicom.synth import generate
 from tests.utils.campaign import init_example_campaign
@@ -309,7 +311,7 @@ def test_label_targets_and_coverage_follow_imported_sheets(
     """Real ingest and real label import: the counters agree with the label rows."""
     from sqlalchemy import func, select
 
-    from medai.collection.labels.sheets import import_label_sheet
+    from medai.collection.labels import import_label_sheet
 
     init_example_campaign(settings)
     synth = generate(tmp_path / "in", studies=9, seed=8, image_size=32, ct_slices=2)

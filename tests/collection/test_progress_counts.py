@@ -8,7 +8,8 @@ from sqlalchemy import func, select
 
 from medai.catalog.db import alembic_config, create_engine_for, session_factory, upgrade
 from medai.catalog.models import Instance, ProgressCount, Study
-from medai.collection.pipeline import IngestPipeline, Offer
+from medai.collection.outcomes import Offer
+from medai.collection.pipeline import IngestPipeline
 from medai.config import Settings
 from medai.dicom.synth import SynthResult, generate
 from tests.utils.campaign import init_example_campaign
@@ -134,7 +135,7 @@ def test_counters_stay_exact_under_concurrent_ingest(
     def run() -> None:
         try:
             import_path(out / "site-a", "site-a", settings=settings, workers=2)
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+        except BaseException as exc:  # reported by the assertion below
             errors.append(exc)
 
     threads = [threading.Thread(target=run) for _ in range(2)]

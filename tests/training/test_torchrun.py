@@ -25,8 +25,8 @@ from medai.training import distributed
 from medai.training.config import load_model_config
 from medai.training.data import build_training_data
 from medai.training.distributed import interleave
-from medai.training.loop import evaluate_predictions, predict
 from medai.training.networks import build_network
+from medai.training.prediction import evaluate_predictions, predict
 from medai.training.tracking import CANDIDATE_ALIAS
 from tests.utils.research import LABELS, build_tiny_catalog, tiny_model_config, tiny_synth
 

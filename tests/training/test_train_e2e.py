@@ -25,7 +25,8 @@ from medai.dicom.synth import SynthResult
 from medai.errors import PromotionRefused
 from medai.training.config import load_model_config
 from medai.training.data import make_dataset, make_loader
-from medai.training.loop import EpochResult, masked_bce_with_logits
+from medai.training.loop import EpochResult
+from medai.training.prediction import masked_bce_with_logits
 from medai.training.tracking import (
     CANDIDATE_ALIAS,
     CHAMPION_ALIAS,

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medai.collection.labels.sheets import import_label_sheet
-from medai.collection.pipeline import IngestPipeline, Offer
+from medai.collection.labels import import_label_sheet
+from medai.collection.outcomes import Offer
+from medai.collection.pipeline import IngestPipeline
 from medai.config import Settings
 from medai.dicom.synth import SynthResult, generate
-from medai.snapshots.manifest import SnapshotQuery, create_snapshot
+from medai.snapshots import SnapshotQuery, create_snapshot
 from tests.utils.campaign import init_example_campaign
 
 LABELS = ("nodule", "effusion", "cardiomegaly")

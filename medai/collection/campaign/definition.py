@@ -1,6 +1,7 @@
 """The campaign definition: the TOML file a data steward edits, validated into typed models.
 
-Also the site look-ups the receivers use; setting a campaign up in the catalog is
+A pure model: no database. The campaign as set up in the catalog, and the site look-ups
+the receivers use, are :mod:`medai.collection.campaign.sites`; setting it up is
 :mod:`medai.collection.campaign.setup`.
 """
 
@@ -8,40 +9,26 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_core import PydanticCustomError
-from sqlalchemy import select
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from medai.catalog.models import Campaign, Site
-from medai.errors import CampaignError, UnknownSite
+from medai.collection.campaign.base import StrictModel, error_at
+from medai.collection.campaign.label_mapping import LabelMapping
+from medai.errors import CampaignError
 from medai.tomlfile import format_validation_errors, read_toml
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
     from medai.collection.deid import DeidOptions
 
 __all__ = [
     "CampaignDefinition",
-    "DEFAULT_NEGATIVE",
-    "DEFAULT_POSITIVE",
     "DeidentificationOptions",
-    "LabelMapping",
-    "LabelSiteOverride",
     "SafePrivateTag",
     "SiteDefinition",
-    "SiteLabelMapping",
-    "StudyKeyKind",
     "Target",
-    "get_site",
     "load_campaign",
-    "site_for_ae_title",
-    "site_targets",
-    "stored_campaign",
     "validate_ae_title",
 ]
 
@@ -79,12 +66,7 @@ def validate_ae_title(value: str) -> str:
     return value.strip(" ")
 
 
-class _Model(BaseModel):
-    # Unknown keys are refused so a misspelt option fails loudly instead of being ignored.
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Target(_Model):
+class Target(StrictModel):
     """How many studies a site should send that match every criterion given.
 
     A criterion left out matches anything; targets of one site may overlap (a CT chest study
@@ -110,7 +92,7 @@ class Target(_Model):
         return value.strip().lower() if value is not None else None
 
 
-class SiteDefinition(_Model):
+class SiteDefinition(StrictModel):
     """A hospital taking part: a short id, a display name, the AE titles it sends from."""
 
     id: str
@@ -139,14 +121,14 @@ class SiteDefinition(_Model):
                 try:
                     title = validate_ae_title(title)
                 except ValueError as exc:
-                    raise _at(f"[{index}]", str(exc)) from None
+                    raise error_at(f"[{index}]", str(exc)) from None
                 if title in titles:
-                    raise _at(f"[{index}]", f"AE title {title!r} is listed twice")
+                    raise error_at(f"[{index}]", f"AE title {title!r} is listed twice")
             titles.append(title)
         return titles
 
 
-class SafePrivateTag(_Model):
+class SafePrivateTag(StrictModel):
     """A private element known to hold no identifying data, kept by de-identification.
 
     ``element`` is the element's offset in its private block (``0x00``-``0xFF``); a full
@@ -167,7 +149,7 @@ class SafePrivateTag(_Model):
         raise ValueError("element must be 0x00-0xFF (offset in the private block) or 0x1000-0xFFFF")
 
 
-class DeidentificationOptions(_Model):
+class DeidentificationOptions(StrictModel):
     """PS3.15 Annex E options of the campaign; all on unless the file turns them off."""
 
     retain_longitudinal_modified_dates: bool = True
@@ -190,208 +172,7 @@ class DeidentificationOptions(_Model):
         )
 
 
-# -- label sheets -------------------------------------------------------------------------
-
-StudyKeyKind = Literal["accession_number", "study_uid"]
-"""What a label sheet's study key column holds: RIS accession numbers or StudyInstanceUIDs."""
-
-DEFAULT_POSITIVE = ("1", "yes", "true", "positive", "present")
-"""Cell values read as "finding present" unless the mapping lists its own (case is ignored)."""
-DEFAULT_NEGATIVE = ("0", "no", "false", "negative", "absent")
-"""Cell values read as "finding absent" unless the mapping lists its own (case is ignored)."""
-
-# Finding names are catalog keys (study_labels.finding) and target names: short slugs.
-_FINDING = re.compile(r"[a-z][a-z0-9_]{0,63}")
-_COLUMN_MAX = 200
-
-
-def infer_study_key_kind(column: str) -> StudyKeyKind | None:
-    """Tell from a column's name whether it holds accession numbers or study UIDs.
-
-    ``accession_number``, ``Accession No.``, ``ACC`` name accession numbers;
-    ``study_instance_uid``, ``StudyInstanceUID``, ``Study UID`` name study UIDs. Any other
-    name gives None: the mapping must then say ``study_key_kind``.
-    """
-    name = re.sub(r"[^a-z0-9]", "", column.casefold())
-    if "accession" in name or name in {"acc", "accno", "accnr", "accnum"}:
-        return "accession_number"
-    if "study" in name and "uid" in name:
-        return "study_uid"
-    return None
-
-
-def _check_column(value: str | None) -> str | None:
-    if value is None:
-        return None
-    value = value.strip()
-    if len(value) > _COLUMN_MAX:
-        raise ValueError(f"column name longer than {_COLUMN_MAX} characters")
-    return value
-
-
-def _check_findings(value: dict[str, str] | None) -> dict[str, str] | None:
-    if value is None:
-        return None
-    findings: dict[str, str] = {}
-    for name, column in value.items():
-        finding = name.strip().lower()
-        if not _FINDING.fullmatch(finding):
-            raise _at(
-                name,
-                "finding name must be 1-64 lowercase letters, digits or '_', starting with a "
-                "letter (e.g. 'nodule')",
-            )
-        if finding in findings:
-            raise _at(name, f"finding {finding!r} is listed twice")
-        if not isinstance(column, str) or not column.strip():
-            raise _at(name, "the column name is empty")
-        findings[finding] = _check_column(column) or ""
-    return findings
-
-
-def _check_spellings(value: list[str] | None) -> list[str] | None:
-    if value is None:
-        return None
-    spellings: list[str] = []
-    for index, spelling in enumerate(value):
-        word = spelling.strip().casefold()
-        if not word:
-            raise _at(f"[{index}]", "a spelling is empty (blank cells already mean 'not reported')")
-        if word in spellings:
-            raise _at(f"[{index}]", f"spelling {word!r} is listed twice")
-        spellings.append(word)
-    return spellings
-
-
-@dataclass(frozen=True)
-class SiteLabelMapping:
-    """The label mapping that applies to one site's sheets (overrides resolved).
-
-    ``findings`` maps each finding name to the column holding it; ``positive`` and
-    ``negative`` are the accepted cell values, case-folded. Column names are matched
-    against a sheet's header ignoring case and surrounding spaces.
-    """
-
-    study_key: str
-    study_key_kind: StudyKeyKind
-    patient_id: str | None
-    findings: dict[str, str]
-    positive: frozenset[str]
-    negative: frozenset[str]
-
-
-class LabelSiteOverride(_Model):
-    """What differs in one site's label sheets; each field given replaces the campaign-wide one.
-
-    ``findings``, when given, replaces the whole findings table (so a site may report fewer
-    findings); ``patient_id = ""`` says the site's sheets have no patient id column. A site
-    giving its own ``study_key`` gives its own ``study_key_kind`` too, or has it inferred
-    from the column name: the campaign-wide kind belongs to the campaign-wide column.
-    """
-
-    study_key: str | None = Field(default=None, min_length=1)
-    study_key_kind: StudyKeyKind | None = None
-    patient_id: str | None = None
-    findings: dict[str, str] | None = Field(default=None, min_length=1)
-    positive: list[str] | None = Field(default=None, min_length=1)
-    negative: list[str] | None = Field(default=None, min_length=1)
-
-    _columns = field_validator("study_key", "patient_id")(_check_column)
-    _findings = field_validator("findings")(_check_findings)
-    _spellings = field_validator("positive", "negative")(_check_spellings)
-
-
-class LabelMapping(_Model):
-    """How to read the sites' label sheets (RIS exports): the ``[labels]`` table.
-
-    ``study_key`` is the column linking a row to its study and ``study_key_kind`` what it
-    holds (``accession_number`` or ``study_uid``; inferred from the column name when left
-    out). ``patient_id``, if given, names a column whose value must belong to the study's
-    patient (checked through the pseudonym), else the row is refused as a mismatch.
-    ``findings`` maps finding name to column; a cell is positive or negative when it is one
-    of ``positive`` / ``negative`` (case ignored), not reported when blank, and any other
-    value rejects the row. ``sites`` holds per-site overrides (:class:`LabelSiteOverride`).
-    """
-
-    study_key: str = Field(min_length=1)
-    study_key_kind: StudyKeyKind | None = None
-    patient_id: str | None = Field(default=None, min_length=1)
-    findings: dict[str, str] = Field(min_length=1)
-    positive: list[str] = Field(default_factory=lambda: list(DEFAULT_POSITIVE), min_length=1)
-    negative: list[str] = Field(default_factory=lambda: list(DEFAULT_NEGATIVE), min_length=1)
-    sites: dict[str, LabelSiteOverride] = Field(default_factory=dict)
-
-    _columns = field_validator("study_key", "patient_id")(_check_column)
-    _findings = field_validator("findings")(_check_findings)
-    _spellings = field_validator("positive", "negative")(_check_spellings)
-
-    @model_validator(mode="after")
-    def _resolvable(self) -> LabelMapping:
-        self._resolve(None)
-        for site_id in self.sites:
-            self._resolve(site_id)
-        return self
-
-    def for_site(self, site_id: str) -> SiteLabelMapping:
-        """The mapping for ``site_id``'s sheets: the campaign-wide one with its override."""
-        return self._resolve(site_id)
-
-    def _resolve(self, site_id: str | None) -> SiteLabelMapping:
-        override = self.sites.get(site_id) if site_id is not None else None
-        prefix = f"sites.{site_id}." if override is not None else ""
-
-        def pick(name: str) -> Any:
-            given = getattr(override, name) if override is not None else None
-            return given if given is not None else getattr(self, name)
-
-        study_key: str = pick("study_key")
-        if not study_key:
-            raise _at(prefix + "study_key", "the column name is empty")
-        # The kind goes with the column: a site naming its own key column does not inherit
-        # the campaign-wide kind (it says its own, or it is inferred from the name).
-        kind: StudyKeyKind | None = (
-            override.study_key_kind
-            if override is not None and override.study_key is not None
-            else pick("study_key_kind")
-        )
-        if kind is None:
-            kind = infer_study_key_kind(study_key)
-            if kind is None:
-                raise _at(
-                    prefix + "study_key_kind",
-                    f"cannot tell from the column name {study_key!r} whether it holds accession "
-                    'numbers or study UIDs: set study_key_kind = "accession_number" or '
-                    '"study_uid"',
-                )
-        patient: str | None = pick("patient_id") or None
-        findings: dict[str, str] = pick("findings")
-        roles = [("study_key", study_key)]
-        if patient:
-            roles.append(("patient_id", patient))
-        roles += [(f"findings.{name}", column) for name, column in findings.items()]
-        seen: dict[str, str] = {}
-        for role, column in roles:
-            folded = column.casefold()
-            if folded in seen:
-                raise _at(prefix + role, f"column {column!r} is already the {seen[folded]} column")
-            seen[folded] = role
-        positive, negative = frozenset(pick("positive")), frozenset(pick("negative"))
-        both = sorted(positive & negative)
-        if both:
-            raise _at(
-                prefix + "negative", f"{both[0]!r} is both a positive and a negative spelling"
-            )
-        return SiteLabelMapping(
-            study_key=study_key,
-            study_key_kind=kind,
-            patient_id=patient,
-            findings=dict(findings),
-            positive=positive,
-            negative=negative,
-        )
-
-
-class CampaignDefinition(_Model):
+class CampaignDefinition(StrictModel):
     """A whole campaign file: when it runs, who sends what, and how data is de-identified.
 
     ``labels`` is the label-sheet mapping (:class:`LabelMapping`): which column of a site's
@@ -421,13 +202,13 @@ class CampaignDefinition(_Model):
         owners: dict[str, str] = {}
         for i, site in enumerate(self.sites):
             if site.id in ids:
-                raise _at(
+                raise error_at(
                     f"sites[{i}].id", f"duplicate site id {site.id!r} (also sites[{ids[site.id]}])"
                 )
             ids[site.id] = i
             for j, title in enumerate(site.ae_titles):
                 if title in owners:
-                    raise _at(
+                    raise error_at(
                         f"sites[{i}].ae_titles[{j}]",
                         f"AE title {title!r} is already used by site {owners[title]!r}",
                     )
@@ -440,7 +221,7 @@ class CampaignDefinition(_Model):
         assert self.labels is not None
         for site_id in self.labels.sites:
             if site_id not in ids:
-                raise _at(
+                raise error_at(
                     f"labels.sites.{site_id}",
                     f"no site {site_id!r} in this campaign (its sites: {', '.join(ids)})",
                 )
@@ -449,7 +230,7 @@ class CampaignDefinition(_Model):
             for j, target in enumerate(site.targets):
                 if target.finding is not None and target.finding not in mapped:
                     where = f"labels.sites.{site.id}" if site.id in self.labels.sites else "labels"
-                    raise _at(
+                    raise error_at(
                         f"sites[{i}].targets[{j}].finding",
                         f"finding {target.finding!r} has no column in {where}.findings, so no "
                         "study could count towards this target",
@@ -463,11 +244,6 @@ class CampaignDefinition(_Model):
     def site(self, site_id: str) -> SiteDefinition | None:
         """The site with this id, or None."""
         return next((s for s in self.sites if s.id == site_id), None)
-
-
-def _at(field: str, message: str) -> PydanticCustomError:
-    """An error for a field below the one being validated; ``field`` is its relative path."""
-    return PydanticCustomError("campaign", "{message}", {"message": message, "field": field})
 
 
 def load_campaign(path: Path | str) -> CampaignDefinition:
@@ -495,71 +271,3 @@ def load_campaign(path: Path | str) -> CampaignDefinition:
         return CampaignDefinition.model_validate(data)
     except ValidationError as exc:
         raise CampaignError(format_validation_errors(str(path), exc)) from None
-
-
-# -- the campaign as set up in the catalog (by campaign_setup.init_campaign) -------------
-
-
-def stored_campaign(session: Session) -> CampaignDefinition:
-    """The definition of the campaign this catalog serves.
-
-    Raises
-    ------
-    CampaignError
-        If no campaign has been set up in this catalog.
-    """
-    row = session.scalars(select(Campaign).order_by(Campaign.id)).first()
-    if row is None:
-        raise CampaignError("no campaign in this catalog: run `medai campaign init FILE` first")
-    try:
-        return CampaignDefinition.model_validate(row.definition)
-    except ValidationError as exc:
-        # Set up by an older medai whose campaign file format has since changed.
-        raise CampaignError(
-            format_validation_errors("the campaign stored in the catalog", exc)
-            + "\nrun `medai campaign init FILE` again with the current campaign file"
-        ) from None
-
-
-def _unknown(session: Session, what: str) -> UnknownSite:
-    known = ", ".join(session.scalars(select(Site.id).order_by(Site.id))) or (
-        "none (run `medai campaign init FILE` first)"
-    )
-    return UnknownSite(f"{what}; the campaign's sites are: {known}")
-
-
-def get_site(session: Session, site_id: str) -> Site:
-    """The catalog row of the site with this campaign id.
-
-    Raises
-    ------
-    UnknownSite
-        If the campaign has no such site; the message lists the known site ids.
-    """
-    site = session.get(Site, site_id)
-    if site is None:
-        raise _unknown(session, f"unknown site {site_id!r}")
-    return site
-
-
-def site_for_ae_title(session: Session, ae_title: str) -> Site:
-    """The site that sends from this AE title (as a C-STORE peer's calling AE title).
-
-    Leading and trailing spaces are ignored, as the standard says; case is significant.
-
-    Raises
-    ------
-    UnknownSite
-        If no site of the campaign lists this AE title; the message lists the known site ids.
-    """
-    wanted = ae_title.strip(" ")
-    # A handful of sites: reading them all is cheaper than a dialect-specific JSON query.
-    for site in session.scalars(select(Site).order_by(Site.id)):
-        if wanted in site.ae_titles:
-            return site
-    raise _unknown(session, f"no site sends from AE title {wanted!r}")
-
-
-def site_targets(site: Site) -> list[Target]:
-    """The targets of a catalog site row (stored as ``{"items": [...]}``)."""
-    return [Target.model_validate(t) for t in site.targets.get("items", [])]

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.text import Text
+
+from medai.cli_support import (
+    JsonFlag,
+    catalog_session,
+    console,
+    fail,
+    plain,
+    print_json,
+    progress_bar,
+    require_campaign,
+    row,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
-    from sqlalchemy.orm import Session
 
-    from medai.collection.labels.sheets import LabelImportResult, LabelStatus, RematchResult
+    from medai.collection.labels import LabelImportResult, LabelStatus, RematchResult
 
 __all__ = ["labels_app", "register"]
 
@@ -23,9 +34,6 @@ labels_app = typer.Typer(
     no_args_is_help=True,
 )
 
-# Exit status for a problem the user can fix (bad sheet, unknown site): as click uses for usage.
-EXIT_USER_ERROR = 2
-_SET_UP_HINT = "Is the catalog reachable and set up? Run `medai campaign init FILE` first."
 # Rejected rows shown in the table; --json lists them all.
 _SHOWN_REJECTED = 30
 
@@ -33,52 +41,6 @@ _SHOWN_REJECTED = 30
 def register(app: typer.Typer) -> None:
     """Add the ``labels`` sub-app to the root ``medai`` app."""
     app.add_typer(labels_app, name="labels")
-
-
-def _console(stderr: bool = False) -> Console:
-    from rich.console import Console
-
-    return Console(stderr=stderr)
-
-
-def _fail(message: str, hint: str | None = None) -> NoReturn:
-    """Print ``message`` (and what to do) in red on stderr and exit with status 2."""
-    from rich.text import Text
-
-    console = _console(stderr=True)
-    # Text, not markup: messages hold column names and paths like "[labels]" that rich would eat.
-    console.print(Text(f"error: {message}", style="red"), soft_wrap=True)
-    if hint:
-        console.print(Text(hint), soft_wrap=True)
-    raise typer.Exit(EXIT_USER_ERROR)
-
-
-def _print_json(data: dict[str, Any]) -> None:
-    # One line on stdout: the last line of the output is the JSON document.
-    typer.echo(json.dumps(data, sort_keys=True))
-
-
-def _catalog_session(action: str) -> Any:
-    """One transaction on the configured catalog (a context manager yielding the session)."""
-    from contextlib import contextmanager
-
-    from sqlalchemy.exc import OperationalError, ProgrammingError
-
-    from medai.catalog.db import create_engine_for, session_factory
-    from medai.config import get_settings
-
-    @contextmanager
-    def scope() -> Any:
-        engine = create_engine_for(get_settings().resolved_database_url)
-        try:
-            with session_factory(engine).begin() as session:
-                yield session
-        except (OperationalError, ProgrammingError) as exc:
-            _fail(f"cannot {action} ({type(exc.orig).__name__})", _SET_UP_HINT)
-        finally:
-            engine.dispose()
-
-    return scope()
 
 
 @labels_app.command("import")
@@ -98,9 +60,7 @@ def import_command(
             help="The campaign site id the sheet comes from (accession numbers are per site).",
         ),
     ],
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the summary as one JSON line, for scripts.")
-    ] = False,
+    as_json: JsonFlag = False,
     force: Annotated[
         bool,
         typer.Option(
@@ -119,20 +79,14 @@ def import_command(
     flagged as a conflict, never overwritten. Importing the same sheet again changes
     nothing.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-    from sqlalchemy.exc import OperationalError, ProgrammingError
+    from rich.progress import MofNCompleteColumn, TimeRemainingColumn
 
-    from medai.collection.labels.sheets import import_label_sheet
-    from medai.errors import CampaignError, LabelSheetError, MedaiError, UnknownSite
+    from medai.collection.labels import import_label_sheet
+    from medai.errors import MedaiError, UnknownSite
 
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=_console(stderr=True),
-        transient=True,
-    ) as progress:
+    require_campaign()
+    columns = (MofNCompleteColumn(), TimeRemainingColumn())
+    with progress_bar(*columns, transient=True, disable=as_json) as progress:
         task = progress.add_task(f"matching label rows for {site}", total=None)
 
         def advance(done: int, total: int) -> None:
@@ -140,33 +94,23 @@ def import_command(
 
         try:
             result = import_label_sheet(sheet, site, force=force, progress=advance)
-        except LabelSheetError as exc:
-            progress.stop()
-            _fail(str(exc))
         except UnknownSite as exc:
             progress.stop()
-            _fail(str(exc), "Give --site one of the campaign's site ids.")
-        except CampaignError as exc:
-            progress.stop()
-            _fail(str(exc))
+            raise fail(exc, "Give --site one of the campaign's site ids.") from None
         except MedaiError as exc:
             progress.stop()
-            _fail(str(exc))
-        except (OperationalError, ProgrammingError) as exc:
-            progress.stop()
-            _fail(f"cannot import the label sheet ({type(exc.orig).__name__})", _SET_UP_HINT)
+            raise fail(exc) from None
     if as_json:
-        _print_json(result.to_dict())
+        print_json(result.to_dict())
     else:
-        _print_import(_console(), result)
+        _print_import(console(), result)
 
 
-def _print_import(console: Console, result: LabelImportResult) -> None:
+def _print_import(out: Console, result: LabelImportResult) -> None:
     from rich.table import Table
-    from rich.text import Text
 
     if result.previous_import is not None:
-        console.print(
+        out.print(
             Text(
                 f"This sheet was already imported for site {result.site} (import "
                 f"#{result.previous_import}): nothing changed. Use --force to import it "
@@ -178,8 +122,10 @@ def _print_import(console: Console, result: LabelImportResult) -> None:
         return
     counts = result.counts
     table = Table(
-        title=f"Label sheet for site {result.site} — import #{result.import_id} "
-        f"(sha256 {result.sheet_sha256[:12]}…)"
+        title=plain(
+            f"Label sheet for site {result.site} — import #{result.import_id} "
+            f"(sha256 {result.sheet_sha256[:12]}…)"
+        )
     )
     table.add_column("rows")
     table.add_column("count", justify="right")
@@ -191,66 +137,60 @@ def _print_import(console: Console, result: LabelImportResult) -> None:
         ("unmatched: kept until the images arrive", counts.unmatched),
         ("rejected: not imported", len(result.rejected)),
     ):
-        table.add_row(label, str(value))
-    table.add_row("[bold]rows in the sheet", f"[bold]{result.rows}")
-    console.print(table)
+        table.add_row(*row(label, value))
+    table.add_row(plain("rows in the sheet", "bold"), plain(result.rows, "bold"))
+    out.print(table)
     if result.rejected:
         rejected = Table(title="Rejected rows (row 1 is the header)")
         rejected.add_column("row", justify="right")
         rejected.add_column("reason")
-        for row in result.rejected[:_SHOWN_REJECTED]:
-            rejected.add_row(str(row.row), Text(row.reason))
-        console.print(rejected)
+        for rejected_row in result.rejected[:_SHOWN_REJECTED]:
+            rejected.add_row(*row(rejected_row.row, rejected_row.reason))
+        out.print(rejected)
         if len(result.rejected) > _SHOWN_REJECTED:
             more = len(result.rejected) - _SHOWN_REJECTED
-            console.print(f"… and {more} more (--json lists them all)")
-        console.print("Fix these rows in the sheet and import it again; the rest is kept.")
+            out.print(f"… and {more} more (--json lists them all)")
+        out.print("Fix these rows in the sheet and import it again; the rest is kept.")
     if counts.unmatched:
-        console.print(
+        out.print(
             f"{counts.unmatched} row(s) wait for their studies: `medai labels rematch` "
             "matches them once the images are catalogued."
         )
     if counts.conflict or counts.mismatch:
-        console.print("See the conflicts with `medai labels status`.")
-    console.print(
+        out.print("See the conflicts with `medai labels status`.")
+    out.print(
         f"{result.labels_added} labels added, {result.conflicts_flagged} conflicts flagged."
     )
 
 
 @labels_app.command("rematch")
 def rematch_command(
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the summary as one JSON line, for scripts.")
-    ] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Match the kept rows of earlier sheets whose studies have been catalogued since.
 
     The same rules as at import apply (patient check, duplicates, conflicts). Safe to run
     any time; it changes nothing when no kept row has found its study.
     """
-    import getpass
-
     from sqlalchemy import func, select
 
+    from medai.audit import actors
     from medai.catalog.models import LabelRow
-    from medai.collection.labels.sheets import rematch_labels
+    from medai.collection.labels import rematch_labels
 
-    try:
-        actor = getpass.getuser()
-    except (OSError, KeyError):  # no login name in some containers
-        actor = "unknown"
-    with _catalog_session("re-match label rows") as session:
-        result = rematch_labels(session, actor=actor)
+    require_campaign()
+    with catalog_session(write=True) as session:
+        result = rematch_labels(session, actor=actors.operator())
         waiting = session.scalar(
             select(func.count()).select_from(LabelRow).where(LabelRow.status == "unmatched")
         )
     if as_json:
-        _print_json({**result.to_dict(), "still_unmatched": int(waiting or 0)})
+        print_json({**result.to_dict(), "still_unmatched": int(waiting or 0)})
     else:
-        _print_rematch(_console(), result, int(waiting or 0))
+        _print_rematch(console(), result, int(waiting or 0))
 
 
-def _print_rematch(console: Console, result: RematchResult, waiting: int) -> None:
+def _print_rematch(out: Console, result: RematchResult, waiting: int) -> None:
     from rich.table import Table
 
     if result.by_site:
@@ -259,56 +199,49 @@ def _print_rematch(console: Console, result: RematchResult, waiting: int) -> Non
             table.add_column(column, justify="left" if column == "site" else "right")
         for site, counts in sorted(result.by_site.items()):
             table.add_row(
-                site,
-                str(counts.matched),
-                str(counts.duplicate),
-                str(counts.conflict),
-                str(counts.mismatch),
+                *row(site, counts.matched, counts.duplicate, counts.conflict, counts.mismatch)
             )
-        console.print(table)
-    console.print(
+        out.print(table)
+    out.print(
         f"{result.rows} row(s) matched: {result.labels_added} labels added, "
         f"{result.conflicts_flagged} conflicts flagged; {waiting} row(s) still wait for "
         "their studies."
     )
 
 
-def _status(session: Session) -> LabelStatus:
-    from medai.collection.labels.sheets import label_status
-
-    return label_status(session)
-
-
 @labels_app.command("status")
 def status_command(
     site: Annotated[str | None, typer.Option("--site", help="Show only this site.")] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the status as one JSON line, for scripts.")
-    ] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Label rows per site (matched, duplicate, conflict, mismatch, unmatched) and conflicts.
 
     Conflicts are listed by pseudonymized study UID and finding, with the value kept and
     every value the sheets gave.
     """
-    with _catalog_session("read the label status") as session:
-        status = _status(session)
+    from medai.collection.labels import label_status
+
+    require_campaign()
+    with catalog_session() as session:
+        status = label_status(session)
     if site is not None:
         known = [s.site for s in status.sites]
         if site not in known:
-            _fail(f"unknown site {site!r}; the campaign's sites are: {', '.join(known) or 'none'}")
+            raise fail(
+                f"unknown site {site!r}; the campaign's sites are: {', '.join(known) or 'none'}"
+            )
         status.sites = [s for s in status.sites if s.site == site]
         status.conflicts = [c for c in status.conflicts if c.site == site]
     if as_json:
-        _print_json(status.to_dict())
+        print_json(status.to_dict())
     else:
-        _print_status(_console(), status)
+        _print_status(console(), status)
 
 
 labels_app.command("show", hidden=True, help="Same as `medai labels status`.")(status_command)
 
 
-def _print_status(console: Console, status: LabelStatus) -> None:
+def _print_status(out: Console, status: LabelStatus) -> None:
     from rich import box
     from rich.table import Table
 
@@ -332,33 +265,35 @@ def _print_status(console: Console, status: LabelStatus) -> None:
     for s in status.sites:
         r = s.rows
         table.add_row(
-            s.site,
-            str(s.imports),
-            str(r.total),
-            str(r.matched),
-            str(r.duplicate),
-            str(r.conflict),
-            str(r.mismatch),
-            str(r.unmatched),
-            f"{s.labelled_studies}/{s.studies}",
+            *row(
+                s.site,
+                s.imports,
+                r.total,
+                r.matched,
+                r.duplicate,
+                r.conflict,
+                r.mismatch,
+                r.unmatched,
+                f"{s.labelled_studies}/{s.studies}",
+            )
         )
-    console.print(table)
+    out.print(table)
     if status.conflicts:
         conflicts = Table(title="Conflicting labels (value kept until a steward decides)")
         for column in ("site", "study UID (pseudonymized)", "finding", "kept", "values given"):
             conflicts.add_column(column)
         for c in status.conflicts:
             conflicts.add_row(
-                c.site, c.study_uid, c.finding, str(c.kept), ", ".join(map(str, c.values))
+                *row(c.site, c.study_uid, c.finding, c.kept, ", ".join(map(str, c.values)))
             )
-        console.print(conflicts)
+        out.print(conflicts)
     else:
-        console.print("No conflicting labels.")
+        out.print("No conflicting labels.")
     if status.mismatches:
         mismatches = Table(title="Rows refused: the patient id is not the study's patient")
         for column in ("site", "import", "row", "study UID (pseudonymized)"):
             mismatches.add_column(column)
         for m in status.mismatches:
-            mismatches.add_row(m.site, f"#{m.import_id}", str(m.row), m.study_uid)
-        console.print(mismatches)
-    console.print("labelled: studies with at least one label / studies catalogued.")
+            mismatches.add_row(*row(m.site, f"#{m.import_id}", m.row, m.study_uid))
+        out.print(mismatches)
+    out.print("labelled: studies with at least one label / studies catalogued.")

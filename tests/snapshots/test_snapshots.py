@@ -18,8 +18,9 @@ from typer.testing import CliRunner
 from medai.catalog.db import create_engine_for, session_factory
 from medai.catalog.models import AuditRecord, Snapshot, Study, StudyLabel
 from medai.cli import app
-from medai.collection.labels.sheets import import_label_sheet
-from medai.collection.pipeline import IngestPipeline, Offer
+from medai.collection.labels import import_label_sheet
+from medai.collection.outcomes import Offer
+from medai.collection.pipeline import IngestPipeline
 from medai.config import Settings
 from medai.dicom.synth import SynthResult, generate
 from medai.errors import (
@@ -29,7 +30,7 @@ from medai.errors import (
     SnapshotTampered,
     UnknownSite,
 )
-from medai.snapshots.manifest import (
+from medai.snapshots import (
     BASE_COLUMNS,
     SnapshotQuery,
     assign_splits,
