@@ -7,6 +7,10 @@ duplicate or quarantined is in medai's custody, so the response is Success
 (PS3.4 B.2.3). Only when the instance could not be taken into custody at all (the
 catalog or the disk failed) is a failure status returned, so the sender retries.
 
+The event handlers are plain functions (``handle_store``, ``handle_echo`` ...), as in
+pynetdicom's own apps, given the state they need as handler arguments, so each can be
+called on its own; :func:`build_storage_scp` registers them on the AE.
+
 :class:`StorageListener` runs the SCP with a study-completion sweeper beside it
 and stops gracefully: it stops accepting associations, lets those in flight
 finish (up to a bound), then aborts the rest. An aborted instance was never
@@ -37,10 +41,18 @@ from medai.collection.receivers.study_completion import CompletionSweeper
 
 __all__ = [
     "SOURCE",
+    "STATUS_OUT_OF_RESOURCES",
+    "STATUS_SUCCESS",
     "DrainResult",
     "ListenerCounts",
     "StorageListener",
     "build_storage_scp",
+    "handle_aborted",
+    "handle_accepted",
+    "handle_conn_open",
+    "handle_echo",
+    "handle_rejected",
+    "handle_store",
     "site_by_ae_title",
 ]
 
@@ -88,6 +100,75 @@ def site_by_ae_title(pipeline: IngestPipeline) -> dict[str, str]:
     return {str(title).strip(): site.id for site in sites for title in site.ae_titles}
 
 
+# -- event handlers: plain functions, registered with their state as arguments -----------------
+
+
+def handle_conn_open(event: evt.Event, network_timeout: float) -> None:
+    """EVT_CONN_OPEN: bound the accepted socket's reads, keep it alive, send replies at once."""
+    wrapper = event.assoc.dul.socket
+    sock = wrapper.socket if wrapper is not None else None
+    if sock is None:  # already closed
+        return
+    # pynetdicom reads the rest of a PDU with a blocking recv() on the accepted
+    # socket, which has no timeout: a peer that vanishes mid-PDU without a FIN
+    # or RST (a dropped link, a NAT forgetting the flow) would hold the
+    # association thread forever. With a timeout the read fails, and the
+    # association is aborted; the sender retries what was not acknowledged.
+    sock.settimeout(network_timeout)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    # Responses are single small writes the sender waits for: send them at once.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def handle_echo(event: evt.Event) -> int:
+    """EVT_C_ECHO: Success; the association check already admitted the caller."""
+    return STATUS_SUCCESS
+
+
+def handle_store(
+    event: evt.Event, pipeline: IngestPipeline, sites: Mapping[str, str], counts: ListenerCounts
+) -> int:
+    """EVT_C_STORE: offer the instance, as sent, to the pipeline; the DIMSE status to answer.
+
+    Stored, duplicate and quarantined are all Success: the instance is in medai's
+    custody (PS3.4 B.2.3), and sending it again would change nothing. Only when it could
+    not be taken into custody (the catalog or the store failed) is the answer Out of
+    Resources, so that the sender retries it.
+    """
+    calling = str(event.assoc.requestor.ae_title).strip()
+    site = sites.get(calling)
+    if site is None:  # the association check makes this unreachable; be safe anyway
+        counts.add("failed")
+        return STATUS_OUT_OF_RESOURCES
+    try:
+        data = event.encoded_dataset(include_meta=True)
+        outcome = pipeline.ingest(data, site, SOURCE)
+    except Exception as exc:  # whatever failed, the instance is not in custody: the sender retries
+        logger.error(
+            "could not take an instance from %s into custody: %s", site, type(exc).__name__
+        )
+        counts.add("failed")
+        return STATUS_OUT_OF_RESOURCES
+    counts.add(outcome.kind)
+    logger.debug("C-STORE from %s: %s", site, outcome.kind)
+    return STATUS_SUCCESS
+
+
+def handle_accepted(event: evt.Event, counts: ListenerCounts) -> None:
+    """EVT_ACCEPTED: one more association."""
+    counts.add("associations")
+
+
+def handle_rejected(event: evt.Event, counts: ListenerCounts) -> None:
+    """EVT_REJECTED: an association refused (an unknown calling AE title, mostly)."""
+    counts.add("rejected")
+
+
+def handle_aborted(event: evt.Event, counts: ListenerCounts) -> None:
+    """EVT_ABORTED: an association aborted (its unacknowledged instance is the sender's)."""
+    counts.add("aborted")
+
+
 def build_storage_scp(
     pipeline: IngestPipeline,
     ae_title: str,
@@ -129,52 +210,14 @@ def build_storage_scp(
         if context.abstract_syntax is not None:
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
 
-    def on_open(event: evt.Event) -> None:
-        wrapper = event.assoc.dul.socket
-        sock = wrapper.socket if wrapper is not None else None
-        if sock is None:  # already closed
-            return
-        # pynetdicom reads the rest of a PDU with a blocking recv() on the accepted
-        # socket, which has no timeout: a peer that vanishes mid-PDU without a FIN
-        # or RST (a dropped link, a NAT forgetting the flow) would hold the
-        # association thread forever. With a timeout the read fails, and the
-        # association is aborted; the sender retries what was not acknowledged.
-        sock.settimeout(network_timeout)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        # Responses are single small writes the sender waits for: send them at once.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def on_echo(event: evt.Event) -> int:
-        return STATUS_SUCCESS
-
     tally = counts or ListenerCounts()
-
-    def on_store(event: evt.Event) -> int:
-        calling = str(event.assoc.requestor.ae_title).strip()
-        site = sites.get(calling)
-        if site is None:  # the association check makes this unreachable; be safe anyway
-            tally.add("failed")
-            return STATUS_OUT_OF_RESOURCES
-        try:
-            data = event.encoded_dataset(include_meta=True)
-            outcome = pipeline.ingest(data, site, SOURCE)
-        except Exception as exc:  # noqa: BLE001 - any failure: not in custody, sender retries
-            logger.error(
-                "could not take an instance from %s into custody: %s", site, type(exc).__name__
-            )
-            tally.add("failed")
-            return STATUS_OUT_OF_RESOURCES
-        tally.add(outcome.kind)
-        logger.debug("C-STORE from %s: %s", site, outcome.kind)
-        return STATUS_SUCCESS
-
     handlers: list[EventHandlerType] = [
-        (evt.EVT_CONN_OPEN, on_open),
-        (evt.EVT_C_ECHO, on_echo),
-        (evt.EVT_C_STORE, on_store),
-        (evt.EVT_ACCEPTED, lambda _event: tally.add("associations")),
-        (evt.EVT_REJECTED, lambda _event: tally.add("rejected")),
-        (evt.EVT_ABORTED, lambda _event: tally.add("aborted")),
+        (evt.EVT_CONN_OPEN, handle_conn_open, [network_timeout]),
+        (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_C_STORE, handle_store, [pipeline, sites, tally]),
+        (evt.EVT_ACCEPTED, handle_accepted, [tally]),
+        (evt.EVT_REJECTED, handle_rejected, [tally]),
+        (evt.EVT_ABORTED, handle_aborted, [tally]),
     ]
     return ae, handlers
 

@@ -6,14 +6,15 @@ study with ``dicomweb_client.DICOMwebClient`` (QIDO-RS, paged with
 by WADO-RS, one request per instance, as stored (``transfer-syntax=*``).
 
 Faults. Connection errors, time-outs, HTTP 429 and 5xx, and answers that end
-early are retried with exponential back-off and jitter (:class:`RetryPolicy`).
-An instance is returned only once its whole multipart answer, closing delimiter
-included, has arrived (:func:`part10_from_response`), so a cut download is
-retried rather than handed on truncated. Other 4xx answers, and retries
-exhausted, raise :class:`PullError` with a message that names the operation and
-the server (without credentials), never a UID: the URLs of this API hold the
-archive's original UIDs, so no exception text of requests or dicomweb-client is
-ever shown, and their debug logs are kept quiet (:func:`quiet_identifying_loggers`).
+early are retried with exponential back-off and jitter
+(:mod:`~medai.collection.receivers.dicomweb_retry`). An instance is returned only
+once its whole multipart answer, closing delimiter included, has arrived
+(:func:`part10_from_response`, on :func:`medai.dicom.multipart.split_multipart`), so a
+cut download is retried rather than handed on truncated. Other 4xx answers, and
+retries exhausted, raise :class:`~medai.errors.PullError` with a message that names
+the operation and the server (without credentials), never a UID: the URLs of this API
+hold the archive's original UIDs, so no exception text of requests or dicomweb-client
+is ever shown, and their debug logs are kept quiet (:func:`quiet_identifying_loggers`).
 
 Why WADO-RS goes through our own request on the client's session rather than
 ``DICOMwebClient.retrieve_instance``: the latter returns a parsed pydicom
@@ -26,21 +27,19 @@ delimiter.
 from __future__ import annotations
 
 import datetime as dt
-import email.message
-import email.utils
 import functools
 import logging
-import random
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import requests
 from dicomweb_client import DICOMwebClient
 
-from medai.errors import IncompleteResponse, PullError, TooLarge
+from medai.collection.receivers.dicomweb_retry import Retrying, RetryPolicy
+from medai.dicom.multipart import DICOM_MEDIA_TYPE, parse_content_type, split_multipart
+from medai.errors import MalformedMultipart, PullError, TooLarge
 
 __all__ = [
     "DicomwebSource",
@@ -54,8 +53,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_T = TypeVar("_T")
-
 # DICOM JSON tags of the attributes read from QIDO-RS answers.
 _STUDY_UID = "0020000D"
 _SERIES_UID = "0020000E"
@@ -66,7 +63,6 @@ _STUDY_INSTANCES = "00201208"  # NumberOfStudyRelatedInstances
 _ACCEPT_INSTANCE = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 # Multipart framing around one instance (boundaries, part headers) is far below this.
 _FRAMING_SLACK = 64 * 1024
-_MAX_RETRY_AFTER = 300.0  # seconds: a server asking for longer is not waited for
 
 
 # -- URLs -------------------------------------------------------------------------------
@@ -115,88 +111,7 @@ def _split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
     return redact_url(url.strip()), auth
 
 
-# -- retries ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential back-off with jitter for transient failures.
-
-    Attempt ``n`` (from 1) that fails waits between half and all of
-    ``min(max_delay, base_delay * 2**(n - 1))`` seconds (the random half spreads
-    clients that failed together), or longer when the server's ``Retry-After``
-    asks so (up to five minutes).
-
-    Parameters
-    ----------
-    max_attempts
-        Attempts per request before the pull stops, the first one included.
-    base_delay, max_delay
-        Seconds; see above.
-    """
-
-    max_attempts: int = 6
-    base_delay: float = 1.0
-    max_delay: float = 60.0
-
-    def __post_init__(self) -> None:
-        if self.max_attempts < 1 or self.base_delay < 0 or self.max_delay < 0:
-            raise ValueError("max_attempts must be >= 1 and the delays >= 0")
-
-    def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        """Seconds to wait after failed attempt ``attempt`` (1 for the first)."""
-        ceiling = min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1))
-        wait = ceiling / 2 + random.uniform(0, ceiling / 2)  # jitter: no secrecy needed
-        if retry_after is not None:
-            wait = max(wait, min(retry_after, _MAX_RETRY_AFTER))
-        return wait
-
-
-def _retry_after(response: requests.Response | None) -> float | None:
-    value = response.headers.get("Retry-After") if response is not None else None
-    if not value:
-        return None
-    if value.strip().isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
-
-
-def _transient_status(status: int) -> bool:
-    return status == 429 or status >= 500
-
-
-_HINTS = {
-    400: "the server did not accept the query",
-    401: "authentication is required: pass --token or --header",
-    403: "access is denied to these credentials: check --token or --header",
-    404: "check that the URL is the DICOMweb root (e.g. http://host:8042/dicom-web)",
-}
-
-# Everything that means "the bytes did not (all) arrive": retried.
-_TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
-    requests.ConnectionError,
-    requests.Timeout,
-    requests.exceptions.ChunkedEncodingError,
-    requests.exceptions.ContentDecodingError,
-    requests.exceptions.InvalidJSONError,  # a QIDO answer cut before its end
-    IncompleteResponse,
-)
-
-
 # -- WADO-RS answers --------------------------------------------------------------------
-
-
-def _content_type(value: str) -> tuple[str, dict[str, str]]:
-    message = email.message.Message()
-    message["Content-Type"] = value
-    params = {str(k).lower(): str(v) for k, v in message.get_params(failobj=[])[1:]}
-    return message.get_content_type(), params
 
 
 def part10_from_response(body: bytes, content_type: str) -> bytes:
@@ -221,45 +136,31 @@ def part10_from_response(body: bytes, content_type: str) -> bytes:
         When the body ends before the part's declared length, or before the
         multipart closing delimiter: the download was cut.
     PullError
-        When the answer is not one instance (another media type, no part, several).
+        When the answer is not one instance (another media type, a malformed body,
+        no part, several).
     """
-    media_type, params = _content_type(content_type)
-    if media_type == "application/dicom":
+    try:
+        media_type, params = parse_content_type(content_type)
+    except MalformedMultipart:
+        raise PullError(
+            "the server answered an instance retrieval with a malformed Content-Type"
+        ) from None
+    if media_type == DICOM_MEDIA_TYPE:
         return body  # no framing to check: the HTTP layer checked Content-Length
     boundary = params.get("boundary")
     if media_type != "multipart/related" or not boundary:
         raise PullError(f"the server answered an instance retrieval with {media_type!r}")
-    dash = b"--" + boundary.encode("ascii", "replace")
-    delimiter = b"\r\n" + dash
-    first = body.find(dash)
-    if first < 0 or (first > 0 and body.find(delimiter) != first - 2):
-        raise IncompleteResponse("no multipart boundary")
-    after_dash = first + len(dash)
-    if body[after_dash : after_dash + 2] == b"--":
+    try:
+        parts = split_multipart(body, boundary)
+    except MalformedMultipart as exc:
+        raise PullError(
+            f"the server's answer to an instance retrieval is malformed: {exc}"
+        ) from None
+    if not parts:
         raise PullError("the server answered an instance retrieval with no instance")
-    line_end = body.find(b"\r\n", after_dash)
-    headers_end = body.find(b"\r\n\r\n", line_end) if line_end >= 0 else -1
-    if headers_end < 0:
-        raise IncompleteResponse("part headers cut")
-    part = email.message_from_bytes(body[line_end + 2 : headers_end + 2])
-    start = headers_end + 4
-    declared = part.get("Content-Length")
-    if declared is not None and declared.strip().isdigit():
-        end = start + int(declared)
-        if len(body) < end + len(delimiter) + 2:
-            raise IncompleteResponse("part cut before its declared length")
-        if body[end : end + len(delimiter)] != delimiter:
-            raise PullError("the part's Content-Length does not match its content")
-    else:
-        end = body.find(delimiter, start)
-        if end < 0:
-            raise IncompleteResponse("part cut before its boundary")
-    closing = body[end + len(delimiter) : end + len(delimiter) + 2]
-    if len(closing) < 2:
-        raise IncompleteResponse("answer cut before its closing delimiter")
-    if closing != b"--":
+    if len(parts) > 1:
         raise PullError("the server answered an instance retrieval with several parts")
-    return body[start:end]
+    return parts[0].data
 
 
 # -- the remote archive -----------------------------------------------------------------
@@ -329,8 +230,7 @@ class DicomwebSource:
         self.retry = retry or RetryPolicy()
         self.timeout = timeout
         self.page_size = page_size
-        self.retries = 0
-        self.reached = False  # whether the archive ever answered (for error messages)
+        self._retrying = Retrying(self.url, self.retry)
         self.session = requests.Session()
         if auth is not None:
             self.session.auth = auth
@@ -347,6 +247,11 @@ class DicomwebSource:
             self.session.close()
             raise PullError(f"dicomweb-client cannot use the URL {self.url}") from None
         self.client.set_http_retry_params(retry=False)  # ours has jitter and more causes
+
+    @property
+    def retries(self) -> int:
+        """Retries made so far, over every request."""
+        return self._retrying.retries
 
     def close(self) -> None:
         self.session.close()
@@ -474,56 +379,6 @@ class DicomwebSource:
             return data
 
         return self._retrying(attempt, "instance retrieval")
-
-    # -- retries ------------------------------------------------------------------------
-
-    def _retrying(self, operation: Callable[[], _T], what: str) -> _T:
-        """Run ``operation``, retrying transient failures; clear errors for the rest.
-
-        Exception texts are never shown: those of requests and dicomweb-client
-        quote URLs, and these URLs hold the archive's original UIDs.
-        """
-        attempt = 0
-        while True:
-            attempt += 1
-            retry_after = None
-            try:
-                result = operation()
-                self.reached = True
-                return result
-            except requests.HTTPError as exc:
-                self.reached = True
-                status = exc.response.status_code if exc.response is not None else 0
-                if not _transient_status(status):
-                    hint = _HINTS.get(status, "the request was refused")
-                    raise PullError(
-                        f"{self.url} answered the {what} with HTTP {status}: {hint}"
-                    ) from None
-                problem = f"HTTP {status}"
-                retry_after = _retry_after(exc.response)
-            except _TRANSIENT_ERRORS as exc:
-                problem = type(exc).__name__
-            except ValueError:
-                # dicomweb-client's own checks (UIDs, media types) quote the values.
-                raise PullError(f"{self.url} sent an unusable answer to the {what}") from None
-            if attempt >= self.retry.max_attempts:
-                tried = f"{problem} on each of {attempt} attempts"
-                if self.reached:
-                    raise PullError(f"the {what} at {self.url} kept failing ({tried})") from None
-                raise PullError(
-                    f"cannot reach {self.url} ({tried}): check the URL and the network"
-                ) from None
-            wait = self.retry.delay(attempt, retry_after)
-            self.retries += 1
-            logger.warning(
-                "%s failed (%s); retry %d of %d in %.1f s",
-                what,
-                problem,
-                attempt,
-                self.retry.max_attempts - 1,
-                wait,
-            )
-            time.sleep(wait)
 
 
 def quiet_identifying_loggers() -> None:

@@ -10,52 +10,52 @@ quarantines it; each run is an :class:`~medai.catalog.models.ImportRun` whose
 verify`` accounts for every one.
 
 Resuming. A pull is identified by its site, URL (without credentials) and date
-window. Its state is a :class:`PullCheckpoint` in the ``checkpoint`` column of the
-run's row, written after every study and after every batch that quarantined
-something. A run of the same pull starts from the newest earlier checkpoint:
-studies done are skipped without listing them (unless the archive now reports more
-instances for them), and within a study, instances already catalogued (or
-quarantined by an earlier run) are not downloaded again. A crash between a batch's
-commit and the next checkpoint costs nothing but a listing: those instances are
-catalogued. The checkpoint names studies and instances only by their pseudonymized
-UIDs: no original UID, name or credential reaches the catalog or the log.
+window. Its state is a :class:`~medai.collection.receivers.pull_checkpoint.PullCheckpoint`
+in the ``checkpoint`` column of the run's row, written after every study and after
+every batch that quarantined something. A run of the same pull starts from the newest
+earlier checkpoint: studies done are skipped without listing them (unless the archive
+now reports more instances for them), and within a study, instances already
+catalogued (or quarantined by an earlier run) are not downloaded again. A crash
+between a batch's commit and the next checkpoint costs nothing but a listing: those
+instances are catalogued. The checkpoint names studies and instances only by their
+pseudonymized UIDs: no original UID, name or credential reaches the catalog or the log.
 
-A pull that stops on a :class:`~medai.collection.receivers.dicomweb_archive.PullError`
-(refused, or retries exhausted) first offers every instance it had fully
-downloaded, then finishes its run with the error in the checkpoint; running the
-same pull again resumes it.
+A pull that stops on a :class:`~medai.errors.PullError` (refused, or retries
+exhausted) first offers every instance it had fully downloaded, then finishes its run
+with the error in the checkpoint; running the same pull again resumes it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping
 from contextlib import closing
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
 
 from sqlalchemy import select, update
 
-from medai.audit import append_audit, lock_audit_chain
+from medai.audit import actors, append_audit, audited_transaction
 from medai.catalog.db import session_factory
 from medai.catalog.models import ImportRun, Instance, utcnow
-from medai.collection.labels.sheets import rematch_labels
-from medai.collection.pipeline import IngestPipeline, Offer, Outcome, OutcomeCounts
+from medai.collection.labels import rematch_labels
+from medai.collection.outcomes import Offer, Outcome, OutcomeCounts
+from medai.collection.pipeline import IngestPipeline
 from medai.collection.pseudonymize import Pseudonymizer, load_key
 from medai.collection.receivers.dicomweb_archive import (
     DicomwebSource,
     RemoteStudy,
-    RetryPolicy,
     quiet_identifying_loggers,
+)
+from medai.collection.receivers.dicomweb_retry import RetryPolicy
+from medai.collection.receivers.pull_checkpoint import (
+    SOURCE,
+    PullCheckpoint,
+    previous_checkpoint,
 )
 from medai.config import Settings, get_settings
 from medai.errors import PullError, PullStopped, TooLarge
-
-if TYPE_CHECKING:
-    from sqlalchemy import Engine
 
 __all__ = [
     "SOURCE",
@@ -68,68 +68,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SOURCE = "dicomweb-pull"
-CHECKPOINT_VERSION = 1
+ACTOR = actors.system("pull")
 _BATCH_SIZE = 16  # instances per catalog transaction, as in the folder import
 _BATCH_BYTES = 256 * 1024**2  # ... or fewer when they are large
 _QUERY_CHUNK = 500  # pseudonymized UIDs per catalog look-up
-
-
-# -- the pull's state in the catalog ----------------------------------------------------
-
-
-@dataclass
-class PullCheckpoint:
-    """What a pull has done, in ``ImportRun.checkpoint`` (pseudonymized UIDs only).
-
-    ``done`` maps each study pulled completely to its instance count then (a study
-    the archive later reports with more instances is listed again); ``quarantined``
-    maps studies to their instances quarantined, so that they are not fetched again.
-    """
-
-    pull: str  # sha256 of site, URL (without credentials) and window: the pull's identity
-    url: str
-    since: str
-    until: str | None
-    done: dict[str, int] = field(default_factory=dict)
-    quarantined: dict[str, list[str]] = field(default_factory=dict)
-    studies_found: int | None = None
-    complete: bool = False
-    error: str | None = None
-
-    @staticmethod
-    def identity(site: str, url: str, since: dt.date, until: dt.date | None) -> str:
-        text = "\n".join((site, url, since.isoformat(), until.isoformat() if until else ""))
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-    def to_json(self) -> dict[str, Any]:
-        return {"kind": SOURCE, "version": CHECKPOINT_VERSION, **asdict(self)}
-
-    @classmethod
-    def from_json(cls, data: Any) -> PullCheckpoint | None:
-        """The checkpoint in ``data``, or None when it is not one this version reads."""
-        if not isinstance(data, dict) or data.get("kind") != SOURCE:
-            return None
-        if data.get("version") != CHECKPOINT_VERSION:
-            return None
-        names = cls.__dataclass_fields__.keys()
-        return cls(**{name: data[name] for name in names if name in data})
-
-
-def _previous_checkpoint(engine: Engine, site: str, pull: str) -> PullCheckpoint | None:
-    """The newest checkpoint of the same pull (each run carries all earlier progress)."""
-    reads = session_factory(engine.execution_options(sqlite_begin="DEFERRED"))
-    with reads() as session:
-        rows = session.scalars(
-            select(ImportRun.checkpoint)
-            .where(ImportRun.site_id == site, ImportRun.source == SOURCE)
-            .order_by(ImportRun.id.desc())
-        )
-        for data in rows:
-            checkpoint = PullCheckpoint.from_json(data)
-            if checkpoint is not None and checkpoint.pull == pull:
-                return checkpoint
-    return None
 
 
 # -- the pull ---------------------------------------------------------------------------
@@ -329,7 +271,7 @@ def pull_site(
         DicomwebSource(url, headers=headers, retry=retry, timeout=timeout, page_size=page_size)
     ) as source:
         identity = PullCheckpoint.identity(site, source.url, since, until)
-        previous = None if fresh else _previous_checkpoint(pipeline.engine, site, identity)
+        previous = None if fresh else previous_checkpoint(pipeline.engine, site, identity)
         checkpoint = PullCheckpoint(
             pull=identity,
             url=source.url,
@@ -373,14 +315,13 @@ def pull_site(
 
 
 def _start_run(pipeline: IngestPipeline, site: str, checkpoint: PullCheckpoint) -> int:
-    with session_factory(pipeline.engine).begin() as session:
-        lock_audit_chain(session)  # before any row, so writers never deadlock
+    with audited_transaction(pipeline.engine) as session:
         run = ImportRun(site_id=site, source=SOURCE, checkpoint=checkpoint.to_json())
         session.add(run)
         session.flush()
         append_audit(
             session,
-            actor="medai-pull",
+            actor=ACTOR,
             action="pull.start",
             subject=f"run:{run.id}",
             details={
@@ -398,8 +339,7 @@ def _finish_run(pull: _Pull, seconds: float) -> None:
     summary = pull.summary
     summary.retries = pull.source.retries
     summary.seconds = seconds
-    with session_factory(pull.pipeline.engine).begin() as session:
-        lock_audit_chain(session)  # before any row, so writers never deadlock
+    with audited_transaction(pull.pipeline.engine) as session:
         session.execute(
             update(ImportRun)
             .where(ImportRun.id == summary.run_id)
@@ -411,7 +351,7 @@ def _finish_run(pull: _Pull, seconds: float) -> None:
         )
         append_audit(
             session,
-            actor="medai-pull",
+            actor=ACTOR,
             action="pull.finish",
             subject=f"run:{summary.run_id}",
             details={
@@ -426,4 +366,4 @@ def _finish_run(pull: _Pull, seconds: float) -> None:
             },
         )
         # Label-sheet rows imported before these images can find their studies now.
-        rematch_labels(session, actor="medai-pull")
+        rematch_labels(session, actor=ACTOR)

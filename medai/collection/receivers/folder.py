@@ -20,11 +20,11 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass
 from pathlib import Path
 
-from medai.audit import append_audit, lock_audit_chain
-from medai.catalog.db import session_factory
+from medai.audit import actors, append_audit, audited_transaction
 from medai.catalog.models import ImportRun, utcnow
-from medai.collection.labels.sheets import rematch_labels
-from medai.collection.pipeline import IngestPipeline, Offer, Outcome, OutcomeCounts
+from medai.collection.labels import rematch_labels
+from medai.collection.outcomes import Offer, Outcome, OutcomeCounts
+from medai.collection.pipeline import IngestPipeline
 from medai.config import Settings, get_settings
 from medai.errors import MedaiError, Rejected, TooLarge
 
@@ -41,6 +41,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SOURCE = "folder"
+ACTOR = actors.system("import")
 _ZIP_MAGIC = b"PK\x03\x04"
 _MIN_INPUTS_PER_WORKER = 16
 # Inputs per catalog transaction: amortizes the commit, and bounds what a crash
@@ -316,15 +317,14 @@ def _worker_context() -> multiprocessing.context.BaseContext:
 
 
 def _start_run(pipeline: IngestPipeline, site: str, inputs: int, root: Path) -> int:
-    with session_factory(pipeline.engine).begin() as session:
-        lock_audit_chain(session)  # before any row, so writers never deadlock
+    with audited_transaction(pipeline.engine) as session:
         run = ImportRun(site_id=site, source=SOURCE, inputs_found=inputs)
         session.add(run)
         session.flush()
         # Folder names may identify a patient: the audit keeps the run, site and count only.
         append_audit(
             session,
-            actor="medai-import",
+            actor=ACTOR,
             action="import.start",
             subject=f"run:{run.id}",
             details={"site": site, "inputs": inputs},
@@ -333,13 +333,12 @@ def _start_run(pipeline: IngestPipeline, site: str, inputs: int, root: Path) -> 
 
 
 def _finish_run(pipeline: IngestPipeline, run_id: int, summary: ImportSummary) -> None:
-    with session_factory(pipeline.engine).begin() as session:
-        lock_audit_chain(session)  # before any row, so writers never deadlock
+    with audited_transaction(pipeline.engine) as session:
         run = session.get_one(ImportRun, run_id)
         run.finished_at = utcnow()
         append_audit(
             session,
-            actor="medai-import",
+            actor=ACTOR,
             action="import.finish",
             subject=f"run:{run_id}",
             details={
@@ -349,4 +348,4 @@ def _finish_run(pipeline: IngestPipeline, run_id: int, summary: ImportSummary) -
             },
         )
         # Label-sheet rows imported before these images can find their studies now.
-        rematch_labels(session, actor="medai-import")
+        rematch_labels(session, actor=ACTOR)

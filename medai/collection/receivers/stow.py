@@ -1,9 +1,10 @@
 """STOW-RS (PS3.18 10.5) without a web framework: the request body in, the response out.
 
-:func:`parse_multipart_related` splits a ``multipart/related; type="application/dicom"``
-body (RFC 2046 and RFC 2387) into its DICOM parts; :func:`store_instances` offers them
-to the :class:`~medai.collection.pipeline.IngestPipeline` as one batch and builds the
-Store Instances Response (PS3.18 10.5.3) as DICOM JSON. The web service
+:func:`medai.dicom.multipart.parse_multipart_related` splits a
+``multipart/related; type="application/dicom"`` body into its DICOM parts;
+:func:`store_instances` offers them to the
+:class:`~medai.collection.pipeline.IngestPipeline` as one batch and builds the Store
+Instances Response (PS3.18 10.5.3) as DICOM JSON. The web service
 (:mod:`medai.serving.dicomweb`) only reads the body, checks the caller and sends the
 :class:`StoreResult` back; this module imports no web framework.
 
@@ -25,29 +26,26 @@ from dataclasses import dataclass, field
 from io import BytesIO
 from typing import TYPE_CHECKING, Any, Final
 
-from medai.errors import MalformedMultipart, UnknownSite, UnsupportedMediaType
+from medai.errors import UnknownSite
 
 if TYPE_CHECKING:
     from medai.collection.pipeline import IngestPipeline
+    from medai.dicom.multipart import Part
 
 __all__ = [
     "FAILURE_CODES",
-    "Part",
-    "PartIdentity",
+    "RESPONSE_MEDIA_TYPE",
     "SOURCE",
+    "PartIdentity",
     "StoreResult",
-    "check_content_type",
     "identify_part",
     "is_valid_uid",
-    "parse_content_type",
-    "parse_multipart_related",
     "store_instances",
 ]
 
 logger = logging.getLogger(__name__)
 
 SOURCE: Final = "stow-rs"
-DICOM_MEDIA_TYPE: Final = "application/dicom"
 RESPONSE_MEDIA_TYPE: Final = "application/dicom+json"
 
 # PS3.18 Table 10.5.3-2 (the Failure Reason values, from PS3.4 Annex B), per medai reason.
@@ -81,253 +79,7 @@ _REFERENCED_SOP_INSTANCE: Final = "00081155"
 _FAILURE_REASON: Final = "00081197"
 
 _UID: Final = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
-# RFC 2046 5.1.1: 1 to 70 characters from bchars, not ending in a space.
-_BOUNDARY: Final = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
 _RAW_START: Final = (b"\x08\x00", b"\x00\x08")  # group 0x0008, little or big endian
-_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_MAX_PART_HEADER_BYTES: Final = 16 * 1024
-_CRLF: Final = b"\r\n"
-
-
-# -- multipart/related ----------------------------------------------------------------------
-
-
-def parse_content_type(value: str) -> tuple[str, dict[str, str]]:
-    """Split a Content-Type header into its lower-cased media type and its parameters.
-
-    Parameter names are lower-cased; values may be tokens or quoted strings (with
-    backslash escapes). A value such as ``application/dicom`` that is not a valid token
-    is accepted unquoted, as many clients send it.
-
-    Raises
-    ------
-    MalformedMultipart
-        When a parameter has no ``=`` or a quoted string is not closed.
-    """
-    media_type, _, rest = value.partition(";")
-    params: dict[str, str] = {}
-    i, n = 0, len(rest)
-    while i < n:
-        while i < n and rest[i] in " \t;":
-            i += 1
-        if i >= n:
-            break
-        eq = rest.find("=", i)
-        if eq < 0:
-            raise MalformedMultipart(
-                f"the Content-Type parameter {rest[i:].strip()!r} has no value"
-            )
-        name = rest[i:eq].strip().lower()
-        i = eq + 1
-        while i < n and rest[i] in " \t":
-            i += 1
-        if i < n and rest[i] == '"':
-            chars: list[str] = []
-            i += 1
-            while True:
-                if i >= n:
-                    raise MalformedMultipart(
-                        f"the Content-Type parameter {name!r} has an unterminated quoted value"
-                    )
-                if rest[i] == "\\" and i + 1 < n:
-                    chars.append(rest[i + 1])
-                    i += 2
-                elif rest[i] == '"':
-                    i += 1
-                    break
-                else:
-                    chars.append(rest[i])
-                    i += 1
-            params[name] = "".join(chars)
-        else:
-            end = rest.find(";", i)
-            end = n if end < 0 else end
-            params[name] = rest[i:end].strip()
-            i = end
-    return media_type.strip().lower(), params
-
-
-def _is_dicom_type(value: str) -> bool:
-    # A transfer-syntax parameter (PS3.18 8.7.3.5.2) may follow the media type.
-    media_type, _ = parse_content_type(value)
-    return media_type == DICOM_MEDIA_TYPE
-
-
-@dataclass(frozen=True)
-class Part:
-    """One body part: its headers (names lower-cased) and its content."""
-
-    headers: dict[str, str]
-    data: bytes
-
-
-def check_content_type(content_type: str) -> tuple[str, str | None]:
-    """Check a STOW-RS request's Content-Type before its body is read.
-
-    Returns
-    -------
-    (boundary, declared_type)
-        ``declared_type`` is the ``type`` parameter, or None when the request has none.
-
-    Raises
-    ------
-    UnsupportedMediaType
-        When the request is not ``multipart/related`` or its ``type`` is not
-        ``application/dicom``.
-    MalformedMultipart
-        When the boundary parameter is missing or invalid.
-    """
-    media_type, params = parse_content_type(content_type)
-    if media_type != "multipart/related":
-        raise UnsupportedMediaType(
-            f'STOW-RS takes multipart/related; type="{DICOM_MEDIA_TYPE}", not {media_type!r}'
-        )
-    declared = params.get("type")
-    if declared is not None and not _is_dicom_type(declared):
-        raise UnsupportedMediaType(
-            f'only type="{DICOM_MEDIA_TYPE}" parts are accepted (DICOM Part 10 files), '
-            f"not {declared!r}; send the instances as binary DICOM"
-        )
-    boundary = params.get("boundary")
-    if not boundary:
-        raise MalformedMultipart(
-            "the Content-Type has no boundary parameter; send "
-            'multipart/related; type="application/dicom"; boundary=...'
-        )
-    if not _BOUNDARY.fullmatch(boundary):
-        raise MalformedMultipart(
-            "the multipart boundary is not valid (1 to 70 characters, RFC 2046)"
-        )
-    return boundary, declared
-
-
-def parse_multipart_related(content_type: str, body: bytes) -> list[Part]:
-    """The DICOM parts of a STOW-RS request body.
-
-    Parameters
-    ----------
-    content_type
-        The request's Content-Type header, e.g.
-        ``multipart/related; type="application/dicom"; boundary=abc``.
-    body
-        The whole request body.
-
-    Returns
-    -------
-    list of Part
-        In request order; at least one.
-
-    Raises
-    ------
-    UnsupportedMediaType
-        When the request is not ``multipart/related``, its ``type`` is not
-        ``application/dicom``, or a part says it is something else. Without a ``type``
-        parameter every part must carry ``Content-Type: application/dicom`` itself.
-    MalformedMultipart
-        When the boundary is missing or invalid, the body does not start with it or
-        lacks the final ``--boundary--`` (e.g. an upload cut short), a part's header
-        block is malformed, or there are no parts.
-    """
-    boundary, declared = check_content_type(content_type)
-    # Offsets, not copies: each part's content is copied once, out of the body.
-    parts = [
-        _part(body, start, end, number)
-        for number, (start, end) in enumerate(_split(body, boundary), 1)
-    ]
-    if not parts:
-        raise MalformedMultipart("the request holds no parts: send at least one DICOM instance")
-    for number, part in enumerate(parts, 1):
-        part_type = part.headers.get("content-type")
-        if part_type is None and declared is None:
-            raise UnsupportedMediaType(
-                f"part {number} has no Content-Type and the request names no type: add "
-                f'type="{DICOM_MEDIA_TYPE}" to the request\'s Content-Type'
-            )
-        if part_type is not None and not _is_dicom_type(part_type):
-            raise UnsupportedMediaType(
-                f"part {number} is {parse_content_type(part_type)[0]!r}; only "
-                f"{DICOM_MEDIA_TYPE} parts are accepted"
-            )
-        encoding = part.headers.get("content-transfer-encoding", "binary").strip().lower()
-        if encoding not in {"binary", "8bit", "7bit"}:
-            raise MalformedMultipart(
-                f"part {number} uses Content-Transfer-Encoding {encoding!r}; send it as binary"
-            )
-    return parts
-
-
-def _split(body: bytes, boundary: str) -> list[tuple[int, int]]:
-    """Where the raw parts (headers and content) between the delimiters start and end."""
-    dash = b"--" + boundary.encode("ascii")
-    if body.startswith(dash) and _delimiter(body, dash, 0) == 0:
-        position = 0
-    else:
-        # A preamble (ignored) ends with the CRLF that belongs to the first delimiter.
-        found = _delimiter(body, _CRLF + dash, 0)
-        if found < 0:
-            if dash in body:
-                raise MalformedMultipart(
-                    "the boundary never stands on a line of its own: multipart lines "
-                    "must end with CRLF line breaks"
-                )
-            raise MalformedMultipart(
-                "the body does not contain the boundary given in the Content-Type"
-            )
-        position = found + len(_CRLF)
-    raw_parts: list[tuple[int, int]] = []
-    while True:
-        after = position + len(dash)
-        if body.startswith(b"--", after):
-            return raw_parts  # the close delimiter; an epilogue after it is ignored
-        # Transport padding (spaces, tabs) may follow a delimiter, then its CRLF.
-        line_end = body.find(_CRLF, after)
-        if line_end < 0 or body[after:line_end].strip(b" \t"):
-            raise MalformedMultipart("a boundary delimiter is not followed by a line break (CRLF)")
-        start = line_end + len(_CRLF)
-        found = _delimiter(body, _CRLF + dash, start)
-        if found < 0:
-            raise MalformedMultipart(
-                "the body ends without the closing boundary (--boundary--): the upload "
-                "was probably cut short; send it again"
-            )
-        raw_parts.append((start, found))
-        position = found + len(_CRLF)
-
-
-def _delimiter(body: bytes, needle: bytes, start: int) -> int:
-    """The next ``needle`` that really is a delimiter (followed by ``--``, padding or CRLF)."""
-    while True:
-        found = body.find(needle, start)
-        if found < 0:
-            return -1
-        after = body[found + len(needle) : found + len(needle) + 2]
-        if after in (b"--", _CRLF) or after[:1] in (b" ", b"\t"):
-            return found
-        start = found + 1
-
-
-def _part(body: bytes, start: int, end: int, number: int) -> Part:
-    """The part in ``body[start:end]``: its header fields, then its content."""
-    if body.startswith(_CRLF, start):
-        return Part({}, body[start + len(_CRLF) : end])  # no header fields at all
-    header_end = body.find(_CRLF + _CRLF, start, min(end, start + _MAX_PART_HEADER_BYTES))
-    if header_end < 0:
-        raise MalformedMultipart(
-            f"part {number} has no blank line (CRLF CRLF) ending its header fields"
-        )
-    headers: dict[str, str] = {}
-    last: str | None = None
-    for line in body[start:header_end].split(_CRLF):
-        text = line.decode("latin-1")
-        if text[:1] in (" ", "\t") and last is not None:
-            headers[last] += " " + text.strip()  # obsolete line folding
-            continue
-        name, colon, value = text.partition(":")
-        if not colon or not _TOKEN.fullmatch(name):
-            raise MalformedMultipart(f"part {number} has a malformed header field line")
-        last = name.lower()
-        headers[last] = value.strip()
-    return Part(headers, body[header_end + 2 * len(_CRLF) : end])
 
 
 # -- what the sender sent: the UIDs to reference in the response ----------------------------
@@ -373,7 +125,7 @@ def identify_part(data: bytes) -> PartIdentity:
             return value if is_valid_uid(value) else None
 
         return PartIdentity(uid("SOPClassUID"), uid("SOPInstanceUID"), uid("StudyInstanceUID"))
-    except Exception:  # noqa: BLE001 - anything may be offered; the pipeline judges it
+    except Exception:  # anything may be offered, pydicom fails many ways; the pipeline judges it
         return PartIdentity()
 
 
@@ -414,7 +166,7 @@ def store_instances(
         An :class:`~medai.collection.pipeline.IngestPipeline` (its ``actor`` is what the
         audit records name).
     parts
-        From :func:`parse_multipart_related`.
+        From :func:`medai.dicom.multipart.parse_multipart_related`.
     site
         The campaign site the request comes from (already checked).
     study_instance_uid
@@ -436,7 +188,7 @@ def store_instances(
     UnknownSite
         When ``site`` is not a site of the campaign (nothing is recorded).
     """
-    from medai.collection.pipeline import Offer
+    from medai.collection.outcomes import Offer
 
     identities = [identify_part(part.data) for part in parts]
     refused = {
@@ -457,7 +209,7 @@ def store_instances(
             outcomes = pipeline.ingest_many(offers)
         except UnknownSite:
             raise
-        except Exception as exc:  # noqa: BLE001 - not in custody: the sender must retry
+        except Exception as exc:  # any failure means not in custody: the sender must retry
             logger.error(
                 "could not take a STOW-RS batch from %s into custody: %s", site, type(exc).__name__
             )

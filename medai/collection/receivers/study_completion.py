@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 from sqlalchemy import ColumnElement, Engine, func, select, update
 
-from medai.audit import AuditEntry, append_audit_many, lock_audit_chain
+from medai.audit import AuditEntry, actors, append_audit_many, audited_transaction
 from medai.catalog.db import session_factory
 from medai.catalog.models import Instance, Series, Study, utcnow
-from medai.collection.labels.sheets import rematch_labels
+from medai.collection.labels import rematch_labels
 
 __all__ = [
     "ACTION",
@@ -39,7 +39,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ACTION = "study.completed"
-DEFAULT_ACTOR = "system:study-completion"
+DEFAULT_ACTOR = actors.system("study-completion")
 # Keeps each IN (...) list well under SQLite's and PostgreSQL's bound-parameter limits.
 _CHUNK = 500
 
@@ -98,10 +98,9 @@ def complete_quiet_studies(
     with reader() as session:
         if session.scalar(select(Study.id).where(*quiet).limit(1)) is None:
             return []
-    with session_factory(engine).begin() as session:
-        # Before any row: every ingest commit takes this lock first too, so no
-        # study can be reopened between the read below and the update.
-        lock_audit_chain(session)
+    # The chain's lock comes before any row: every ingest commit takes it first too, so
+    # no study can be reopened between the read below and the update.
+    with audited_transaction(engine) as session:
         rows = session.execute(
             select(Study.id, Study.study_uid, Study.site_id)
             .where(*quiet)
@@ -215,7 +214,9 @@ class CompletionSweeper:
         with self._lock:
             try:
                 done = complete_quiet_studies(self.engine, self.quiet_seconds, actor=self.actor)
-            except Exception as exc:  # noqa: BLE001 - the database may be briefly away
+            # Broad: the sweeper thread must outlive any failure (the database briefly
+            # away, a lock time-out); the next interval tries again.
+            except Exception as exc:
                 logger.warning(
                     "study completion sweep failed: %s",
                     type(exc).__name__,
