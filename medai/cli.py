@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-import os
+from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.logging import RichHandler
 
 __all__ = ["app", "main"]
 
@@ -18,23 +16,27 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-err_console = Console(stderr=True)
-
 
 @app.callback()
 def _root(
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug logging."),
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug logging.")] = False,
 ) -> None:
     """Configure logging once for every command (the library itself only has a NullHandler)."""
-    level = (
-        logging.DEBUG
-        if verbose
-        else logging.getLevelName(os.environ.get("MEDAI_LOG_LEVEL", "WARNING").upper())
-    )
+    from pydantic import ValidationError
+    from rich.logging import RichHandler
+
+    from medai.cli_support import err_console, fail
+    from medai.config import get_settings
+
+    try:
+        level = "DEBUG" if verbose else get_settings().log_level
+    except ValidationError as exc:
+        # A bad MEDAI_* variable: say which, before any command trips over it.
+        raise fail(f"invalid settings: {exc}", "Fix the MEDAI_* variable(s) named above.") from None
     logging.basicConfig(
-        level=level,
+        level=logging.getLevelName(level),
         format="%(message)s",
-        handlers=[RichHandler(console=err_console, show_path=False)],
+        handlers=[RichHandler(console=err_console(), show_path=False)],
         force=True,
     )
 
@@ -43,6 +45,7 @@ def _register_subapps() -> None:
     # Each part exposes register(app); imports here are light (commands import heavy
     # modules inside their bodies so that --help stays instant).
     from medai import demo
+    from medai.audit import cli as audit_cli
     from medai.collection import cli as collect_cli
     from medai.collection.campaign import cli as campaign_cli
     from medai.collection.labels import cli as labels_cli
@@ -55,6 +58,7 @@ def _register_subapps() -> None:
     demo.register(app)
     campaign_cli.register(app)
     collect_cli.register(app)
+    audit_cli.register(app)
     labels_cli.register(app)
     snapshot_cli.register(app)
     serving_cli.register(app)

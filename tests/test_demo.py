@@ -23,7 +23,7 @@ from medai.catalog.models import Instance, ProgressCount
 from medai.collection.accounting import verify_collection
 from medai.config import Settings
 from medai.demo.timeline import REPLAY_SOURCE
-from medai.snapshots.manifest import list_snapshots
+from medai.snapshots import list_snapshots
 from tests.utils.dicom_net import free_port
 from tests.utils.research import CAMPAIGN_KEY
 

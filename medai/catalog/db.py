@@ -18,11 +18,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import Insert
 
-from medai.catalog.models import Base
+from medai.catalog.models import Base, Campaign
 
 __all__ = [
     "MIGRATIONS_DIR",
+    "CatalogState",
     "alembic_config",
+    "catalog_state",
     "create_engine_for",
     "get_or_create_id",
     "insert_ignore",
@@ -231,6 +233,58 @@ def upgrade(url_or_engine: str | URL | Engine, revision: str = "head") -> None:
     finally:
         if owned:
             engine.dispose()
+
+
+# Where a catalog stands, from nothing at all to a campaign that commands can work on.
+CatalogState = Literal["missing", "unreachable", "not-migrated", "outdated", "no-campaign", "ready"]
+
+
+def catalog_state(url: str | URL) -> CatalogState:
+    """Where the catalog at ``url`` stands, found without creating or changing anything.
+
+    Parameters
+    ----------
+    url
+        The catalog URL (``Settings.resolved_database_url``).
+
+    Returns
+    -------
+    str
+        ``missing`` (no SQLite file there), ``unreachable`` (the server refuses or the
+        file is not a database), ``not-migrated`` (no schema), ``outdated`` (a schema
+        older than this medai's migrations), ``no-campaign`` (migrated, no campaign row)
+        or ``ready``.
+    """
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    sa_url = make_url(url)
+    database = sa_url.database or ""
+    if (
+        sa_url.get_backend_name() == "sqlite"
+        and database not in ("", ":memory:")
+        and not database.startswith("file:")
+        and not Path(database).expanduser().is_file()
+    ):
+        return "missing"  # connecting would create an empty file there
+    engine = create_engine_for(sa_url, busy_timeout_s=5.0)
+    try:
+        # Deferred: a read that never waits behind a writer's lock.
+        with engine.connect().execution_options(sqlite_begin="DEFERRED") as connection:
+            current = set(MigrationContext.configure(connection).get_current_heads())
+            if not current:
+                return "not-migrated"
+            scripts = ScriptDirectory.from_config(alembic_config())
+            known = {script.revision for script in scripts.walk_revisions()}
+            # A revision this medai does not know is a newer schema: let the command try.
+            if current <= known and current != set(scripts.get_heads()):
+                return "outdated"
+            has_campaign = connection.scalar(sa.select(sa.exists().select_from(Campaign)))
+            return "ready" if has_campaign else "no-campaign"
+    except sa.exc.DBAPIError:
+        return "unreachable"
+    finally:
+        engine.dispose()
 
 
 class _InsertIgnore(Insert):

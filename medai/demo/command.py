@@ -25,18 +25,20 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from medai.errors import DemoFailed
 
 __all__ = ["demo_command"]
 
-console = Console()
+# No markup: paths, site names and error messages print verbatim; styles come from Text.
+console = Console(markup=False)
 DEFAULT_CAMPAIGN = Path("collection/demo-campaign.toml")
 DEFAULT_MODEL = Path("models/chest-xray-triage")
 
 
 def _step(number: int, text: str) -> None:
-    console.rule(f"[bold cyan]{number}. {text}")
+    console.rule(Text(f"{number}. {text}", style="bold cyan"))
 
 
 def demo_command(
@@ -97,7 +99,7 @@ def demo_command(
             mlflow_port=mlflow_port,
         )
     except (MedaiError, DemoFailed, RuntimeError) as exc:
-        console.print(f"[bold red]demo stopped:[/] {exc}")
+        console.print(Text.assemble(("demo stopped:", "bold red"), f" {exc}"))
         for server in servers:
             server.stop()
         raise typer.Exit(1) from exc
@@ -107,7 +109,7 @@ def demo_command(
     for stage, result in results:
         summary.add_row(stage, result)
     console.print(summary)
-    console.print("[bold green]demo finished[/]")
+    console.print(Text("demo finished", style="bold green"))
     if exit_at_end:
         for server in servers:
             server.stop()
@@ -116,7 +118,11 @@ def demo_command(
     try:
         while all(server.alive() for server in servers):
             time.sleep(1)
-        console.print("[red]a server exited[/]; see the logs under " + str(settings.resolved_home))
+        console.print(
+            Text.assemble(
+                ("a server exited", "red"), f"; see the logs under {settings.resolved_home}"
+            )
+        )
     except KeyboardInterrupt:
         console.print("stopping the servers")
     finally:
@@ -125,7 +131,7 @@ def demo_command(
 
 
 def _run(settings: Any, servers: list[Any], **options: Any) -> list[tuple[str, str]]:
-    from medai.demo import stages
+    from medai.demo import model_stages, stages
 
     step, out = _step, console
     campaign = stages.set_up_campaign(
@@ -146,20 +152,19 @@ def _run(settings: Any, servers: list[Any], **options: Any) -> list[tuple[str, s
         ("progress", stages.show_progress(settings, step, out)),
         ("accounting", stages.verify(settings, step, out)),
     ]  # fmt: skip
-    model = stages.train_model(
+    model = model_stages.train_model(
         settings, options["model_dir"], options["epochs"], options["image_size"], step, out
     )
     results += [
         ("snapshot", model.snapshot_summary),
         ("training", model.summary),
-        ("promotion", stages.promote_model(model, options["min_auroc_ci_low"], step, out)),
+        ("promotion", model_stages.promote_model(model, options["min_auroc_ci_low"], step, out)),
     ]
-    service = stages.serve_and_predict(
+    service = model_stages.serve_and_predict(
         settings, model, sites, servers, options["serve_port"], step, out
     )
-    results += [
-        ("prediction", service.summary),
-        ("web", stages.start_mlflow_ui(settings, servers, options["mlflow_port"], service, step,
-                                       out)),
-    ]  # fmt: skip
+    web = model_stages.start_mlflow_ui(
+        settings, servers, options["mlflow_port"], service, step, out
+    )
+    results += [("prediction", service.summary), ("web", web)]
     return results

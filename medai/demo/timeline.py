@@ -21,7 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from medai.collection.pipeline import IngestPipeline, Offer, OutcomeCounts
+from medai.collection.outcomes import Offer, OutcomeCounts
+from medai.collection.pipeline import IngestPipeline
 from medai.dicom.synth import SynthResult, SynthStudy
 
 __all__ = ["REPLAY_SOURCE", "SitePlan", "plan_site", "plans_by_site", "replay", "start_for_day"]

@@ -33,6 +33,9 @@ def synth_command(
     ct_slices: Annotated[
         int, typer.Option("--ct-slices", min=0, help="Slices per CT series (0: no CT).")
     ] = 8,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the result as one JSON document on stdout.")
+    ] = False,
 ) -> None:
     """Write synthetic studies with planted PHI, as sites hand them over.
 
@@ -42,21 +45,30 @@ def synth_command(
     the site's chest studies. Every file holds (fake) PHI, like a real one.
     """
     # Heavy imports here, so that `medai --help` stays instant.
+    # The rich helpers of medai.cli_support sit above the catalog, which dicom sits below:
+    # the same settings here (no markup, so paths print verbatim), without the import.
+    import json
+
     from pydicom.uid import UID
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
     from rich.table import Table
+    from rich.text import Text
 
     from medai.dicom.synth import generate
 
-    console = Console()
     sites = tuple(site) if site else ("site-a", "site-b", "site-c")
     if len(set(sites)) != len(sites):
         raise typer.BadParameter("each --site may be given once", param_hint="--site")
+    out = Console(markup=False, highlight=False)
     with Progress(
-        TextColumn("writing studies"), BarColumn(), MofNCompleteColumn(), console=console
+        TextColumn("writing studies"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=Console(stderr=True),
+        disable=as_json,
     ) as progress:
-        task = progress.add_task("synth", total=studies)
+        task = progress.add_task("writing studies", total=studies)
         result = generate(
             out_dir,
             studies=studies,
@@ -66,22 +78,31 @@ def synth_command(
             ct_slices=ct_slices,
             progress=lambda done, total: progress.update(task, completed=done),
         )
-    table = Table(title=f"Synthetic hand-over in {out_dir}")
+    syntaxes = sorted(UID(t).name for t in result.transfer_syntaxes)
+    if as_json:
+        document = {
+            "out_dir": str(out_dir),
+            "studies": result.studies,
+            "patients": result.patients,
+            "instances": result.instances,
+            "files": len(result.files),
+            "label_sheets": {site: str(path) for site, path in result.label_sheets.items()},
+            "transfer_syntaxes": syntaxes,
+        }
+        typer.echo(json.dumps(document, sort_keys=True))
+        return
+    table = Table(title=Text(f"Synthetic hand-over in {out_dir}"))
     for column in ("site", "studies", "instances", "label sheet"):
         table.add_column(column, justify="left" if column in ("site", "label sheet") else "right")
     for site_id, sheet in result.label_sheets.items():
         records = [r for r in result.study_records if r.site == site_id]
-        table.add_row(
-            site_id,
-            str(len(records)),
-            str(sum(len(r.files) for r in records)),
-            str(sheet),
-        )
-    console.print(table)
-    console.print(
+        instances = sum(len(r.files) for r in records)
+        table.add_row(site_id, str(len(records)), str(instances), str(sheet))
+    out.print(table)
+    out.print(
         f"{result.studies} studies of {result.patients} patients, {result.instances} "
         f"instances in {len(result.files)} files, {len(result.label_sheets)} label sheets; "
-        f"transfer syntaxes: {', '.join(sorted(UID(t).name for t in result.transfer_syntaxes))}"
+        f"transfer syntaxes: {', '.join(syntaxes)}"
     )
 
 

@@ -8,9 +8,21 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
+
+from medai.cli_support import (
+    EXIT_PROBLEM,
+    JsonFlag,
+    console,
+    fail,
+    jsonable,
+    plain,
+    print_json,
+    require_campaign,
+    row,
+)
 
 __all__ = ["models_app", "register", "train_command"]
 
@@ -20,23 +32,11 @@ models_app = typer.Typer(
     no_args_is_help=True,
 )
 
-# As the other sub-apps: 2 for a problem the user can fix; 1 for a refused promotion.
-EXIT_USER_ERROR = 2
-EXIT_REFUSED = 1
-
 
 def register(app: typer.Typer) -> None:
     """Add the ``train`` command and the ``models`` sub-app to the root ``medai`` app."""
     app.command("train")(train_command)
     app.add_typer(models_app, name="models")
-
-
-def _fail(message: str, code: int = EXIT_USER_ERROR) -> NoReturn:
-    from rich.console import Console
-    from rich.text import Text
-
-    Console(stderr=True).print(Text(f"error: {message}", style="red"), soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def _fmt(value: float) -> str:
@@ -50,8 +50,12 @@ def train_command(
     device: Annotated[
         str | None, typer.Option(help="Torch device (cuda, cpu); CUDA when available.")
     ] = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Train a model on its snapshot, log the run to MLflow, register a `candidate` version."""
+    # The snapshot comes from the catalog: say so before torch takes seconds to load.
+    require_campaign()
+
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
@@ -65,17 +69,18 @@ def train_command(
     try:
         config = load_model_config(model_dir)
     except MedaiError as exc:
-        _fail(str(exc))
+        raise fail(exc) from None
     # Under torchrun every rank runs this command; rank 0 alone shows the run.
-    console = Console(quiet=distributed.launcher_rank() != 0)
+    quiet = distributed.launcher_rank() != 0
+    out = Console(quiet=quiet or as_json, markup=False, highlight=False)
     columns = (
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", markup=False, style="bold"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
+        TextColumn("{task.fields[status]}", markup=False),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console, transient=False) as bar:
+    with Progress(*columns, console=out, transient=False) as bar:
         task = bar.add_task(f"train {config.name}", total=config.schedule.epochs, status="")
 
         def on_epoch(result: EpochResult) -> None:
@@ -88,25 +93,40 @@ def train_command(
         try:
             tracked = train_tracked(config, progress=on_epoch, device=device)
         except (MedaiError, KeyError, ValueError) as exc:
-            _fail(str(exc))
+            raise fail(exc) from None
     result = tracked.result
-    table = Table(title=f"{config.name}: test AUROC (best epoch {result.best_epoch})")
+    pooled = result.evaluation.table
+    pooled = pooled[pooled["site"] == "all"]
+    if as_json:
+        if not quiet:
+            print_json(
+                {
+                    "run_id": tracked.run_id,
+                    "model": tracked.model_name,
+                    "version": tracked.model_version,
+                    "best_epoch": result.best_epoch,
+                    "test": pooled.to_dict(orient="records"),
+                }
+            )
+        return
+    table = Table(title=plain(f"{config.name}: test AUROC (best epoch {result.best_epoch})"))
     for column in ("label", "n", "positive", "AUROC", "95% CI", "sens", "spec"):
         table.add_column(column, justify="left" if column == "label" else "right")
-    pooled = result.evaluation.table
-    for row in pooled[pooled["site"] == "all"].itertuples(index=False):
+    for line in pooled.itertuples(index=False):
         table.add_row(
-            str(row.label),
-            str(row.n),
-            str(row.n_positive),
-            _fmt(float(row.auroc)),
-            f"{_fmt(float(row.auroc_low))}-{_fmt(float(row.auroc_high))}",
-            _fmt(float(row.sensitivity)),
-            _fmt(float(row.specificity)),
+            *row(
+                line.label,
+                line.n,
+                line.n_positive,
+                _fmt(float(line.auroc)),
+                f"{_fmt(float(line.auroc_low))}-{_fmt(float(line.auroc_high))}",
+                _fmt(float(line.sensitivity)),
+                _fmt(float(line.specificity)),
+            )
         )
-    console.print(table)
-    console.print(f"run id: {tracked.run_id}")
-    console.print(f"model: {tracked.model_name} version {tracked.model_version} (alias candidate)")
+    out.print(table)
+    out.print(f"run id: {tracked.run_id}")
+    out.print(f"model: {tracked.model_name} version {tracked.model_version} (alias candidate)")
 
 
 @models_app.command("promote")
@@ -117,22 +137,38 @@ def promote_command(
         float | None,
         typer.Option(help="Gate override; default: the run's evaluation.min_auroc_ci_low."),
     ] = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Move the `champion` alias to VERSION if every label's lower AUROC CI bound passes."""
+    # Promotions are audited in the catalog the model's snapshot came from.
+    require_campaign()
+
     from mlflow.exceptions import MlflowException
 
     from medai.errors import MedaiError, PromotionRefused
-    from medai.training.tracking import promote
+    from medai.training.registry import promote
 
     try:
         result = promote(name, version, min_auroc_ci_low=min_auroc_ci_low)
     except PromotionRefused as exc:
-        _fail(str(exc), EXIT_REFUSED)
-    except (MedaiError, MlflowException) as exc:
-        _fail(str(exc))
+        raise fail(exc, code=EXIT_PROBLEM) from None
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise fail(
+                f"no version {version} of a model {name!r} is registered: "
+                "run `medai train MODEL_DIR` first"
+            ) from None
+        raise fail(exc) from None
+    except MedaiError as exc:
+        raise fail(exc) from None
+    if as_json:
+        print_json({**jsonable(result), "overridden": result.overridden})
+        return
     lows = ", ".join(f"{label} {low:.3f}" for label, low in result.ci_low.items())
     previous = f" (was version {result.previous})" if result.previous else ""
-    typer.echo(
+    console().print(
         f"{name} version {result.version} is now champion{previous}; "
-        f"lower AUROC CI bounds {lows} >= {result.required:.3f}"
+        f"lower AUROC CI bounds {lows} >= {result.required:.3f}",
+        soft_wrap=True,
     )
+

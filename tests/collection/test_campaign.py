@@ -17,15 +17,14 @@ from typer.testing import CliRunner
 from medai.catalog.db import create_engine_for, session_factory
 from medai.catalog.models import AuditRecord, Campaign, Site
 from medai.collection.campaign.cli import register
-from medai.collection.campaign.definition import (
-    CampaignDefinition,
+from medai.collection.campaign.definition import CampaignDefinition, load_campaign
+from medai.collection.campaign.setup import init_campaign
+from medai.collection.campaign.sites import (
     get_site,
-    load_campaign,
     site_for_ae_title,
     site_targets,
     stored_campaign,
 )
-from medai.collection.campaign.setup import init_campaign
 from medai.config import Settings
 from medai.errors import CampaignError, UnknownSite
 
@@ -192,7 +191,8 @@ def test_init_creates_sites_key_and_audit_record(settings: Settings, session: Se
     assert site_a.ae_titles == ["STMARY_PACS", "STMARY_CR1"]
     assert site_targets(site_a) == definition.sites[0].targets
     assert stored_campaign(session) == definition
-    record = session.scalars(select(AuditRecord)).one()
+    key_record, record = session.scalars(select(AuditRecord).order_by(AuditRecord.seq))
+    assert (key_record.action, key_record.actor) == ("campaign.key-create", "tester")
     assert (record.action, record.actor, record.subject) == (
         "campaign.init",
         "tester",
@@ -212,10 +212,11 @@ def test_init_again_is_idempotent_and_keeps_the_key(settings: Settings, session:
     assert not (again.campaign_created or again.campaign_updated)
     assert (again.sites_created, again.sites_updated) == ([], [])
     assert again.sites_unchanged == ["site-a", "site-b", "site-c"]
+    # The key's creation and two set-ups; the second created nothing.
     assert (_count(session, Campaign), _count(session, Site), _count(session, AuditRecord)) == (
         1,
         3,
-        2,
+        3,
     )
 
 

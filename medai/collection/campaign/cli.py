@@ -1,20 +1,31 @@
-"""Commands of the collection part: ``medai campaign ...`` (one function per command)."""
+"""``medai campaign init|status|export``: set the campaign up and report its progress."""
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.text import Text
+
+from medai.cli_support import (
+    JsonFlag,
+    console,
+    fail,
+    parse_date,
+    plain,
+    print_json,
+    require_campaign,
+    row,
+)
 
 if TYPE_CHECKING:
-    from rich.console import Console
-    from rich.text import Text
+    from rich.console import Console, RenderableType
 
     from medai.collection.campaign.definition import CampaignDefinition
-    from medai.collection.campaign.progress import CampaignProgress, SiteProgress
+    from medai.collection.campaign.report import CampaignProgress, SiteProgress
     from medai.collection.campaign.setup import InitResult
-    from medai.errors import MedaiError
 
 __all__ = ["campaign_app", "print_status_report", "register"]
 
@@ -24,30 +35,10 @@ campaign_app = typer.Typer(
     no_args_is_help=True,
 )
 
-# Exit status for a problem the user can fix (bad file, missing key): as click uses for usage.
-EXIT_USER_ERROR = 2
-
-
-class _UsageError(Exception):
-    """A bad option value (printed like the domain errors)."""
-
 
 def register(app: typer.Typer) -> None:
-    """Add the collection sub-apps (``campaign``) to the root ``medai`` app."""
+    """Add ``campaign`` to the root ``medai`` app."""
     app.add_typer(campaign_app, name="campaign")
-
-
-def _fail(error: MedaiError | _UsageError, hint: str | None = None) -> typer.Exit:
-    """Print ``error`` in red on stderr (with what to do next) and return the exit to raise."""
-    from rich.console import Console
-    from rich.text import Text
-
-    console = Console(stderr=True)
-    # Text, not markup: messages hold field paths like "sites[1]" that rich would eat.
-    console.print(Text(f"error: {error}", style="red"), soft_wrap=True)
-    if hint:
-        console.print(Text(hint), soft_wrap=True)
-    return typer.Exit(EXIT_USER_ERROR)
 
 
 @campaign_app.command("init")
@@ -59,13 +50,13 @@ def init_command(
             help="Campaign definition (TOML), e.g. collection/example-campaign.toml.",
         ),
     ],
+    as_json: JsonFlag = False,
 ) -> None:
     """Set up the campaign: migrate the catalog, create the key, record the sites.
 
     Safe to run again after editing the file: sites are updated, the key is kept.
     """
-    from rich.console import Console
-
+    from medai.audit import actors
     from medai.collection.campaign.definition import load_campaign
     from medai.collection.campaign.setup import init_campaign
     from medai.config import get_settings
@@ -73,24 +64,26 @@ def init_command(
 
     try:
         definition = load_campaign(file)
-        result = init_campaign(definition, get_settings())
+        result = init_campaign(definition, get_settings(), actor=actors.operator())
     except CampaignError as exc:
-        raise _fail(exc, f"Fix {file} and run `medai campaign init {file}` again.") from None
+        raise fail(exc, f"Fix {file} and run `medai campaign init {file}` again.") from None
     except MedaiError as exc:
-        raise _fail(exc) from None
-    _print_init_summary(Console(), definition, result)
+        raise fail(exc) from None
+    if as_json:
+        print_json(result)
+    else:
+        _print_init_summary(console(), definition, result)
 
 
 def _print_init_summary(
-    console: Console, definition: CampaignDefinition, result: InitResult
+    out: Console, definition: CampaignDefinition, result: InitResult
 ) -> None:
     from rich.table import Table
-    from rich.text import Text
 
     verb = "unchanged"
     if result.campaign_created or result.campaign_updated:
         verb = "created" if result.campaign_created else "updated"
-    console.print(
+    out.print(
         Text.assemble(
             ("Campaign ", "bold"),
             (definition.name, "bold cyan"),
@@ -98,7 +91,7 @@ def _print_init_summary(
             f", {definition.length_days} days",
         )
     )
-    console.print(Text(f"Catalog: {result.database}"), soft_wrap=True)
+    out.print(plain(f"Catalog: {result.database}"), soft_wrap=True)
 
     status = dict.fromkeys(result.sites_created, "new") | dict.fromkeys(
         result.sites_updated, "updated"
@@ -113,60 +106,58 @@ def _print_init_summary(
             for t in site.targets
         )
         table.add_row(
-            site.id, site.name, ", ".join(site.ae_titles), targets, status.get(site.id, "unchanged")
-        )
-    console.print(table)
-    if result.sites_not_in_definition:
-        console.print(
-            Text(
-                "In the catalog but no longer in the file (kept): "
-                + ", ".join(result.sites_not_in_definition),
-                style="yellow",
+            *row(
+                site.id,
+                site.name,
+                ", ".join(site.ae_titles),
+                targets,
+                status.get(site.id, "unchanged"),
             )
         )
-
+    out.print(table)
+    if result.sites_not_in_definition:
+        out.print(
+            plain(
+                "In the catalog but no longer in the file (kept): "
+                + ", ".join(result.sites_not_in_definition),
+                "yellow",
+            )
+        )
     key_state = "created" if result.key_created else "already there: reused, not overwritten"
-    console.print(Text(f"Pseudonymization key: {result.key_file} ({key_state})"), soft_wrap=True)
-    console.print(
-        Text(
+    out.print(plain(f"Pseudonymization key: {result.key_file} ({key_state})"), soft_wrap=True)
+    out.print(
+        plain(
             "Back up the key file now, and keep the backup apart from the catalog backups: "
             "without it, data sent later gets different pseudonyms; whoever holds both the key "
             "and the catalog can link pseudonyms back to known patient IDs.",
-            style="bold yellow",
+            "bold yellow",
         )
     )
 
 
-def _progress_report(today: str | None) -> CampaignProgress:
+def _progress_report(today: dt.date | None) -> CampaignProgress:
     """Compute the campaign's progress from the configured catalog (exits on errors)."""
-    import datetime as dt
-
-    from medai.catalog.db import create_engine_for, session_factory
+    from medai.cli_support import catalog_session
     from medai.collection.campaign.progress import compute_progress
-    from medai.config import get_settings
     from medai.errors import MedaiError
 
-    day = None
-    if today is not None:
-        try:
-            day = dt.date.fromisoformat(today)
-        except ValueError:
-            raise _fail(
-                _UsageError(f"--today {today!r} is not a date"), "Write it as YYYY-MM-DD."
-            ) from None
-    engine = create_engine_for(get_settings().resolved_database_url)
+    require_campaign()
     try:
-        # Reads only: no write lock on SQLite, so it never waits behind an import.
-        sessions = session_factory(engine.execution_options(sqlite_begin="DEFERRED"))
-        with sessions() as session:
-            return compute_progress(session, today=day)
+        with catalog_session() as session:
+            return compute_progress(session, today=today)
     except MedaiError as exc:
-        raise _fail(exc) from None
-    finally:
-        engine.dispose()
+        raise fail(exc) from None
 
 
-_TODAY_HELP = "Report as of this day (YYYY-MM-DD, UTC); default today."
+TodayOption = Annotated[
+    dt.date | None,
+    typer.Option(
+        "--today",
+        parser=parse_date,
+        metavar="DATE",
+        help="Report as of this day (YYYY-MM-DD, UTC); default today.",
+    ),
+]
 _STATUS_STYLE = {
     "late": "bold red",
     "at risk": "yellow",
@@ -174,14 +165,23 @@ _STATUS_STYLE = {
     "complete": "bold green",
     "no targets": "dim",
 }
+_KPI_COLUMNS = (
+    "Status",
+    "Progress",
+    "Plan today",
+    "Studies",
+    "Instances",
+    "7-day rate",
+    "Projected",
+    "QC rejected",
+    "Labelled",
+)
 
 
 @campaign_app.command("status")
 def status_command(
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the full report as JSON (for scripts).")
-    ] = False,
-    today: Annotated[str | None, typer.Option("--today", help=_TODAY_HELP)] = None,
+    as_json: JsonFlag = False,
+    today: TodayOption = None,
 ) -> None:
     """Show progress per site against its targets: late sites first, with the KPIs.
 
@@ -191,21 +191,21 @@ def status_command(
     document as `medai campaign export --format json` (totals such as `studies` and
     `instances` at the top level).
     """
-    from rich.console import Console
-
     report = _progress_report(today)
     if as_json:
         typer.echo(report.model_dump_json(indent=2))
         return
-    print_status_report(report, Console())
+    print_status_report(report, console())
 
 
-def print_status_report(report: CampaignProgress, console: Console) -> None:
-    """The status tables of ``medai campaign status``: KPIs per site, targets, late sites."""
-    from rich.table import Table
-    from rich.text import Text
+def print_status_report(report: CampaignProgress, out: Console) -> None:
+    """The status of ``medai campaign status``: KPIs per site, targets, late sites.
 
-    console.print(
+    Tables when the terminal is wide enough for every value in full; otherwise one block
+    per site (names and numbers are never cut short to fit, e.g. in 80 columns). Lines
+    wrap between words only.
+    """
+    out.print(
         Text.assemble(
             (report.campaign, "bold cyan"),
             f": day {report.day} of {report.length_days} ({report.start_date} to "
@@ -213,62 +213,109 @@ def print_status_report(report: CampaignProgress, console: Console) -> None:
             (report.status, _STATUS_STYLE[report.status]),
         )
     )
+    tables = [_kpi_table(report), _targets_table(report)]
+    if all(_fits(out, table) for table in tables):
+        for table in tables:
+            out.print(table)
+    else:
+        for site in report.sites:
+            name = Text.assemble((site.site, "bold"), "\n  ", site.name)
+            _print_site_block(out, name, site, site.targets)
+        _print_site_block(out, plain("campaign (all sites)", "bold"), report, [])
+    if report.quarantine_reasons:
+        reasons = ", ".join(f"{reason} {n}" for reason, n in report.quarantine_reasons.items())
+        out.print(plain(f"Quarantined by reason: {reasons}"))
+    if report.late_sites:
+        out.print(plain("Late: " + ", ".join(report.late_sites), "bold red"))
+
+
+def _fits(out: Console, renderable: RenderableType) -> bool:
+    from rich.measure import Measurement
+
+    # Measured without the terminal's limit: the width at which nothing is wrapped or cut.
+    natural = Measurement.get(out, out.options.update_width(1_000_000), renderable)
+    return natural.maximum <= out.width
+
+
+def _kpi_table(report: CampaignProgress) -> RenderableType:
+    from rich.table import Table
+
     table = Table(title="Progress by site (late first)")
-    for column, justify in (
-        ("Site", "left"),
-        ("Status", "left"),
-        ("Progress", "right"),
-        ("Plan today", "right"),
-        ("Studies", "right"),
-        ("Instances", "right"),
-        ("7-day rate", "right"),
-        ("Projected", "right"),
-        ("QC rejected", "right"),
-        ("Labelled", "right"),
-    ):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    table.add_column("Site")
+    for column in _KPI_COLUMNS:
+        justify = "left" if column == "Status" else "right"
+        table.add_column(column, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for site in report.sites:
-        table.add_row(f"{site.site}\n[dim]{site.name}", *_kpi_cells(site))
+        table.add_row(Text.assemble(site.site, "\n", (site.name, "dim")), *_kpi_cells(site))
     table.add_section()
-    table.add_row("[bold]campaign", *_kpi_cells(report))
-    console.print(table)
+    table.add_row(plain("campaign", "bold"), *_kpi_cells(report))
+    return table
+
+
+def _targets_table(report: CampaignProgress) -> RenderableType:
+    from rich.table import Table
+
     targets = Table(title="Targets")
     for column in ("Site", "Target", "Collected", "Goal", "Done"):
-        targets.add_column(column, justify="left" if column in ("Site", "Target") else "right")
+        left = column in ("Site", "Target")
+        targets.add_column(column, justify="left" if left else "right", no_wrap=not left)
     for site in report.sites:
         for target in site.targets:
-            what = " ".join(v for v in (target.modality, target.body_part, target.finding) if v)
             targets.add_row(
-                site.site,
-                f"{what or 'any'} ({target.unit})",
-                str(target.collected),
-                str(target.target),
-                _percent(target.fraction),
+                *row(site.site, _target_name(target), target.collected, target.target),
+                plain(_percent(target.fraction)),
             )
-    console.print(targets)
-    if report.quarantine_reasons:
-        console.print(
-            "Quarantined by reason: "
-            + ", ".join(f"{reason} {n}" for reason, n in report.quarantine_reasons.items())
+    return targets
+
+
+def _target_name(target: Any) -> str:
+    what = " ".join(v for v in (target.modality, target.body_part, target.finding) if v)
+    return f"{what or 'any'} ({target.unit})"
+
+
+def _print_site_block(
+    out: Console, title: Text, part: SiteProgress | CampaignProgress, targets: list[Any]
+) -> None:
+    """One site (or the campaign) as label/value pairs: narrow enough for any terminal."""
+    from rich.padding import Padding
+    from rich.table import Table
+
+    out.print(title)
+    grid = Table.grid(padding=(0, 2))
+    for _ in range(2):
+        grid.add_column(style="dim", no_wrap=True)
+        grid.add_column(no_wrap=True)
+    pairs = list(zip(_KPI_COLUMNS, _kpi_cells(part), strict=True))
+    half = (len(pairs) + 1) // 2
+    for left, right in zip(pairs[:half], [*pairs[half:], ("", "")], strict=True):
+        grid.add_row(*row(left[0], left[1], right[0], right[1]))
+    for target in targets:
+        grid.add_row(
+            *row(
+                "target",
+                f"{_target_name(target)}: {target.collected} of {target.target} "
+                f"({_percent(target.fraction)})",
+                "",
+                "",
+            )
         )
-    if report.late_sites:
-        console.print(Text("Late: " + ", ".join(report.late_sites), style="bold red"))
+    out.print(Padding(grid, (0, 0, 1, 2)))
 
 
-def _kpi_cells(part: SiteProgress | CampaignProgress) -> list[Text | str]:
+def _kpi_cells(part: SiteProgress | CampaignProgress) -> list[Text]:
     """The status table's cells after the name, for a site or the whole campaign."""
-    from rich.text import Text
-
     return [
-        Text(part.status, style=_STATUS_STYLE[part.status]),
-        _percent(part.progress),
-        _percent(part.expected_progress),
-        str(part.studies),
-        str(part.instances),
-        "-" if part.rate_7d is None else f"{part.rate_7d * 100:.1f}%/day",
-        "done" if part.completed else str(part.projected_completion or "-"),
-        f"{part.quarantined} ({part.rejection_rate * 100:.1f}%)",
-        f"{part.labelled_studies} ({part.label_coverage * 100:.0f}%)",
+        plain(part.status, _STATUS_STYLE[part.status]),
+        *row(
+            _percent(part.progress),
+            _percent(part.expected_progress),
+            part.studies,
+            part.instances,
+            "-" if part.rate_7d is None else f"{part.rate_7d * 100:.1f}%/day",
+            "done" if part.completed else str(part.projected_completion or "-"),
+            f"{part.quarantined} ({part.rejection_rate * 100:.1f}%)",
+            f"{part.labelled_studies} ({part.label_coverage * 100:.0f}%)",
+        ),
     ]
 
 
@@ -284,7 +331,7 @@ def export_command(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
     ] = None,
-    today: Annotated[str | None, typer.Option("--today", help=_TODAY_HELP)] = None,
+    today: TodayOption = None,
     schema: Annotated[
         bool, typer.Option("--schema", help="Print the JSON Schema of the json export and exit.")
     ] = False,
@@ -298,17 +345,13 @@ def export_command(
     import io
     import json
 
-    from medai.collection.campaign.progress import (
-        CSV_COLUMNS,
-        CampaignProgress,
-        progress_csv_rows,
-    )
+    from medai.collection.campaign.report import CSV_COLUMNS, CampaignProgress, progress_csv_rows
 
     if schema:
         typer.echo(json.dumps(CampaignProgress.model_json_schema(), indent=2))
         return
     if fmt not in ("json", "csv"):
-        raise _fail(_UsageError(f"unknown format {fmt!r}"), "Use --format json or --format csv.")
+        raise fail(f"unknown format {fmt!r}", "Use --format json or --format csv.")
     report = _progress_report(today)
     if fmt == "json":
         text = report.model_dump_json(indent=2) + "\n"
