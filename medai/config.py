@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, SecretStr, StringConstraints
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "get_settings"]
@@ -45,6 +46,23 @@ class Settings(BaseSettings):
         description="Largest single DICOM instance (or zip member) accepted, in bytes.",
     )
     import_workers: int = Field(default=0, ge=0, description="0 = one per CPU core, plus one.")
+    log_level: Annotated[
+        str,
+        StringConstraints(
+            strip_whitespace=True,
+            to_upper=True,
+            pattern=r"(?i)^(debug|info|warning|error|critical)$",
+        ),
+    ] = Field(
+        default="WARNING",
+        description="Logging level of the medai command and the web service's workers "
+        "(DEBUG, INFO, WARNING, ERROR); `medai -v` means DEBUG.",
+    )
+    pull_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token for `medai collect pull` (instead of --token, so it stays "
+        "out of the shell history).",
+    )
     study_quiet_seconds: float = Field(
         default=60.0,
         gt=0,
@@ -56,6 +74,19 @@ class Settings(BaseSettings):
         ge=1024,
         description="Largest web request body accepted (a STOW-RS upload), in bytes; "
         "held in memory, never spooled to disk.",
+    )
+    body_idle_timeout: float = Field(
+        default=60.0,
+        ge=0.1,
+        description="Seconds an upload to the web service may send nothing before it is "
+        "given up (408), so a dead link cannot hold memory or a graceful stop for ever.",
+    )
+    serve_workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Processes of `medai serve`; each loads its own copy of the model and "
+        "keeps its own recent predictions and metrics.",
     )
 
     # -- the inference service (medai.serving.inference) ---------------------------------
@@ -151,6 +182,29 @@ class Settings(BaseSettings):
         if self.mlflow_tracking_uri:
             return self.mlflow_tracking_uri
         return f"sqlite:///{self.resolved_home / 'mlflow.db'}"
+
+    def as_environment(self) -> dict[str, str]:
+        """These settings as the ``MEDAI_*`` variables that rebuild them in another process.
+
+        The one way settings reach a process medai starts: ``medai serve --workers N``
+        puts them in the environment its uvicorn worker processes inherit, each of which
+        builds them again with :func:`get_settings`. Unset optional settings (None) are
+        left out, so their defaults stay derived from ``home``; secrets are written in
+        clear, as the environment they came from held them.
+
+        Examples
+        --------
+        >>> Settings(home=Path("/srv/medai")).as_environment()["MEDAI_HOME"]
+        '/srv/medai'
+        """
+        environment: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            environment[f"MEDAI_{name.upper()}"] = str(value)
+        return environment
 
 
 @lru_cache(maxsize=1)

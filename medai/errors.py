@@ -17,6 +17,7 @@ __all__ = [
     "BatcherStopped",
     "BurnedInAnnotation",
     "CampaignError",
+    "CampaignNotSetUp",
     "CannotDeidentify",
     "DemoFailed",
     "GateFailure",
@@ -28,11 +29,13 @@ __all__ = [
     "MissingAttribute",
     "ModelConfigError",
     "ModelUnavailable",
+    "NotAudited",
     "NotDicom",
     "PromotionRefused",
     "PullError",
     "PullStopped",
     "Rejected",
+    "RequestTooLarge",
     "SnapshotError",
     "SnapshotExists",
     "SnapshotNotFound",
@@ -42,6 +45,7 @@ __all__ = [
     "TruncatedDicom",
     "UndecodableTransferSyntax",
     "UnknownSite",
+    "UnreadableStudy",
     "UnsupportedMediaType",
     "UnsupportedObject",
     "WeightsError",
@@ -105,6 +109,13 @@ class UnknownSite(MedaiError):
 
 class CampaignError(MedaiError):
     """A campaign definition that is invalid, or a campaign that is not set up."""
+
+
+class CampaignNotSetUp(CampaignError):
+    """The catalog is missing, unreachable, not migrated, or holds no campaign yet.
+
+    Its message is one sentence that says what to run (``medai campaign init``).
+    """
 
 
 class KeyFileError(MedaiError):
@@ -225,3 +236,42 @@ class ApiKeyError(MedaiError):
 
 class DemoFailed(MedaiError):
     """A step did not give what the demo needs to go on; the message says which."""
+
+
+class RequestTooLarge(MedaiError):
+    """A request body over its size limit; the rest of it is not read.
+
+    Parameters
+    ----------
+    max_bytes
+        The limit.
+    setting
+        The ``MEDAI_*`` setting that sets it.
+    advice
+        What the sender can do instead.
+    what
+        What was too large, for the message.
+    """
+
+    def __init__(
+        self,
+        max_bytes: int,
+        *,
+        setting: str = "MEDAI_MAX_REQUEST_BYTES",
+        advice: str = "send fewer instances per request",
+        what: str = "the request body",
+    ) -> None:
+        self.max_bytes = max_bytes
+        super().__init__(f"{what} is larger than the {max_bytes}-byte limit ({setting}): {advice}")
+
+
+class UnreadableStudy(MedaiError):
+    """Instances sent for a prediction that cannot be used as one study.
+
+    Not DICOM, unreadable, without an image, of several studies, or an image that cannot
+    be decoded. The message names an instance by its position, never by a value of it.
+    """
+
+
+class NotAudited(MedaiError):
+    """An action that needs its audit record first was not done: the record could not be written."""

@@ -1,11 +1,11 @@
 """The app factory: one FastAPI app built from the routers of every part of the service.
 
-Adding a router is one line in :data:`ROUTER_MODULES`: a module exposing ``router``
-(an :class:`fastapi.APIRouter`) whose routes protect themselves with
-:func:`medai.serving.auth.require_role`. Only ``/healthz`` and ``/readyz`` are open
-(and the dashboard's sign-in page); the OpenAPI document and its browser need a key too
-(:mod:`medai.serving.docs`). Every error is JSON ``{"detail": "..."}`` saying what to
-do; request bodies are capped at ``max_request_bytes`` (:mod:`medai.serving.limits`).
+The routers are imported here by name and included in :data:`ROUTERS`' order; each
+protects its routes with the typed dependencies of :mod:`medai.serving.deps`. Only
+``/healthz`` and ``/readyz`` are open (and the dashboard's sign-in page); the OpenAPI
+document and its browser need a key too (:mod:`medai.serving.docs`). Every error is JSON
+``{"detail": "..."}`` saying what to do, answered by :mod:`medai.serving.errors`;
+request bodies are capped at ``max_request_bytes`` (:mod:`medai.serving.limits`).
 
 With ``serve_model`` set, the app serves that registered model
 (:class:`~medai.serving.inference.service.InferenceService` in ``app.state.inference``,
@@ -15,37 +15,32 @@ started and stopped with the app); its metrics are ``app.state.metrics``.
 from __future__ import annotations
 
 import functools
-import importlib
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, FastAPI
 
 from medai import __version__
 from medai.config import Settings, get_settings
+from medai.serving import dashboard, dicomweb, docs, health, metrics
 from medai.serving.context import Service
 from medai.serving.docs import build_openapi
+from medai.serving.errors import install_error_handlers
+from medai.serving.inference import routes as inference_routes
+from medai.serving.inference.service import InferenceService
 from medai.serving.limits import BodyLimitMiddleware
 from medai.serving.metrics import MetricsMiddleware, ServiceMetrics
 
-if TYPE_CHECKING:
-    from medai.serving.inference.service import InferenceService
+__all__ = ["ROUTERS", "create_app"]
 
-__all__ = ["ROUTER_MODULES", "create_app"]
-
-logger = logging.getLogger(__name__)
-
-# Each module exposes `router`; included in this order.
-ROUTER_MODULES: tuple[str, ...] = (
-    "medai.serving.health",
-    "medai.serving.dicomweb",
-    "medai.serving.dashboard",
-    "medai.serving.inference.routes",
-    "medai.serving.metrics",
-    "medai.serving.docs",
+# Every router of the service, in the order they are included (adding one is one line).
+ROUTERS: tuple[APIRouter, ...] = (
+    health.router,
+    dicomweb.router,
+    dashboard.router,
+    inference_routes.router,
+    metrics.router,
+    docs.router,
 )
 
 
@@ -64,16 +59,14 @@ held in memory only, never written to disk. *Research pilot: not a medical devic
 """
 
 
-def create_app(settings: Settings | None = None, *, body_idle_timeout: float = 60.0) -> FastAPI:
+def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the web service.
 
     Parameters
     ----------
     settings
-        Where the catalog, store and quarantine are and the limits; the process-wide
-        :func:`medai.config.get_settings` when None.
-    body_idle_timeout
-        Seconds an upload may send nothing before it is given up (408).
+        Where the catalog, store, quarantine and MLflow are, the limits, the served
+        model; the process-wide :func:`medai.config.get_settings` when None.
 
     Returns
     -------
@@ -82,13 +75,11 @@ def create_app(settings: Settings | None = None, *, body_idle_timeout: float = 6
         :class:`~medai.serving.context.Service` is ``app.state.service``.
     """
     settings = settings or get_settings()
-    service = Service(settings, body_idle_timeout=body_idle_timeout)
-    metrics = ServiceMetrics()
+    service = Service(settings)
+    service_metrics = ServiceMetrics()
     inference: InferenceService | None = None
     if settings.serve_model.strip():
-        from medai.serving.inference.service import InferenceService
-
-        inference = InferenceService(settings, service.engine, metrics)
+        inference = InferenceService(settings, service.engine, service_metrics)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -114,24 +105,13 @@ def create_app(settings: Settings | None = None, *, body_idle_timeout: float = 6
         openapi_url=None,
     )
     app.state.service = service
-    app.state.metrics = metrics
+    app.state.metrics = service_metrics
     app.state.inference = inference
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     # Outermost: it counts the body limit's 413s too.
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
-    app.add_exception_handler(Exception, _internal_error)
-    for name in ROUTER_MODULES:
-        app.include_router(importlib.import_module(name).router)
+    app.add_middleware(MetricsMiddleware, metrics=service_metrics)
+    install_error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
     app.openapi = functools.partial(build_openapi, app)  # type: ignore[method-assign]
     return app
-
-
-async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-    # Only the type is logged: exception text from DICOM libraries may quote file values.
-    route = getattr(request.scope.get("route"), "path", "?")
-    logger.error("unexpected %s handling %s %s", type(exc).__name__, request.method, route)
-    logger.debug("traceback", exc_info=exc)
-    return JSONResponse(
-        {"detail": "internal error (logged on the server); retry, or tell the operator"},
-        status_code=500,
-    )

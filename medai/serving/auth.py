@@ -1,38 +1,35 @@
-"""API-key authentication and role checks, as FastAPI dependencies for every router.
+"""API-key authentication and role checks: who is calling, and may they.
 
 Requests send ``Authorization: Bearer <key>``. No key, an unknown key or a revoked one
 is answered 401 with ``WWW-Authenticate: Bearer``; a valid key whose role does not
 grant the route is answered 403. Roles: ``clinician``, ``steward``, ``admin``; an admin
 key is granted every role (:func:`medai.serving.keys.role_grants`).
 
-Usage in a router::
-
-    Steward = Annotated[Caller, Depends(require_role("steward"))]
-
-    @router.post("/things")
-    def create_thing(caller: Steward) -> ...:
-        append_audit(session, actor=caller.actor, ...)
+Routes do not call this module: they take the typed dependencies of
+:mod:`medai.serving.deps` (``caller: ClinicianDep``), which do. A catalog that cannot
+be reached while a key is checked is answered 503 by :mod:`medai.serving.errors`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING
 
-from fastapi import Depends, HTTPException, Request, Security
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.exc import SQLAlchemyError
+from fastapi import HTTPException
+from fastapi.security import HTTPBearer
 
-from medai.serving.context import ServiceDep
+from medai.audit import actors
 from medai.serving.keys import ROLES, authenticate_key, role_grants
 
-__all__ = ["Caller", "authenticate", "require_role"]
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+__all__ = ["BEARER_SCHEME", "Caller", "caller_for", "check_role", "check_role_name"]
 
 _CHALLENGE = 'Bearer realm="medai"'
 # Declares the bearer scheme in the OpenAPI document of every route that checks a key
 # (and gives the API browser its "Authorize" button); the header is parsed below.
-_BEARER_SCHEME = HTTPBearer(
+BEARER_SCHEME = HTTPBearer(
     auto_error=False,
     scheme_name="bearer",
     description="An API key (`medai keys create`): clinician for inference, steward for "
@@ -50,7 +47,7 @@ class Caller:
     @property
     def actor(self) -> str:
         """The actor of audit records made for this caller (``apikey:<name>``)."""
-        return f"apikey:{self.name}"
+        return actors.api_key(self.name)
 
 
 def _unauthorized(detail: str, *, invalid: bool) -> HTTPException:
@@ -59,16 +56,12 @@ def _unauthorized(detail: str, *, invalid: bool) -> HTTPException:
     return HTTPException(401, detail=detail, headers={"WWW-Authenticate": challenge})
 
 
-def authenticate(
-    request: Request,
-    service: ServiceDep,
-    _scheme: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER_SCHEME)] = None,
-) -> Caller:
-    """The caller of ``request``, from its bearer key; raises 401 (or 503) otherwise.
+def caller_for(engine: Engine, authorization: str) -> Caller:
+    """The caller named by an ``Authorization`` header's bearer key; 401 otherwise.
 
-    A plain (sync) dependency, so FastAPI runs its catalog query in a worker thread.
+    Call it from a worker thread: it queries the catalog (whose errors propagate).
     """
-    scheme, _, key = request.headers.get("authorization", "").strip().partition(" ")
+    scheme, _, key = authorization.strip().partition(" ")
     key = key.strip()
     if scheme.lower() != "bearer" or not key:
         raise _unauthorized(
@@ -76,12 +69,7 @@ def authenticate(
             "(an admin creates keys with `medai keys create`)",
             invalid=False,
         )
-    try:
-        info = authenticate_key(service.engine, key)
-    except SQLAlchemyError:
-        raise HTTPException(
-            503, detail="the catalog is unreachable, so keys cannot be checked; retry later"
-        ) from None
+    info = authenticate_key(engine, key)
     if info is None:
         raise _unauthorized(
             "unknown API key: check that it was copied whole, or ask an admin for a new one",
@@ -94,25 +82,19 @@ def authenticate(
     return Caller(info.name, info.role)
 
 
-def require_role(role: str) -> Callable[..., Caller]:
-    """A dependency admitting callers whose key grants ``role``; it returns the caller.
-
-    Raises
-    ------
-    ValueError
-        At import time, for a role that does not exist.
-    """
+def check_role_name(role: str) -> str:
+    """``role`` when it is one of :data:`~medai.serving.keys.ROLES`; ValueError otherwise."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
+    return role
 
-    def dependency(caller: Annotated[Caller, Depends(authenticate)]) -> Caller:
-        if not role_grants(caller.role, role):
-            raise HTTPException(
-                403,
-                detail=f"this needs a {role} (or admin) key; the key {caller.name!r} has "
-                f"the {caller.role} role: use a {role} key",
-            )
-        return caller
 
-    dependency.__name__ = f"require_{role}"
-    return dependency
+def check_role(caller: Caller, role: str) -> Caller:
+    """``caller`` when their key grants ``role``; 403 otherwise."""
+    if not role_grants(caller.role, role):
+        raise HTTPException(
+            403,
+            detail=f"this needs a {role} (or admin) key; the key {caller.name!r} has "
+            f"the {caller.role} role: use a {role} key",
+        )
+    return caller

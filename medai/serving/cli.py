@@ -4,36 +4,24 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+from medai.cli_support import JsonFlag, console, err_console, fail, plain, print_json, row
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
     from sqlalchemy import Engine
 
-__all__ = ["keys_app", "register", "serve_command", "worker_app"]
+    from medai.serving.keys import KeyInfo
 
-# How `medai serve` tells its worker processes what is not a setting.
-WORKERS_ENV = "MEDAI_SERVE_WORKERS"
-IDLE_TIMEOUT_ENV = "MEDAI_SERVE_BODY_IDLE_TIMEOUT"
+__all__ = ["keys_app", "register", "serve_command", "worker_app"]
 
 keys_app = typer.Typer(
     help="API keys of the web service (roles: clinician, steward, admin; admin may do all).",
     no_args_is_help=True,
 )
-
-# Exit status for a problem the user can fix, as the other medai commands use.
-EXIT_USER_ERROR = 2
-
-
-def _fail(message: str) -> NoReturn:
-    from rich.console import Console
-    from rich.text import Text
-
-    Console(stderr=True).print(Text(f"error: {message}", style="red"), soft_wrap=True)
-    raise typer.Exit(EXIT_USER_ERROR)
-
 
 def serve_command(
     host: Annotated[
@@ -41,23 +29,24 @@ def serve_command(
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port.")] = 8000,
     body_idle_timeout: Annotated[
-        float,
+        float | None,
         typer.Option(
             "--body-idle-timeout",
             min=0.1,
-            help="Seconds an upload may send nothing before it is given up (408).",
+            help="Seconds an upload may send nothing before it is given up (408). "
+            "Default: MEDAI_BODY_IDLE_TIMEOUT, else 60.",
         ),
-    ] = 60.0,
+    ] = None,
     workers: Annotated[
-        int,
+        int | None,
         typer.Option(
             "--workers",
             min=1,
             max=64,
             help="Server processes. Each loads its own copy of the model and keeps its own "
-            "recent predictions and metrics.",
+            "recent predictions and metrics. Default: MEDAI_SERVE_WORKERS, else 1.",
         ),
-    ] = 1,
+    ] = None,
     model: Annotated[
         str | None,
         typer.Option(
@@ -113,24 +102,20 @@ def serve_command(
 
     from medai.config import Settings, get_settings
     from medai.serving.access_log import uvicorn_log_config
+    from medai.serving.app import create_app
 
-    options = {
-        "MEDAI_SERVE_MODEL": model,
-        "MEDAI_SERVE_ALIAS": alias,
-        "MEDAI_MAX_BATCH_SIZE": max_batch_size,
-        "MEDAI_MAX_BATCH_WAIT_MS": max_batch_wait_ms,
+    options: dict[str, Any] = {
+        "serve_model": model,
+        "serve_alias": alias,
+        "max_batch_size": max_batch_size,
+        "max_batch_wait_ms": max_batch_wait_ms,
+        "serve_workers": workers,
+        "body_idle_timeout": body_idle_timeout,
     }
-    # Options travel as environment variables: worker processes read their settings there.
-    for name, value in options.items():
-        if value is not None:
-            os.environ[name] = str(value)
-    os.environ[WORKERS_ENV] = str(workers)
-    os.environ[IDLE_TIMEOUT_ENV] = str(body_idle_timeout)
-    get_settings.cache_clear()
-    try:
-        Settings()
+    try:  # the options given, over the MEDAI_* environment
+        settings = Settings(**{name: value for name, value in options.items() if value is not None})
     except ValidationError as exc:
-        _fail(f"invalid settings: {exc}")
+        raise fail(f"invalid settings: {exc}") from None
     common: dict[str, Any] = {
         "host": host,
         "port": port,
@@ -140,28 +125,35 @@ def serve_command(
         "proxy_headers": False,
         "server_header": False,
     }
-    if workers == 1:
-        uvicorn.run(worker_app(), **common)
-    else:
-        uvicorn.run(f"{__name__}:worker_app", factory=True, workers=workers, **common)
+    if settings.serve_workers == 1:
+        uvicorn.run(create_app(settings), **common)
+        return
+    # uvicorn's worker processes are started afresh: they get these settings, options
+    # included, the one way settings reach another process (Settings.as_environment).
+    os.environ.update(settings.as_environment())
+    get_settings.cache_clear()
+    uvicorn.run(
+        f"{__name__}:worker_app", factory=True, workers=settings.serve_workers, **common
+    )
 
 
 def worker_app() -> FastAPI:
-    """The app of one server process, from the settings and options in the environment.
+    """The app of one server process of ``medai serve --workers N``, from its environment.
 
-    The factory ``medai serve --workers N`` gives uvicorn: each worker process calls it.
+    The factory given to uvicorn: each worker process calls it, and builds its settings
+    from the variables :meth:`medai.config.Settings.as_environment` set for it.
     """
     import logging
 
     from medai.config import get_settings
     from medai.serving.app import create_app
 
+    settings = get_settings()
     root = logging.getLogger()
     if not root.handlers:  # a spawned worker: the CLI's handler is in the parent
-        level = os.environ.get("MEDAI_LOG_LEVEL", "WARNING").upper()
-        logging.basicConfig(level=logging.getLevelName(level), format="%(name)s: %(message)s")
-    timeout = float(os.environ.get(IDLE_TIMEOUT_ENV, "60") or 60)
-    return create_app(get_settings(), body_idle_timeout=timeout)
+        level = logging.getLevelName(settings.log_level)
+        logging.basicConfig(level=level, format="%(name)s: %(message)s")
+    return create_app(settings)
 
 
 def _engine() -> Engine:
@@ -169,8 +161,21 @@ def _engine() -> Engine:
     from medai.config import get_settings
 
     engine = create_engine_for(get_settings().resolved_database_url)
-    upgrade(engine)  # the api_keys table may come before `medai campaign init`
+    # Keys may come before `medai campaign init` (a collection-free inference service),
+    # so these commands set the catalog's schema up themselves.
+    upgrade(engine)
     return engine
+
+
+def _key_dict(info: KeyInfo) -> dict[str, Any]:
+    return {
+        "name": info.name,
+        "role": info.role,
+        "prefix": info.prefix,
+        "created_at": info.created_at,
+        "last_used_at": info.last_used_at,
+        "revoked_at": info.revoked_at,
+    }
 
 
 @keys_app.command("create")
@@ -184,14 +189,16 @@ def create_command(
             "--name", help="Unique name, e.g. site-a-pacs; appears in listings and audit records."
         ),
     ],
+    as_json: JsonFlag = False,
 ) -> None:
     """Create an API key, printed once, alone on the last line of stdout.
 
     Only its sha256 is stored, so it cannot be shown again: hand it to its
     holder over a safe channel now. Clients send it in the header
-    'Authorization: Bearer <key>'.
+    'Authorization: Bearer <key>'. With --json the last line is a JSON document
+    holding the key under "key".
     """
-    from rich.console import Console
+    from rich.text import Text
 
     from medai.errors import ApiKeyError
     from medai.serving.keys import create_key
@@ -200,21 +207,27 @@ def create_command(
     try:
         created = create_key(engine, name=name, role=role)
     except ApiKeyError as exc:
-        _fail(str(exc))
+        raise fail(exc) from None
     finally:
         engine.dispose()
-    Console(stderr=True).print(
-        f"created API key [bold]{created.info.name}[/] (role {created.info.role}, prefix "
-        f"{created.info.prefix}). It is shown once, below; medai keeps only its hash.",
-        highlight=False,
+    if as_json:
+        print_json({**_key_dict(created.info), "key": created.key})
+        return
+    info = created.info
+    err_console().print(
+        Text.assemble(
+            "created API key ",
+            (info.name, "bold"),
+            f" (role {info.role}, prefix {info.prefix}). It is shown once, below; "
+            "medai keeps only its hash.",
+        )
     )
     typer.echo(created.key)
 
 
 @keys_app.command("list")
-def list_command() -> None:
+def list_command(as_json: JsonFlag = False) -> None:
     """List the API keys: name, role, prefix, created, last used (to the minute), revoked."""
-    from rich.console import Console
     from rich.table import Table
 
     from medai.serving.keys import list_keys
@@ -224,6 +237,9 @@ def list_command() -> None:
         keys = list_keys(engine)
     finally:
         engine.dispose()
+    if as_json:
+        print_json([_key_dict(key) for key in keys])
+        return
     table = Table(title="API keys (times in UTC)")
     for column in ("name", "role", "prefix", "created", "last used", "revoked"):
         table.add_column(column, no_wrap=column in ("name", "prefix"))
@@ -233,27 +249,28 @@ def list_command() -> None:
 
     for key in keys:
         table.add_row(
-            key.name,
-            key.role,
-            key.prefix + "...",
-            when(key.created_at),
-            when(key.last_used_at),
-            when(key.revoked_at),
+            *row(
+                key.name,
+                key.role,
+                key.prefix + "...",
+                when(key.created_at),
+                when(key.last_used_at),
+                when(key.revoked_at),
+            ),
             style="dim" if key.revoked else None,
         )
-    console = Console()
-    console.print(table)
+    out = console()
+    out.print(table)
     if not keys:
-        console.print("no keys yet: `medai keys create --role steward --name NAME`")
+        out.print("no keys yet: `medai keys create --role steward --name NAME`")
 
 
 @keys_app.command("revoke")
 def revoke_command(
     name: Annotated[str, typer.Argument(metavar="NAME", help="The key's name.")],
+    as_json: JsonFlag = False,
 ) -> None:
     """Revoke a key: requests with it are refused (401) from now on. Cannot be undone."""
-    from rich.console import Console
-
     from medai.errors import ApiKeyError
     from medai.serving.keys import revoke_key
 
@@ -261,13 +278,15 @@ def revoke_command(
     try:
         info, changed = revoke_key(engine, name)
     except ApiKeyError as exc:
-        _fail(str(exc))
+        raise fail(exc) from None
     finally:
         engine.dispose()
-    if changed:
-        Console().print(f"revoked API key {info.name} ({info.role})", highlight=False)
+    if as_json:
+        print_json({**_key_dict(info), "changed": changed})
+    elif changed:
+        console().print(plain(f"revoked API key {info.name} ({info.role})"))
     else:
-        Console().print(f"API key {info.name} was revoked already", highlight=False)
+        console().print(plain(f"API key {info.name} was revoked already"))
 
 
 def register(app: typer.Typer) -> None:

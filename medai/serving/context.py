@@ -1,16 +1,15 @@
 """What the web service shares between requests: settings, the catalog engine, pipelines.
 
 One :class:`Service` lives in ``app.state.service`` for the life of the app; routes get
-it with the :func:`get_service` dependency. Nothing here is per-request global state:
-the ingest pipeline a request uses is chosen by the caller's audit actor.
+it (or its settings and engine) through the aliases of :mod:`medai.serving.deps`.
+Nothing here is per-request global state: the ingest pipeline a request uses is chosen
+by the caller's audit actor.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Annotated
-
-from fastapi import Depends, Request
+from typing import TYPE_CHECKING
 
 from medai.catalog.db import create_engine_for
 
@@ -20,7 +19,7 @@ if TYPE_CHECKING:
     from medai.collection.pipeline import IngestPipeline
     from medai.config import Settings
 
-__all__ = ["Service", "ServiceDep", "get_service"]
+__all__ = ["Service"]
 
 
 class Service:
@@ -32,11 +31,8 @@ class Service:
     A campaign re-initialised with other de-identification options needs a restart.
     """
 
-    def __init__(self, settings: Settings, *, body_idle_timeout: float = 60.0) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        # An upload that sends nothing for this long is given up (a dead link, a stalled
-        # client), so it cannot hold memory, a connection or a graceful stop for ever.
-        self.body_idle_timeout = body_idle_timeout
         self.engine: Engine = create_engine_for(settings.resolved_database_url)
         self._lock = threading.Lock()
         self._base: IngestPipeline | None = None
@@ -83,12 +79,3 @@ class Service:
             self._pipelines.clear()
         self.engine.dispose()
 
-
-def get_service(request: Request) -> Service:
-    """FastAPI dependency: the app's :class:`Service`."""
-    service: Service = request.app.state.service
-    return service
-
-
-# A route parameter ``service: ServiceDep`` receives the app's Service.
-ServiceDep = Annotated[Service, Depends(get_service)]

@@ -1,7 +1,7 @@
 """Campaign progress for people and machines: the dashboard pages and the progress API.
 
 - ``GET /v1/campaign/progress``: the export document
-  (:class:`~medai.collection.campaign.progress.CampaignProgress`, JSON Schema in
+  (:class:`~medai.collection.campaign.report.CampaignProgress`, JSON Schema in
   ``collection/progress.schema.json``) for the city's monitoring system; steward key as
   ``Authorization: Bearer``.
 - ``GET /dashboard``: the HTML dashboard for data stewards. A browser cannot send a
@@ -13,20 +13,19 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
 from urllib.parse import parse_qs
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from sqlalchemy.exc import SQLAlchemyError
 
 from medai.catalog.db import session_factory
-from medai.collection.campaign.progress import CampaignProgress, compute_progress
-from medai.errors import MedaiError
-from medai.serving.auth import Caller, require_role
-from medai.serving.context import Service, ServiceDep
+from medai.collection.campaign.progress import compute_progress
+from medai.collection.campaign.report import CampaignProgress
+from medai.serving.auth import Caller
+from medai.serving.context import Service
 from medai.serving.dashboard_page import render_dashboard, render_login
+from medai.serving.deps import ServiceDep, StewardDep
 from medai.serving.keys import authenticate_key, role_grants
 
 __all__ = ["COOKIE", "cookie_caller", "router"]
@@ -36,18 +35,12 @@ COOKIE = "medai_dashboard_key"
 _COOKIE_MAX_AGE = 12 * 3600  # a working day; then the steward signs in again
 _LOGIN_BODY_LIMIT = 4096
 
-Steward = Annotated[Caller, Depends(require_role("steward"))]
-
 
 def _progress(service: Service, today: dt.date | None = None) -> CampaignProgress:
+    # A campaign not set up and a catalog out of reach are answered by medai.serving.errors.
     reader = session_factory(service.engine.execution_options(sqlite_begin="DEFERRED"))
-    try:
-        with reader() as session:
-            return compute_progress(session, today=today)
-    except MedaiError as exc:
-        raise HTTPException(409, detail=str(exc)) from None
-    except SQLAlchemyError:
-        raise HTTPException(503, detail="the catalog is unreachable; retry later") from None
+    with reader() as session:
+        return compute_progress(session, today=today)
 
 
 @router.get(
@@ -55,7 +48,7 @@ def _progress(service: Service, today: dt.date | None = None) -> CampaignProgres
     response_model=CampaignProgress,
     summary="Campaign progress and KPIs (the monitoring export)",
 )
-def campaign_progress(caller: Steward, service: ServiceDep) -> CampaignProgress:
+def campaign_progress(caller: StewardDep, service: ServiceDep) -> CampaignProgress:
     """Progress per site and for the campaign, with a timestamp (``generated_at``).
 
     The same document as ``medai campaign export --format json``; its JSON Schema is
@@ -70,10 +63,7 @@ def cookie_caller(request: Request, service: Service) -> Caller | None:
     key = request.cookies.get(COOKIE)
     if not key:
         return None
-    try:
-        info = authenticate_key(service.engine, key)
-    except SQLAlchemyError:
-        raise HTTPException(503, detail="the catalog is unreachable; retry later") from None
+    info = authenticate_key(service.engine, key)
     if info is None or info.revoked or not role_grants(info.role, "steward"):
         return None
     return Caller(info.name, info.role)

@@ -1,7 +1,7 @@
 """The campaign dashboard as one self-contained HTML page (inline CSS and SVG, no scripts
 from elsewhere: the hospital network may have no internet access).
 
-Rendered on the server from :class:`~medai.collection.campaign.progress.CampaignProgress`, so the
+Rendered on the server from :class:`~medai.collection.campaign.report.CampaignProgress`, so the
 page shows exactly the numbers of ``medai campaign status`` and of the export. Elements
 carry ``data-*`` attributes naming what they show, for the browser tests and for anyone
 scraping the page.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from html import escape
 
-from medai.collection.campaign.progress import CampaignProgress, SiteProgress
+from medai.collection.campaign.report import CampaignProgress, SiteProgress
 
 __all__ = ["REFRESH_SECONDS", "render_dashboard", "render_login"]
 

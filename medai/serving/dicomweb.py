@@ -35,26 +35,19 @@ from starlette.concurrency import run_in_threadpool
 
 from medai.catalog.db import session_factory
 from medai.catalog.models import Site
-from medai.collection.labels.sheets import rematch_labels
+from medai.collection.labels import rematch_labels
 from medai.collection.receivers.stow import (
     RESPONSE_MEDIA_TYPE,
-    Part,
     StoreResult,
-    check_content_type,
     is_valid_uid,
-    parse_multipart_related,
     store_instances,
 )
-from medai.errors import (
-    CampaignError,
-    KeyFileError,
-    MalformedMultipart,
-    UnknownSite,
-    UnsupportedMediaType,
-)
-from medai.serving.auth import Caller, require_role
-from medai.serving.context import Service, ServiceDep
-from medai.serving.limits import CLOSE_CONNECTION, RequestTooLarge, read_whole_body
+from medai.dicom.multipart import Part, check_content_type, parse_multipart_related
+from medai.errors import CampaignNotSetUp, RequestTooLarge, UnsupportedMediaType
+from medai.serving.auth import Caller
+from medai.serving.context import Service
+from medai.serving.deps import ServiceDep, StewardDep
+from medai.serving.limits import read_whole_body
 
 __all__ = ["SITE_HEADER", "router"]
 
@@ -94,14 +87,9 @@ def upload_site(
 ) -> str:
     """The campaign site an upload comes from (query ``site`` or header ``Medai-Site``)."""
     named = {value.strip() for value in (site, site_header) if value and value.strip()}
-    try:
-        known = _site_ids(service)
-    except SQLAlchemyError:
-        raise HTTPException(503, detail="the catalog is unreachable; retry later") from None
+    known = _site_ids(service)
     if not known:
-        raise HTTPException(
-            503, detail="the campaign is not set up: run `medai campaign init FILE` first"
-        )
+        raise CampaignNotSetUp("no campaign is set up: run `medai campaign init FILE` first")
     listed = ", ".join(known)
     if not named:
         raise HTTPException(
@@ -119,7 +107,6 @@ def upload_site(
     return chosen
 
 
-Steward = Annotated[Caller, Depends(require_role("steward"))]
 UploadSite = Annotated[str, Depends(upload_site)]
 
 
@@ -130,7 +117,7 @@ UploadSite = Annotated[str, Depends(upload_site)]
     responses=_STOW_RESPONSES,
 )
 async def store_studies(
-    request: Request, caller: Steward, site: UploadSite, service: ServiceDep
+    request: Request, caller: StewardDep, site: UploadSite, service: ServiceDep
 ) -> Response:
     return await _stow(request, caller, site, service, study=None)
 
@@ -144,7 +131,7 @@ async def store_studies(
 async def store_study(
     request: Request,
     study: Annotated[str, Path(description="The StudyInstanceUID every instance must have")],
-    caller: Steward,
+    caller: StewardDep,
     site: UploadSite,
     service: ServiceDep,
 ) -> Response:
@@ -158,17 +145,10 @@ async def _stow(
 ) -> Response:
     content_type = request.headers.get("content-type")
     if not content_type:
-        raise HTTPException(
-            415,
-            detail='send Content-Type: multipart/related; type="application/dicom"; ...',
-            headers=CLOSE_CONNECTION,
+        raise UnsupportedMediaType(
+            'send Content-Type: multipart/related; type="application/dicom"; ...'
         )
-    try:
-        check_content_type(content_type)  # refuse before reading a body we cannot take
-    except UnsupportedMediaType as exc:
-        raise HTTPException(415, detail=str(exc), headers=CLOSE_CONNECTION) from None
-    except MalformedMultipart as exc:
-        raise HTTPException(400, detail=str(exc), headers=CLOSE_CONNECTION) from None
+    check_content_type(content_type)  # refuse before reading a body we cannot take
 
     # Nothing is offered to the pipeline unless the body arrives whole: an upload cut short
     # or stalled records nothing, and the sender has to send it all again.
@@ -176,16 +156,11 @@ async def _stow(
     body = await read_whole_body(
         request,
         max_bytes=max_bytes,
-        idle_timeout=service.body_idle_timeout,
-        too_large=lambda: RequestTooLarge(max_bytes),
+        idle_timeout=service.settings.body_idle_timeout,
+        too_large=RequestTooLarge(max_bytes),
         what="STOW-RS upload",
     )
-    try:
-        parts = await run_in_threadpool(parse_multipart_related, content_type, body)
-    except UnsupportedMediaType as exc:
-        raise HTTPException(415, detail=str(exc)) from None
-    except MalformedMultipart as exc:
-        raise HTTPException(400, detail=str(exc)) from None
+    parts = await run_in_threadpool(parse_multipart_related, content_type, body)
     del body  # the parts hold their own copies: do not keep the PHI twice
 
     result = await run_in_threadpool(_ingest, service, caller, site, parts, study)
@@ -210,16 +185,10 @@ async def _stow(
 def _ingest(
     service: Service, caller: Caller, site: str, parts: list[Part], study: str | None
 ) -> StoreResult:
-    try:
-        pipeline = service.pipeline(caller.actor)
-    except (CampaignError, KeyFileError) as exc:
-        raise HTTPException(503, detail=f"the service is not ready: {exc}") from None
-    except SQLAlchemyError:
-        raise HTTPException(503, detail="the catalog is unreachable; retry later") from None
-    try:
-        result = store_instances(pipeline, parts, site, study_instance_uid=study)
-    except UnknownSite as exc:
-        raise HTTPException(400, detail=str(exc)) from None
+    # Not set up (CampaignError, KeyFileError: 503) and UnknownSite (400) are answered
+    # by medai.serving.errors.
+    pipeline = service.pipeline(caller.actor)
+    result = store_instances(pipeline, parts, site, study_instance_uid=study)
     try:
         # Label-sheet rows imported before these images can find their studies now.
         with session_factory(pipeline.engine).begin() as session:

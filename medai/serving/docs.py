@@ -7,7 +7,7 @@
   the sign-in page. The "Authorize" button of the browser takes a key for "Try it out".
 
 :func:`build_openapi` adds the 401/403 answers to every route that checks a key (those
-FastAPI marks with the bearer scheme of :func:`medai.serving.auth.authenticate`).
+FastAPI marks with the bearer scheme of :func:`medai.serving.deps.authenticate`).
 """
 
 from __future__ import annotations
@@ -19,15 +19,14 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from medai.serving.auth import Caller, authenticate
-from medai.serving.context import ServiceDep
+from medai.serving.auth import Caller
 from medai.serving.dashboard import cookie_caller
+from medai.serving.deps import CallerDep, EngineDep, ServiceDep, authenticate
 
 __all__ = ["build_openapi", "router"]
 
 router = APIRouter(include_in_schema=False)
 
-AnyKey = Annotated[Caller, Depends(authenticate)]
 _ERROR = {
     "content": {
         "application/json": {
@@ -48,7 +47,7 @@ _REFUSALS = {
 def build_openapi(app: FastAPI) -> dict[str, Any]:
     """The app's OpenAPI document with the refusals of keyed routes (cached on the app).
 
-    The bearer scheme comes from :func:`medai.serving.auth.authenticate`'s dependency, so
+    The bearer scheme comes from :func:`medai.serving.deps.authenticate`'s dependency, so
     the document marks exactly the routes that check a key; each gets its 401 and 403.
     """
     if app.openapi_schema:
@@ -82,14 +81,14 @@ def _swagger(openapi_url: str) -> HTMLResponse:
 
 
 @router.get("/openapi.json")
-def openapi_document(request: Request, caller: AnyKey) -> JSONResponse:
+def openapi_document(request: Request, caller: CallerDep) -> JSONResponse:
     """The OpenAPI document, for any valid key."""
     return JSONResponse(build_openapi(request.app))
 
 
-def _docs_caller(request: Request, service: ServiceDep) -> Caller:
+def _docs_caller(request: Request, engine: EngineDep) -> Caller:
     try:
-        return authenticate(request, service)
+        return authenticate(request, engine)
     except HTTPException as exc:
         if exc.status_code == 401:
             exc.detail = (

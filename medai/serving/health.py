@@ -20,10 +20,12 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
 from medai.catalog.db import alembic_config, session_factory
-from medai.collection.campaign.definition import stored_campaign
-from medai.collection.pseudonymize import load_key
+from medai.collection.campaign.sites import stored_campaign
 from medai.errors import MedaiError
-from medai.serving.context import Service, ServiceDep
+from medai.keyfile import load_key
+from medai.serving.context import Service
+from medai.serving.deps import ServiceDep
+from medai.serving.errors import CATALOG_UNREACHABLE
 
 __all__ = ["readiness_problem", "router"]
 
@@ -56,8 +58,8 @@ def readiness_problem(service: Service) -> str | None:
             stored_campaign(session)
     except MedaiError as exc:
         return str(exc)
-    except SQLAlchemyError as exc:
-        return f"the catalog database is unreachable ({type(exc).__name__}); check it is up"
+    except SQLAlchemyError as exc:  # readiness reports it rather than answering an error
+        return f"{CATALOG_UNREACHABLE} ({type(exc).__name__})"
     try:
         load_key(service.settings.resolved_key_file)
     except MedaiError as exc:

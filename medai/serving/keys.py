@@ -16,7 +16,6 @@ Creating and revoking a key appends an audit record (``apikey.create``,
 from __future__ import annotations
 
 import datetime as dt
-import getpass
 import hashlib
 import hmac
 import re
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING, Final
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from medai.audit import append_audit, lock_audit_chain
+from medai.audit import actors, append_audit, audited_transaction
 from medai.catalog.db import session_factory
 from medai.catalog.models import ApiKey, utcnow
 from medai.errors import ApiKeyError
@@ -83,7 +82,7 @@ class KeyInfo:
     @property
     def actor(self) -> str:
         """How audit records name this key's holder."""
-        return f"apikey:{self.name}"
+        return actors.api_key(self.name)
 
     @classmethod
     def of(cls, row: ApiKey) -> KeyInfo:
@@ -116,13 +115,6 @@ def role_grants(role: str, wanted: str) -> bool:
     return wanted in _IMPLIED.get(role, frozenset())
 
 
-def _login_name() -> str:
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):  # no login name in some containers
-        return "unknown"
-
-
 def create_key(engine: Engine, *, name: str, role: str, actor: str | None = None) -> CreatedKey:
     """Create a key with ``role`` under the unique ``name``; return it with the secret.
 
@@ -136,7 +128,7 @@ def create_key(engine: Engine, *, name: str, role: str, actor: str | None = None
     role
         One of :data:`ROLES`.
     actor
-        Who is recorded in the audit log; the login name by default.
+        Who is recorded in the audit log; :func:`medai.audit.actors.operator` by default.
 
     Raises
     ------
@@ -153,8 +145,7 @@ def create_key(engine: Engine, *, name: str, role: str, actor: str | None = None
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     row = ApiKey(name=name, role=role, key_hash=hash_key(key), prefix=key[:_SHOWN_PREFIX])
     try:
-        with session_factory(engine).begin() as session:
-            lock_audit_chain(session)  # before any row, so writers never deadlock
+        with audited_transaction(engine) as session:
             if session.scalar(select(ApiKey.id).where(ApiKey.name == name)) is not None:
                 raise ApiKeyError(
                     f"an API key named {name!r} exists already: choose another name "
@@ -164,7 +155,7 @@ def create_key(engine: Engine, *, name: str, role: str, actor: str | None = None
             session.flush()
             append_audit(
                 session,
-                actor=actor or _login_name(),
+                actor=actor or actors.operator(),
                 action="apikey.create",
                 subject=name,
                 details={"role": role, "prefix": row.prefix},
@@ -197,8 +188,7 @@ def revoke_key(engine: Engine, name: str, *, actor: str | None = None) -> tuple[
     ApiKeyError
         When no key has this name.
     """
-    with session_factory(engine).begin() as session:
-        lock_audit_chain(session)
+    with audited_transaction(engine) as session:
         row = session.scalars(select(ApiKey).where(ApiKey.name == name)).first()
         if row is None:
             known = ", ".join(session.scalars(select(ApiKey.name).order_by(ApiKey.name)))
@@ -209,7 +199,7 @@ def revoke_key(engine: Engine, name: str, *, actor: str | None = None) -> tuple[
         session.flush()
         append_audit(
             session,
-            actor=actor or _login_name(),
+            actor=actor or actors.operator(),
             action="apikey.revoke",
             subject=name,
             details={"role": row.role, "prefix": row.prefix},

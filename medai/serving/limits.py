@@ -3,38 +3,30 @@
 A declared ``Content-Length`` over the limit is refused before any of the body is read.
 Bodies without one (chunked uploads) or with one that lies are counted as they are
 received, and refused as soon as they pass the limit, so no request can make the
-service hold more than ``max_request_bytes`` of its body in memory.
+service hold more than ``max_request_bytes`` of its body in memory. The refusal is the
+domain error :class:`~medai.errors.RequestTooLarge`, answered (413, connection closed) by
+:mod:`medai.serving.errors` like every other error.
+
+The middleware also records whether a request's body was received whole
+(:func:`medai.serving.errors.body_received`): an error answered before that closes the
+connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["CLOSE_CONNECTION", "BodyLimitMiddleware", "RequestTooLarge", "read_whole_body"]
+from medai.errors import RequestTooLarge
+from medai.serving.errors import BODY_RECEIVED, CLOSE_CONNECTION, error_response, send_error
+
+__all__ = ["BodyLimitMiddleware", "read_whole_body"]
 
 logger = logging.getLogger(__name__)
-# The rest of an unread body cannot be skipped cheaply: end the connection after the answer.
-CLOSE_CONNECTION = {"Connection": "close"}
-
-
-class RequestTooLarge(HTTPException):
-    """A request body over the limit (HTTP 413)."""
-
-    def __init__(self, max_bytes: int) -> None:
-        super().__init__(
-            413,
-            detail=f"the request body is larger than the {max_bytes}-byte limit "
-            "(MEDAI_MAX_REQUEST_BYTES): send fewer instances per request",
-            # The rest of the body is not read: end the connection after the answer.
-            headers=CLOSE_CONNECTION,
-        )
 
 
 async def read_whole_body(
@@ -42,7 +34,7 @@ async def read_whole_body(
     *,
     max_bytes: int,
     idle_timeout: float,
-    too_large: Callable[[], HTTPException],
+    too_large: RequestTooLarge,
     what: str,
 ) -> bytes:
     """The whole body in memory, or an HTTP error: nothing is used of a body not received whole.
@@ -52,19 +44,20 @@ async def read_whole_body(
     request
         The request whose body to read.
     max_bytes
-        Largest body accepted; ``too_large()`` is raised past it.
+        Largest body accepted; ``too_large`` is raised past it.
     idle_timeout
         Seconds the client may send nothing before the upload is given up (408).
     too_large
-        The 413 error to raise (its message names the setting that limits it).
+        The error to raise past ``max_bytes`` (its message names the setting).
     what
         What the body is, for the log (``"STOW-RS upload"``).
 
     Raises
     ------
     starlette.exceptions.HTTPException
-        400 for an upload cut short, 408 for one that stalled, ``too_large()`` for one
-        over the limit; each closes the connection.
+        400 for an upload cut short, 408 for one that stalled; each closes the connection.
+    medai.errors.RequestTooLarge
+        ``too_large``, for a body over ``max_bytes``.
     """
     chunks: list[bytes] = []
     size = 0
@@ -88,7 +81,7 @@ async def read_whole_body(
             ) from None
         size += len(chunk)
         if size > max_bytes:
-            raise too_large()
+            raise too_large
         chunks.append(chunk)
 
 
@@ -112,12 +105,13 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         declared = _content_length(scope)
+        scope[BODY_RECEIVED] = declared == 0 or not _has_body(scope)
         if declared == -1:
-            await _json(scope, receive, send, 400, "the Content-Length header is not a number")
+            response = error_response(scope, 400, "the Content-Length header is not a number")
+            await response(scope, receive, send)
             return
         if declared is not None and declared > self.max_bytes:
-            error = RequestTooLarge(self.max_bytes)
-            await _json(scope, receive, send, error.status_code, error.detail)
+            await send_error(scope, receive, send, RequestTooLarge(self.max_bytes))
             return
 
         received = 0
@@ -129,9 +123,11 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    # Raised inside the route's body read: the app's handler turns it into
-                    # the JSON 413 (the except below covers a read outside the route).
+                    # Raised inside the route's body read: the app's handler answers it
+                    # (the except below covers a read outside the route).
                     raise RequestTooLarge(self.max_bytes)
+                if not message.get("more_body", False):
+                    scope[BODY_RECEIVED] = True
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -145,7 +141,11 @@ class BodyLimitMiddleware:
         except RequestTooLarge as exc:
             if started:
                 raise
-            await _json(scope, receive, send, exc.status_code, exc.detail)
+            await send_error(scope, receive, send, exc)
+
+
+def _has_body(scope: Scope) -> bool:
+    return any(name in (b"content-length", b"transfer-encoding") for name, _ in scope["headers"])
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -158,8 +158,3 @@ def _content_length(scope: Scope) -> int | None:
                 return -1
             return length if length >= 0 else -1
     return None
-
-
-async def _json(scope: Scope, receive: Receive, send: Send, status: int, detail: str) -> None:
-    response = JSONResponse({"detail": detail}, status_code=status, headers=CLOSE_CONNECTION)
-    await response(scope, receive, send)

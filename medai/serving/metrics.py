@@ -16,9 +16,8 @@ someone who steals it at their site.
 from __future__ import annotations
 
 import time
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -30,7 +29,7 @@ from prometheus_client import (
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from medai.serving.auth import Caller, authenticate
+from medai.serving.deps import CallerDep
 
 __all__ = ["MetricsMiddleware", "ServiceMetrics", "router"]
 
@@ -162,8 +161,6 @@ class MetricsMiddleware:
 
 router = APIRouter(tags=["ops"])
 
-AnyKey = Annotated[Caller, Depends(authenticate)]
-
 
 @router.get(
     "/metrics",
@@ -176,7 +173,7 @@ AnyKey = Annotated[Caller, Depends(authenticate)]
         }
     },
 )
-def metrics(request: Request, caller: AnyKey) -> Response:
+def metrics(request: Request, caller: CallerDep) -> Response:
     """Request counts and latencies by route, batch sizes, forward-pass times, model version."""
     registry: ServiceMetrics = request.app.state.metrics
     return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from medai.catalog.db import create_engine_for, session_factory
-from medai.collection.campaign.progress import CampaignProgress, compute_progress
-from medai.collection.pipeline import IngestPipeline, Offer
+from medai.collection.campaign.progress import compute_progress
+from medai.collection.campaign.report import CampaignProgress
+from medai.collection.outcomes import Offer
+from medai.collection.pipeline import IngestPipeline
 from medai.config import Settings
 from medai.dicom.synth import generate
 from medai.serving.dashboard import COOKIE

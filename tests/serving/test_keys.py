@@ -10,7 +10,7 @@ import sys
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from medai.audit import verify_audit_chain
+from medai.audit import actors, verify_audit_chain
 from medai.catalog.db import create_engine_for, session_factory, upgrade
 from medai.catalog.models import ApiKey, AuditRecord, Base
 from medai.cli import app
@@ -73,6 +73,9 @@ def test_create_list_revoke(campaign: Settings) -> None:
             select(AuditRecord).where(AuditRecord.action.like("apikey.%"))
         ).all()
         assert [(r.action, r.subject) for r in audit] == [("apikey.create", "site-a-pacs")]
+        # The person who ran the command, named like every operator in the chain.
+        assert audit[0].actor == actors.operator() and audit[0].actor.startswith("user:")
+        assert audit[0].details == {"role": "steward", "prefix": row.prefix}
         assert key not in repr(audit[0].details)
 
     listed = runner.invoke(app, ["keys", "list"])
@@ -95,10 +98,16 @@ def test_create_list_revoke(campaign: Settings) -> None:
     again = runner.invoke(app, ["keys", "revoke", "site-a-pacs"])
     assert again.exit_code == 0 and "already" in again.stdout
     with session_factory(engine)() as session:
-        actions = session.scalars(
-            select(AuditRecord.action).where(AuditRecord.action.like("apikey.%"))
+        records = session.execute(
+            select(AuditRecord.action, AuditRecord.actor)
+            .where(AuditRecord.action.like("apikey.%"))
+            .order_by(AuditRecord.seq)
         ).all()
-        assert actions == ["apikey.create", "apikey.revoke"]  # the repeat changed nothing
+        # The repeated revoke changed nothing, so it recorded nothing.
+        assert [tuple(r) for r in records] == [
+            ("apikey.create", actors.operator()),
+            ("apikey.revoke", actors.operator()),
+        ]
         assert verify_audit_chain(session).ok
     engine.dispose()
 

@@ -117,8 +117,8 @@ def test_the_alias_moves_under_load_without_errors(campaign: Settings, champion:
         assert scores == pytest.approx(expected[version][index].tolist(), abs=1e-5)
     assert not torch.allclose(expected["1"], expected["2"])  # the versions differ
     assert _switches(settings) == [
-        ("medai-serve", {"version": "1", "previous": None, "alias": "champion"}),
-        ("medai-serve", {"version": "2", "previous": "1", "alias": "champion"}),
+        ("system:serve", {"version": "1", "previous": None, "alias": "champion"}),
+        ("system:serve", {"version": "2", "previous": "1", "alias": "champion"}),
     ]
 
 

@@ -326,8 +326,29 @@ def test_models_lists_labels_thresholds_and_the_model_card(
     assert {e["label"]: e["threshold"] for e in model["labels"]} == pytest.approx(thresholds)
     assert model["input"] == {"image_size": [32, 32], "intensity": "scale"}
     assert model["network"] == "resnet18" and model["device"] == "cpu"
-    assert model["model_card"] == CARD
     assert served.get("/v1/models", "steward").status_code == 403
+
+    # The card is the card's text, then the metrics of the run of the version served.
+    card = model["model_card"]
+    assert card.startswith(CARD)
+    client = MlflowClient(tracking_uri=champion.tracking_uri, registry_uri=champion.tracking_uri)
+    run = client.get_run(model["run_id"])
+    metrics, params = run.data.metrics, run.data.params
+    assert f"`{champion.name}` version 1" in card and model["run_id"] in card
+    assert params["snapshot.name"] in card and params["snapshot.content_hash"] in card
+    for label in LABELS:
+        auroc = metrics.get(f"test/auroc/{label}")
+        shown = "n/a" if auroc is None else f"{auroc:.3f}"
+        ci = (
+            f"{metrics[f'test/auroc_low/{label}']:.3f} – {metrics[f'test/auroc_high/{label}']:.3f}"
+            if f"test/auroc_low/{label}" in metrics
+            else "n/a"
+        )
+        threshold = f"{metrics[f'test/threshold/{label}']:.3f}"
+        row = next(line for line in card.splitlines() if line.startswith(f"| {label} |"))
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert (cells[3], cells[4], cells[5]) == (shown, ci, threshold), row
+        assert int(cells[1]) > 0  # n: the test split's labelled studies
 
 
 def _audit(settings: Settings, action: str) -> list[AuditRecord]:

@@ -281,7 +281,7 @@ def test_a_label_sheet_imported_before_the_upload_finds_its_studies(
     campaign: Settings, client: TestClient, key: str, files: list[bytes], synth: SynthResult
 ) -> None:
     from medai.catalog.models import LabelRow, StudyLabel
-    from medai.collection.labels.sheets import import_label_sheet
+    from medai.collection.labels import import_label_sheet
 
     sheet = import_label_sheet(synth.label_sheets["site-a"], "site-a", settings=campaign)
     assert sheet.counts.unmatched == sheet.rows > 0

@@ -13,7 +13,7 @@ import logging
 
 import numpy as np
 from fastapi import HTTPException
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from medai.serving.inference.model import ServedModel
@@ -23,6 +23,7 @@ from medai.serving.inference.schemas import LabelOut, ModelInputOut, ServedModel
 __all__ = [
     "DICOM",
     "NO_STORE",
+    "answer",
     "default_instance",
     "model_out",
     "report_response",
@@ -52,6 +53,13 @@ def wants_dicom(accept: str | None) -> bool:
     dicom = quality.get(DICOM, 0.0)
     json_q = max(quality.get("application/json", 0.0), quality.get("application/*", 0.0))
     return dicom > 0 and dicom >= json_q
+
+
+async def answer(stored: StoredPrediction, accept: str | None) -> Response:
+    """A prediction's answer: its JSON, or its DICOM SR when ``accept`` prefers that."""
+    if wants_dicom(accept):
+        return await report_response(stored)
+    return JSONResponse(stored.response, headers=NO_STORE)
 
 
 async def report_response(stored: StoredPrediction) -> Response:

@@ -23,10 +23,8 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from medai.audit import append_audit
-from medai.catalog.db import session_factory
-from medai.collection.pseudonymize import create_key_file, load_key
-from medai.errors import KeyFileError
+from medai.audit import append_audit, audited_transaction
+from medai.keyfile import ensure_key_file, load_key
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -60,15 +58,8 @@ def load_or_create_serving_key(path: Path) -> bytes:
     medai.errors.KeyFileError
         When the file exists but cannot be read or is malformed.
     """
-    if not path.exists():
-        try:
-            create_key_file(path)
-        except KeyFileError:
-            if not path.exists():
-                raise
-            # else another worker process created it first
-        else:
-            logger.warning("created the serving key %s: include it in the backups", path)
+    if ensure_key_file(path):  # several workers may start at once: one creates it
+        logger.warning("created the serving key %s: include it in the backups", path)
     return load_key(path)
 
 
@@ -89,12 +80,8 @@ def audit_prediction(
     instances: int,
     findings: Sequence[Finding],
 ) -> None:
-    """Append the ``inference.predict`` record of one prediction (its own transaction).
-
-    The transaction writes nothing else, so the chain's lock that append_audit takes is
-    enough (no other row to deadlock on).
-    """
-    with session_factory(engine).begin() as session:
+    """Append the ``inference.predict`` record of one prediction (its own transaction)."""
+    with audited_transaction(engine) as session:
         append_audit(
             session,
             actor=actor,
@@ -117,7 +104,7 @@ def audit_switch(
     engine: Engine, *, actor: str, model: str, version: str, previous: str | None, alias: str
 ) -> None:
     """Append the ``inference.model-switch`` record: ``version`` is now served."""
-    with session_factory(engine).begin() as session:
+    with audited_transaction(engine) as session:
         append_audit(
             session,
             actor=actor,

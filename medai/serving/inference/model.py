@@ -8,13 +8,15 @@ loaded with ``weights_only=True``: no pickled code runs). The network is rebuilt
 because Grad-CAM needs its layers. Each label's operating threshold is the run's
 ``test/threshold/<label>`` metric (chosen on the validation split during training).
 
+The model card served with it is the card's text with its metrics section rendered from
+that run (:mod:`medai.serving.inference.card`).
+
 Preprocessing is training's deterministic path: :func:`medai.training.reader.dataset_to_image`
 then :func:`medai.training.transforms.build_transforms` with ``train=False``, on a data
 set parsed in memory.
 
-:class:`ModelHolder` keeps the current :class:`ServedModel` and replaces it when the
-alias moves. A request takes the current model once and uses it to the end, so a swap
-never changes a request half-way and requests in flight finish on the old version.
+:class:`~medai.serving.inference.holder.ModelHolder` keeps the current
+:class:`ServedModel` and replaces it when the alias moves.
 """
 
 from __future__ import annotations
@@ -24,14 +26,21 @@ import json
 import logging
 import math
 import tempfile
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medai.config import Settings
 from medai.errors import ModelUnavailable
+from medai.serving.inference.card import (
+    EVALUATION_ARTIFACT,
+    CardFacts,
+    fill_card,
+    read_evaluation,
+    read_model_card,
+    render_metrics,
+)
 from medai.serving.inference.findings import Finding
 
 if TYPE_CHECKING:
@@ -43,8 +52,6 @@ if TYPE_CHECKING:
     from medai.training.config import ModelConfig
 
 __all__ = [
-    "ModelHolder",
-    "Refresh",
     "ServedModel",
     "choose_device",
     "load_served_model",
@@ -56,7 +63,6 @@ logger = logging.getLogger(__name__)
 CONFIG_ARTIFACT = "config/resolved.json"
 WEIGHTS_ARTIFACT = "weights/best.pt"
 THRESHOLD_METRIC = "test/threshold/{label}"
-MODEL_CARD = "MODEL_CARD.md"
 
 
 def choose_device(setting: str | None) -> torch.device:
@@ -85,7 +91,8 @@ class ServedModel:
     network
         The network in eval mode, on ``device``.
     card
-        The text of the model card (``<models_dir>/<name>/MODEL_CARD.md``), if there is one.
+        The model card (``<models_dir>/<name>/MODEL_CARD.md``) with its metrics section
+        generated from ``run_id``, if there is a card.
     """
 
     name: str
@@ -181,8 +188,7 @@ def resolve_version(settings: Settings, name: str, alias: str) -> tuple[str, str
     return str(version.version), str(version.run_id)
 
 
-def _thresholds(client: Any, run_id: str, labels: Sequence[str], what: str) -> tuple[float, ...]:
-    metrics = client.get_run(run_id).data.metrics
+def _thresholds(metrics: dict[str, float], labels: Sequence[str], what: str) -> tuple[float, ...]:
     values = []
     for label in labels:
         value = float(metrics.get(THRESHOLD_METRIC.format(label=label), math.nan))
@@ -197,16 +203,39 @@ def _thresholds(client: Any, run_id: str, labels: Sequence[str], what: str) -> t
     return tuple(values)
 
 
-def read_model_card(settings: Settings, name: str) -> str | None:
-    """The model card ``<models_dir>/<name>/MODEL_CARD.md``, or None when there is none."""
-    path = settings.resolved_models_dir / name / MODEL_CARD
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+def _card(
+    settings: Settings,
+    run: Any,
+    config: ModelConfig,
+    evaluation: Path | None,
+    gate_override: str | None,
+    *,
+    name: str,
+    version: str,
+    alias: str,
+) -> str | None:
+    """The model card of ``name`` with the metrics of ``run``; None without a card."""
+    card = read_model_card(settings, name)
+    if card is None:
         return None
-    except (OSError, UnicodeDecodeError) as exc:
-        logger.warning("cannot read the model card %s: %s", path, type(exc).__name__)
-        return None
+    params = run.data.params
+    started = run.info.start_time
+    facts = CardFacts(
+        name=name,
+        version=version,
+        alias=alias,
+        run_id=run.info.run_id,
+        trained_at=None if not started else dt.datetime.fromtimestamp(started / 1000, dt.UTC),
+        snapshot=params.get("snapshot.name", config.data.snapshot),
+        snapshot_hash=params.get("snapshot.content_hash", "?"),
+        test_instances=params.get("snapshot.test_instances", ""),
+        confidence=config.evaluation.confidence,
+        gate=config.evaluation.min_auroc_ci_low,
+        labels=tuple(config.data.labels),
+        rows=() if evaluation is None else read_evaluation(evaluation),
+        gate_override=gate_override,
+    )
+    return fill_card(card, render_metrics(facts))
 
 
 def load_served_model(
@@ -247,6 +276,7 @@ def load_served_model(
 
     from medai.training.config import ModelConfig
     from medai.training.networks import build_network
+    from medai.training.registry import GATE_OVERRIDE_TAG
     from medai.training.transforms import build_transforms
 
     client = _client(settings)
@@ -286,7 +316,27 @@ def load_served_model(
                 f"{what}: {WEIGHTS_ARTIFACT} does not fit a {config.network.name} with "
                 f"{len(config.data.labels)} outputs ({type(exc).__name__})"
             ) from None
-    thresholds = _thresholds(client, run_id, config.data.labels, what)
+        run = client.get_run(run_id)
+        thresholds = _thresholds(run.data.metrics, config.data.labels, what)
+        try:
+            evaluation: Path | None = Path(
+                mlflow.artifacts.download_artifacts(
+                    run_id=run_id, artifact_path=EVALUATION_ARTIFACT, dst_path=tmp, tracking_uri=uri
+                )
+            )
+        except (MlflowException, OSError):  # the card says the run has no table
+            evaluation = None
+        tags = client.get_model_version(name, number).tags or {}
+        card = _card(
+            settings,
+            run,
+            config,
+            evaluation,
+            tags.get(GATE_OVERRIDE_TAG),
+            name=name,
+            version=number,
+            alias=alias,
+        )
     network.eval().to(device)
     return ServedModel(
         name=name,
@@ -297,89 +347,7 @@ def load_served_model(
         thresholds=thresholds,
         network=network,
         device=device,
-        card=read_model_card(settings, name),
+        card=card,
         loaded_at=dt.datetime.now(dt.UTC),
         _chain=build_transforms(config.transforms, train=False),
     )
-
-
-@dataclass(frozen=True)
-class Refresh:
-    """The outcome of :meth:`ModelHolder.refresh`: the version before and after."""
-
-    previous: str | None
-    current: str
-    changed: bool
-
-
-class ModelHolder:
-    """The model being served; :meth:`refresh` follows the alias to a new version.
-
-    Parameters
-    ----------
-    settings
-        ``serve_model``, ``serve_alias``, ``inference_device`` and where MLflow is.
-    on_switch
-        Called as ``on_switch(previous, new, actor)`` after a new version was swapped in
-        (``previous`` is None for the first load), from the thread that loaded it.
-    """
-
-    def __init__(
-        self,
-        settings: Settings,
-        on_switch: Callable[[ServedModel | None, ServedModel, str], None] | None = None,
-    ) -> None:
-        self.settings = settings
-        self.name = settings.serve_model.strip()
-        self.alias = settings.serve_alias
-        self._on_switch = on_switch
-        # Serializes refreshes (the poller and the admin endpoint), never requests: they
-        # read `current`, one attribute, atomically.
-        self._lock = threading.Lock()
-        self.current: ServedModel | None = None
-        self.problem: str | None = f"loading models:/{self.name}@{self.alias}"
-
-    def refresh(self, actor: str = "medai-serve") -> Refresh:
-        """Load the version the alias points to now, if it is not the one served.
-
-        Parameters
-        ----------
-        actor
-            Who asked (for the audit record of a switch).
-
-        Raises
-        ------
-        ModelUnavailable
-            When the alias cannot be resolved or the new version cannot be loaded. The
-            version served so far (if any) goes on being served.
-        """
-        with self._lock:
-            served = self.current
-            try:
-                number, run_id = resolve_version(self.settings, self.name, self.alias)
-                if served is not None and served.version == number:
-                    return Refresh(served.version, number, changed=False)
-                model = load_served_model(
-                    self.settings,
-                    name=self.name,
-                    alias=self.alias,
-                    device=choose_device(self.settings.inference_device),
-                    version=(number, run_id),
-                )
-            except ModelUnavailable as exc:
-                if served is None:
-                    self.problem = str(exc)
-                raise
-            self.current = model  # the swap: later requests take the new version
-            self.problem = None
-        logger.info(
-            "serving %s version %s (@%s) on %s%s",
-            model.name,
-            model.version,
-            model.alias,
-            model.device,
-            "" if served is None else f", replacing version {served.version}",
-        )
-        if self._on_switch is not None:
-            self._on_switch(served, model, actor)
-        return Refresh(None if served is None else served.version, model.version, changed=True)

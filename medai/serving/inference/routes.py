@@ -12,51 +12,42 @@
 Predictions are kept in memory only, for ``prediction_ttl_seconds``, and only their
 caller (or an admin) may read them again. Each one appends an audit record first; one
 that cannot be audited is not answered (503).
+
+The routes only bind HTTP to :class:`~medai.serving.inference.service.InferenceService`,
+which does the work; its errors are answered by :mod:`medai.serving.errors`.
 """
 
 from __future__ import annotations
 
-import logging
-import time
-import uuid
+import functools
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
-from fastapi.responses import JSONResponse, Response
-from sqlalchemy.exc import SQLAlchemyError
-from starlette.concurrency import run_in_threadpool
+from fastapi.responses import Response
 
-from medai.errors import BatcherStopped, MedaiError, ModelUnavailable
-from medai.serving.auth import Caller, require_role
-from medai.serving.context import ServiceDep
-from medai.serving.inference.answers import (
-    DICOM,
-    NO_STORE,
-    default_instance,
-    model_out,
-    report_response,
-    wants_dicom,
-)
-from medai.serving.inference.audit import audit_prediction, study_hash
-from medai.serving.inference.model import ServedModel
-from medai.serving.inference.predictions import StoredPrediction, header_only
-from medai.serving.inference.schemas import (
-    ModelsOut,
-    PredictionOut,
-    Problem,
-    ReloadOut,
-)
+from medai.errors import ModelUnavailable
+from medai.serving.auth import Caller
+from medai.serving.deps import AdminDep, ClinicianDep, SettingsDep
+from medai.serving.inference.answers import DICOM, NO_STORE, answer, default_instance, model_out
+from medai.serving.inference.predictions import StoredPrediction
+from medai.serving.inference.schemas import ModelsOut, PredictionOut, Problem, ReloadOut
 from medai.serving.inference.service import InferenceService
-from medai.serving.inference.upload import check_upload_type, parse_study, study_too_large
-from medai.serving.keys import role_grants
 from medai.serving.limits import read_whole_body
 
 __all__ = ["REFERENCE_HEADER", "router"]
 
-logger = logging.getLogger(__name__)
-
 router = APIRouter(prefix="/v1", tags=["inference"])
+
+
+def get_inference(request: Request) -> InferenceService:
+    """The app's :class:`InferenceService`; ModelUnavailable (503) when it serves no model."""
+    inference: InferenceService | None = request.app.state.inference
+    if inference is None:
+        raise ModelUnavailable("this service serves no model: set MEDAI_SERVE_MODEL and restart")
+    return inference
+
+
+InferenceDep = Annotated[InferenceService, Depends(get_inference)]
 
 REFERENCE_HEADER = "Medai-Reference"
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
@@ -69,32 +60,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 _PRINTABLE = r"^[ -~]*$"  # printable ASCII: the reference is echoed into JSON and headers
 
-Clinician = Annotated[Caller, Depends(require_role("clinician"))]
-Admin = Annotated[Caller, Depends(require_role("admin"))]
-
-
-def get_inference(request: Request) -> InferenceService:
-    """The app's :class:`InferenceService`; 503 when this service serves no model."""
-    inference: InferenceService | None = request.app.state.inference
-    if inference is None:
-        raise HTTPException(
-            503, detail="this service serves no model: set MEDAI_SERVE_MODEL and restart"
-        )
-    return inference
-
-
-Inference = Annotated[InferenceService, Depends(get_inference)]
 PredictionId = Annotated[str, Path(description="The prediction_id of a prediction.")]
-
-
-def _model(inference: InferenceService) -> ServedModel:
-    model = inference.model
-    problem = inference.problem()
-    if model is None or problem is not None:
-        raise HTTPException(
-            503, detail=problem or "no model is loaded", headers={"Retry-After": "10"}
-        )
-    return model
 
 
 def _reference(query: str | None, header: str | None) -> str | None:
@@ -105,9 +71,8 @@ def _reference(query: str | None, header: str | None) -> str | None:
 
 
 def _owned(inference: InferenceService, prediction_id: str, caller: Caller) -> StoredPrediction:
-    stored = inference.predictions.get(prediction_id)
-    # Someone else's prediction is "not found": its existence is not theirs to learn.
-    if stored is None or (stored.owner != caller.name and not role_grants(caller.role, "admin")):
+    stored = inference.prediction(prediction_id, caller)
+    if stored is None:
         raise HTTPException(
             404,
             detail=f"no prediction {prediction_id!r}: predictions are kept for "
@@ -153,9 +118,9 @@ _FINDINGS_200: dict[int | str, dict[str, Any]] = {
 )
 async def predict(
     request: Request,
-    caller: Clinician,
-    service: ServiceDep,
-    inference: Inference,
+    caller: ClinicianDep,
+    settings: SettingsDep,
+    inference: InferenceDep,
     reference: Annotated[
         str | None,
         Query(
@@ -175,96 +140,19 @@ async def predict(
     With several instances (images) of one study, a finding's probability is the highest
     over the instances. Instances of different studies in one request are refused (422).
     """
-    started = time.perf_counter()
-    echo = _reference(reference, reference_header)
-    model = _model(inference)
-    content_type = request.headers.get("content-type")
-    kind = check_upload_type(content_type)
-    settings = service.settings
-    max_bytes = min(settings.max_predict_bytes, settings.max_request_bytes)
-    body = await read_whole_body(
+    read_body = functools.partial(
+        read_whole_body,
         request,
-        max_bytes=max_bytes,
-        idle_timeout=service.body_idle_timeout,
-        too_large=lambda: study_too_large(max_bytes),
+        idle_timeout=settings.body_idle_timeout,
         what="prediction upload",
     )
-    datasets = await run_in_threadpool(
-        parse_study, kind, content_type or "", body, max_instance_bytes=settings.max_instance_bytes
+    stored = await inference.predict(
+        request.headers.get("content-type"),
+        read_body,
+        caller=caller,
+        reference=_reference(reference, reference_header),
     )
-    del body  # the data sets hold what is needed: do not keep the PHI twice
-
-    def preprocess() -> list[Any]:
-        images = []
-        for number, ds in enumerate(datasets, 1):
-            try:
-                images.append(model.preprocess(ds))
-            except Exception as exc:  # decoding or a photometric the reader cannot show
-                raise HTTPException(
-                    422,
-                    detail=f"the image of instance {number} cannot be decoded or shown "
-                    f"({type(exc).__name__})",
-                ) from None
-        return images
-
-    images = await run_in_threadpool(preprocess)
-    try:
-        results = await inference.batcher.infer(model, images)
-    except BatcherStopped as exc:
-        raise HTTPException(503, detail=f"{exc}; retry", headers={"Retry-After": "5"}) from None
-    probabilities = np.stack([result.probabilities for result in results])
-    findings = model.findings(probabilities.max(axis=0).tolist())
-    prediction_id = str(uuid.uuid4())
-    assert inference.key is not None  # _model() refuses without one
-    try:
-        await run_in_threadpool(
-            audit_prediction,
-            service.engine,
-            actor=caller.actor,
-            study=study_hash(inference.key, str(datasets[0].StudyInstanceUID)),
-            prediction_id=prediction_id,
-            model=model.name,
-            version=model.version,
-            instances=len(datasets),
-            findings=findings,
-        )
-    except (SQLAlchemyError, MedaiError) as exc:
-        logger.error("prediction %s could not be audited: %s", prediction_id, type(exc).__name__)
-        raise HTTPException(
-            503, detail="the prediction could not be audited, so it is not answered; retry"
-        ) from None
-    inference.metrics.predictions.labels(model.name, model.version).inc()
-    answer = PredictionOut.model_validate(
-        {
-            "prediction_id": prediction_id,
-            "reference": echo,
-            "model": {"name": model.name, "version": model.version, "alias": model.alias},
-            "study": {"instances": len(datasets)},
-            "findings": [vars(finding) for finding in findings],
-            "heatmap_url": f"/v1/predictions/{prediction_id}/heatmap.png",
-            "timing_ms": {
-                "total": 1000 * (time.perf_counter() - started),
-                "queue": 1000 * max(result.queue_s for result in results),
-                "inference": 1000 * max(result.inference_s for result in results),
-            },
-        }
-    ).model_dump(mode="json")
-    import torch
-
-    stored = StoredPrediction(
-        id=prediction_id,
-        owner=caller.name,
-        model=model,
-        findings=tuple(findings),
-        instance_probabilities=probabilities,
-        images=torch.stack(images),
-        source=header_only(datasets[0]),
-        response=answer,
-    )
-    inference.predictions.put(stored)
-    if wants_dicom(request.headers.get("accept")):
-        return await report_response(stored)
-    return JSONResponse(answer, headers=NO_STORE)
+    return await answer(stored, request.headers.get("accept"))
 
 
 @router.get(
@@ -278,13 +166,10 @@ async def predict(
     },
 )
 async def get_prediction(
-    request: Request, prediction_id: PredictionId, caller: Clinician, inference: Inference
+    request: Request, prediction_id: PredictionId, caller: ClinicianDep, inference: InferenceDep
 ) -> Response:
     """The answer given for ``prediction_id`` (same timings), while it is kept."""
-    stored = _owned(inference, prediction_id, caller)
-    if wants_dicom(request.headers.get("accept")):
-        return await report_response(stored)
-    return JSONResponse(stored.response, headers=NO_STORE)
+    return await answer(_owned(inference, prediction_id, caller), request.headers.get("accept"))
 
 
 @router.get(
@@ -299,8 +184,8 @@ async def get_prediction(
 )
 async def heatmap(
     prediction_id: PredictionId,
-    caller: Clinician,
-    inference: Inference,
+    caller: ClinicianDep,
+    inference: InferenceDep,
     instance: Annotated[
         int | None,
         Query(
@@ -321,21 +206,7 @@ async def heatmap(
         raise HTTPException(
             422, detail=f"the prediction has {count} instance(s): instance is 0 to {count - 1}"
         )
-    png = stored.heatmaps.get(index)
-    if png is None:
-        from medai.serving.inference.heatmap import gradcam_overlay_png
-
-        positive = [i for i, finding in enumerate(stored.findings) if finding.positive]
-        model, image = stored.model, stored.images[index]
-
-        def draw() -> bytes:
-            return gradcam_overlay_png(model.network, image, positive, model.labels)
-
-        try:
-            png = await inference.batcher.run_exclusive(draw)
-        except BatcherStopped as exc:
-            raise HTTPException(503, detail=f"{exc}; retry") from None
-        stored.heatmaps[index] = png
+    png = await inference.heatmap_png(stored, index)
     return Response(png, media_type="image/png", headers=NO_STORE)
 
 
@@ -345,7 +216,7 @@ async def heatmap(
     response_model=ModelsOut,
     responses=_UNAVAILABLE,
 )
-def list_models(caller: Clinician, inference: Inference) -> ModelsOut:
+def list_models(caller: ClinicianDep, inference: InferenceDep) -> ModelsOut:
     """The version served now; empty until the first one is loaded (see ``/readyz``)."""
     model = inference.model
     return ModelsOut(models=[] if model is None else [model_out(model)])
@@ -357,16 +228,11 @@ def list_models(caller: Clinician, inference: Inference) -> ModelsOut:
     response_model=ReloadOut,
     responses={503: {"model": Problem, "description": "The new version cannot be loaded"}},
 )
-async def reload_model(caller: Admin, inference: Inference) -> ReloadOut:
+async def reload_model(caller: AdminDep, inference: InferenceDep) -> ReloadOut:
     """Load the version the alias points to, if it is not the one served, and switch to it.
 
     Requests in flight finish on the version they started with. When the new version
     cannot be loaded, the old one goes on being served and the answer is 503.
     """
-    try:
-        refresh = await inference.refresh(caller.actor)
-    except ModelUnavailable as exc:
-        served = inference.model
-        kept = "" if served is None else f" (still serving version {served.version})"
-        raise HTTPException(503, detail=f"{exc}{kept}") from None
+    refresh = await inference.reload(caller.actor)
     return ReloadOut(previous=refresh.previous, current=refresh.current, changed=refresh.changed)

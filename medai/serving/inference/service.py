@@ -6,6 +6,11 @@ starts the micro-batcher and loads the champion in the background, so the proces
 answers ``/healthz`` at once and ``/readyz`` says what it is waiting for. Then it checks
 the alias every ``model_poll_seconds`` and switches versions without stopping: requests
 already running finish on the version they started with.
+
+:meth:`InferenceService.predict` is the work of ``POST /v1/predict`` (the route only
+binds HTTP to it): check the upload's type, read it, parse the study, preprocess its
+images, batch them through the network, audit the prediction, keep it for its heatmap
+and report. It raises domain errors, which :mod:`medai.serving.errors` answers.
 """
 
 from __future__ import annotations
@@ -14,23 +19,40 @@ import asyncio
 import contextlib
 import logging
 import os
-from typing import TYPE_CHECKING
+import time
+import uuid
+from typing import TYPE_CHECKING, Protocol
 
+import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
 
-from medai.errors import MedaiError, ModelUnavailable
-from medai.serving.inference.audit import audit_switch, load_or_create_serving_key
+from medai.audit import actors
+from medai.errors import MedaiError, ModelUnavailable, NotAudited, RequestTooLarge, UnreadableStudy
+from medai.serving.inference.audit import (
+    audit_prediction,
+    audit_switch,
+    load_or_create_serving_key,
+    study_hash,
+)
 from medai.serving.inference.batcher import MicroBatcher
-from medai.serving.inference.model import ModelHolder, Refresh, ServedModel
-from medai.serving.inference.predictions import PredictionStore
+from medai.serving.inference.holder import ModelHolder, Refresh
+from medai.serving.inference.model import ServedModel
+from medai.serving.inference.predictions import PredictionStore, StoredPrediction, header_only
+from medai.serving.inference.schemas import PredictionOut
+from medai.serving.inference.upload import check_upload_type, parse_study, study_too_large
+from medai.serving.keys import role_grants
 
 if TYPE_CHECKING:
+    import torch
+    from pydicom.dataset import Dataset
     from sqlalchemy import Engine
 
     from medai.config import Settings
+    from medai.serving.auth import Caller
     from medai.serving.metrics import ServiceMetrics
 
-__all__ = ["InferenceService", "cpu_threads"]
+__all__ = ["BodyReader", "InferenceService", "cpu_threads"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +61,15 @@ _RETRY_S = 10.0
 # highdicom logs the UIDs of the data sets it copies from at INFO: identifiers of the
 # study, which must not reach the service's log whatever its level.
 logging.getLogger("highdicom").setLevel(logging.WARNING)
+
+
+class BodyReader(Protocol):
+    """Reads a request's whole body, refusing it with ``too_large`` past ``max_bytes``.
+
+    :func:`medai.serving.limits.read_whole_body` bound to the request.
+    """
+
+    async def __call__(self, *, max_bytes: int, too_large: RequestTooLarge) -> bytes: ...
 
 
 def cpu_threads(setting: int, workers: int = 1) -> int:
@@ -98,10 +129,172 @@ class InferenceService:
             return "the inference worker is not running"
         return None
 
+    def ready(self) -> tuple[ServedModel, bytes]:
+        """The version to predict with and the serving key, or why there are none.
+
+        Raises
+        ------
+        ModelUnavailable
+            No version loaded yet, the serving key unusable, or the batcher stopped.
+        """
+        model, key, problem = self.holder.current, self.key, self.problem()
+        if model is None or key is None or problem is not None:
+            raise ModelUnavailable(problem or "no model is loaded")
+        return model, key
+
+    async def predict(
+        self,
+        content_type: str | None,
+        read_body: BodyReader,
+        *,
+        caller: Caller,
+        reference: str | None,
+    ) -> StoredPrediction:
+        """Predict the findings of the one study the request body holds, audited first.
+
+        Parameters
+        ----------
+        content_type
+            The request's Content-Type, checked before the body is read.
+        read_body
+            Reads the body (called once, with the study's size limit).
+        caller
+            Who asked: the owner of the prediction and the actor of its audit record.
+        reference
+            The caller's own reference, echoed in the answer (never logged or audited).
+
+        Returns
+        -------
+        StoredPrediction
+            The prediction, kept for ``prediction_ttl_seconds``; ``response`` is its JSON.
+
+        Raises
+        ------
+        ModelUnavailable, BatcherStopped, NotAudited
+            Predictions cannot be made or answered now (503).
+        UnsupportedMediaType, MalformedMultipart, RequestTooLarge, UnreadableStudy
+            The upload cannot be predicted (415, 400, 413, 422).
+        """
+        started = time.perf_counter()
+        model, key = self.ready()
+        kind = check_upload_type(content_type)
+        settings = self.settings
+        max_bytes = min(settings.max_predict_bytes, settings.max_request_bytes)
+        body = await read_body(max_bytes=max_bytes, too_large=study_too_large(max_bytes))
+        datasets = await run_in_threadpool(
+            parse_study,
+            kind,
+            content_type or "",
+            body,
+            max_instance_bytes=settings.max_instance_bytes,
+        )
+        del body  # the data sets hold what is needed: do not keep the PHI twice
+        images = await run_in_threadpool(_preprocess, model, datasets)
+        results = await self.batcher.infer(model, images)
+        probabilities = np.stack([result.probabilities for result in results])
+        findings = model.findings(probabilities.max(axis=0).tolist())
+        prediction_id = str(uuid.uuid4())
+        try:
+            await run_in_threadpool(
+                audit_prediction,
+                self.engine,
+                actor=caller.actor,
+                study=study_hash(key, str(datasets[0].StudyInstanceUID)),
+                prediction_id=prediction_id,
+                model=model.name,
+                version=model.version,
+                instances=len(datasets),
+                findings=findings,
+            )
+        except (SQLAlchemyError, MedaiError) as exc:
+            logger.error(
+                "prediction %s could not be audited: %s", prediction_id, type(exc).__name__
+            )
+            raise NotAudited(
+                "the prediction could not be audited, so it is not answered; retry"
+            ) from None
+        self.metrics.predictions.labels(model.name, model.version).inc()
+        answer = PredictionOut.model_validate(
+            {
+                "prediction_id": prediction_id,
+                "reference": reference,
+                "model": {"name": model.name, "version": model.version, "alias": model.alias},
+                "study": {"instances": len(datasets)},
+                "findings": [vars(finding) for finding in findings],
+                "heatmap_url": f"/v1/predictions/{prediction_id}/heatmap.png",
+                "timing_ms": {
+                    "total": 1000 * (time.perf_counter() - started),
+                    "queue": 1000 * max(result.queue_s for result in results),
+                    "inference": 1000 * max(result.inference_s for result in results),
+                },
+            }
+        ).model_dump(mode="json")
+        import torch
+
+        stored = StoredPrediction(
+            id=prediction_id,
+            owner=caller.name,
+            model=model,
+            findings=tuple(findings),
+            instance_probabilities=probabilities,
+            images=torch.stack(images),
+            source=header_only(datasets[0]),
+            response=answer,
+        )
+        self.predictions.put(stored)
+        return stored
+
+    def prediction(self, prediction_id: str, caller: Caller) -> StoredPrediction | None:
+        """A kept prediction of ``caller`` (an admin may read any); None otherwise.
+
+        Someone else's prediction is None too: its existence is not theirs to learn.
+        """
+        stored = self.predictions.get(prediction_id)
+        if stored is None:
+            return None
+        if stored.owner != caller.name and not role_grants(caller.role, "admin"):
+            return None
+        return stored
+
+    async def heatmap_png(self, stored: StoredPrediction, index: int) -> bytes:
+        """The Grad-CAM overlay of ``stored``'s positive findings on instance ``index``.
+
+        Drawn once per instance (the batcher's thread runs it between batches), then kept
+        with the prediction. Raises BatcherStopped when the service is stopping.
+        """
+        png = stored.heatmaps.get(index)
+        if png is None:
+            from medai.serving.inference.heatmap import gradcam_overlay_png
+
+            positive = [i for i, finding in enumerate(stored.findings) if finding.positive]
+            model, image = stored.model, stored.images[index]
+
+            def draw() -> bytes:
+                return gradcam_overlay_png(model.network, image, positive, model.labels)
+
+            png = await self.batcher.run_exclusive(draw)
+            stored.heatmaps[index] = png
+        return png
+
+    async def reload(self, actor: str) -> Refresh:
+        """Follow the alias now (the admin endpoint).
+
+        Raises
+        ------
+        ModelUnavailable
+            When the new version cannot be loaded; its message says which version goes on
+            being served.
+        """
+        try:
+            return await self.refresh(actor)
+        except ModelUnavailable as exc:
+            served = self.model
+            kept = "" if served is None else f" (still serving version {served.version})"
+            raise ModelUnavailable(f"{exc}{kept}") from None
+
     async def start(self) -> None:
         """Set up threads, key and batcher; load the model and poll the alias in the background."""
-        workers = int(os.environ.get("MEDAI_SERVE_WORKERS", "1") or 1)
-        threads = cpu_threads(self.settings.inference_threads, workers)
+        threads = cpu_threads(self.settings.inference_threads, self.settings.serve_workers)
 
         def prepare() -> bytes:
             import torch  # the first import takes seconds: not on the event loop
@@ -140,7 +333,7 @@ class InferenceService:
         last_problem: str | None = None
         while True:
             try:
-                await self.refresh("medai-serve")
+                await self.refresh(actors.system("serve"))
                 last_problem = None
             except Exception as exc:
                 if isinstance(exc, ModelUnavailable):
@@ -185,3 +378,16 @@ class InferenceService:
                 model.version,
                 type(exc).__name__,
             )
+
+
+def _preprocess(model: ServedModel, datasets: list[Dataset]) -> list[torch.Tensor]:
+    images = []
+    for number, ds in enumerate(datasets, 1):
+        try:
+            images.append(model.preprocess(ds))
+        except Exception as exc:  # decoding, or a photometric the reader cannot show
+            raise UnreadableStudy(
+                f"the image of instance {number} cannot be decoded or shown "
+                f"({type(exc).__name__})"
+            ) from None
+    return images

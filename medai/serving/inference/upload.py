@@ -2,15 +2,17 @@
 
 Two forms are taken: ``application/dicom`` (one instance, the body is the file) and
 ``multipart/related; type="application/dicom"`` (one or more instances, as STOW-RS
-sends them; parsed by :func:`medai.collection.receivers.stow.parse_multipart_related`).
+sends them; parsed by :func:`medai.dicom.multipart.parse_multipart_related`).
 ``multipart/form-data`` is refused on purpose: the usual form parsers spool large
 uploads to temporary files, and these files identify patients. The body is never
 written anywhere.
 
 Each instance is parsed and checked by :func:`medai.dicom.read.parse_instance`; every
-instance must hold an image and belong to the same study. Errors are
-:class:`fastapi.HTTPException` with a message that names the instance by its position,
-never by a value from the file.
+instance must hold an image and belong to the same study. Errors are domain errors
+(:class:`~medai.errors.UnsupportedMediaType` 415, :class:`~medai.errors.MalformedMultipart`
+400, :class:`~medai.errors.UnreadableStudy` 422, :class:`~medai.errors.RequestTooLarge`
+413, answered by :mod:`medai.serving.errors`) whose message names an instance by its
+position, never by a value from the file.
 """
 
 from __future__ import annotations
@@ -18,17 +20,14 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from fastapi import HTTPException
-
-from medai.collection.receivers.stow import (
+from medai.dicom.multipart import (
     DICOM_MEDIA_TYPE,
     check_content_type,
     parse_content_type,
     parse_multipart_related,
 )
 from medai.dicom.read import parse_instance
-from medai.errors import MalformedMultipart, Rejected, UnsupportedMediaType
-from medai.serving.limits import CLOSE_CONNECTION
+from medai.errors import Rejected, RequestTooLarge, UnreadableStudy, UnsupportedMediaType
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -44,14 +43,17 @@ ACCEPTED_TYPES = (
 
 
 def check_upload_type(content_type: str | None) -> str:
-    """``"single"`` or ``"multipart"`` for an acceptable Content-Type; 415/400 otherwise.
+    """``"single"`` or ``"multipart"`` for an acceptable Content-Type.
 
     Checked before the body is read, so a wrong upload costs no transfer.
+
+    Raises
+    ------
+    UnsupportedMediaType, MalformedMultipart
+        For any other Content-Type, or a multipart one without its boundary.
     """
     if not content_type:
-        raise HTTPException(
-            415, detail=f"no Content-Type: {ACCEPTED_TYPES}", headers=CLOSE_CONNECTION
-        )
+        raise UnsupportedMediaType(f"no Content-Type: {ACCEPTED_TYPES}")
     try:
         media_type, _ = parse_content_type(content_type)
         if media_type == DICOM_MEDIA_TYPE:
@@ -60,23 +62,17 @@ def check_upload_type(content_type: str | None) -> str:
             check_content_type(content_type)
             return "multipart"
     except UnsupportedMediaType as exc:
-        raise HTTPException(
-            415, detail=f"{exc}; {ACCEPTED_TYPES}", headers=CLOSE_CONNECTION
-        ) from None
-    except MalformedMultipart as exc:
-        raise HTTPException(400, detail=str(exc), headers=CLOSE_CONNECTION) from None
-    raise HTTPException(
-        415, detail=f"{media_type!r} is not accepted: {ACCEPTED_TYPES}", headers=CLOSE_CONNECTION
-    )
+        raise UnsupportedMediaType(f"{exc}; {ACCEPTED_TYPES}") from None
+    raise UnsupportedMediaType(f"{media_type!r} is not accepted: {ACCEPTED_TYPES}")
 
 
-def study_too_large(max_bytes: int) -> HTTPException:
-    """The 413 of a study over ``max_bytes`` (MEDAI_MAX_PREDICT_BYTES)."""
-    return HTTPException(
-        413,
-        detail=f"the study is larger than the {max_bytes}-byte limit "
-        "(MEDAI_MAX_PREDICT_BYTES): send its images only, or ask the operator",
-        headers=CLOSE_CONNECTION,
+def study_too_large(max_bytes: int) -> RequestTooLarge:
+    """The error of a study over ``max_bytes`` (MEDAI_MAX_PREDICT_BYTES)."""
+    return RequestTooLarge(
+        max_bytes,
+        setting="MEDAI_MAX_PREDICT_BYTES",
+        advice="send its images only, or ask the operator",
+        what="the study",
     )
 
 
@@ -89,10 +85,13 @@ def parse_study(
 
     Raises
     ------
-    fastapi.HTTPException
-        415 for a part that is not ``application/dicom``, 400 for a malformed multipart
-        body, 422 for an instance that is not DICOM, cannot be read, holds no image, or
-        belongs to another study than the first.
+    UnsupportedMediaType
+        For a part that is not ``application/dicom``.
+    MalformedMultipart
+        For a malformed multipart body.
+    UnreadableStudy
+        For an instance that is not DICOM, cannot be read, holds no image, or belongs to
+        another study than the first.
     """
     if kind == "single":
         blobs = [body]
@@ -100,34 +99,30 @@ def parse_study(
         try:
             blobs = [part.data for part in parse_multipart_related(content_type, body)]
         except UnsupportedMediaType as exc:
-            raise HTTPException(415, detail=f"{exc}; {ACCEPTED_TYPES}") from None
-        except MalformedMultipart as exc:
-            raise HTTPException(400, detail=str(exc)) from None
+            raise UnsupportedMediaType(f"{exc}; {ACCEPTED_TYPES}") from None
     datasets: list[Dataset] = []
     for number, blob in enumerate(blobs, 1):
         where = "the instance" if len(blobs) == 1 else f"instance {number}"
         try:
             ds = parse_instance(blob, max_bytes=max_instance_bytes)
         except Rejected as exc:
-            raise HTTPException(
-                422, detail=f"{where} cannot be read as DICOM ({exc.reason_code}): {exc}"
+            raise UnreadableStudy(
+                f"{where} cannot be read as DICOM ({exc.reason_code}): {exc}"
             ) from None
         except Exception as exc:  # pydicom's many ways of failing on a broken file
             logger.info("unreadable instance in a prediction request: %s", type(exc).__name__)
-            raise HTTPException(
-                422, detail=f"{where} cannot be read as DICOM ({type(exc).__name__})"
+            raise UnreadableStudy(
+                f"{where} cannot be read as DICOM ({type(exc).__name__})"
             ) from None
         if "PixelData" not in ds:
-            raise HTTPException(
-                422,
-                detail=f"{where} holds no image (no Pixel Data): send the study's images, "
-                "not its reports or presentation states",
+            raise UnreadableStudy(
+                f"{where} holds no image (no Pixel Data): send the study's images, "
+                "not its reports or presentation states"
             )
         if datasets and ds.StudyInstanceUID != datasets[0].StudyInstanceUID:
-            raise HTTPException(
-                422,
-                detail=f"{where} belongs to another study than instance 1: one request "
-                "predicts one study; send each study in its own request",
+            raise UnreadableStudy(
+                f"{where} belongs to another study than instance 1: one request "
+                "predicts one study; send each study in its own request"
             )
         datasets.append(ds)
     return datasets

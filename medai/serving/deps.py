@@ -1,0 +1,100 @@
+"""The typed dependencies every router uses, defined once.
+
+A route names what it needs by type and FastAPI provides it::
+
+    @router.get("/v1/campaign/progress")
+    def campaign_progress(caller: StewardDep, engine: EngineDep) -> CampaignProgress: ...
+
+- :data:`ServiceDep`, :data:`SettingsDep`, :data:`EngineDep`: the app's
+  :class:`~medai.serving.context.Service`, its settings and its catalog engine;
+- :data:`CallerDep`: the caller of any valid key; :data:`ClinicianDep`,
+  :data:`StewardDep`, :data:`AdminDep`: one whose key grants that role (or admin).
+
+The inference service's own dependency (``InferenceDep``) sits with it in
+:mod:`medai.serving.inference.routes`, so that the other routers, which import this module,
+never load the model code (and torch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials
+from sqlalchemy import Engine
+
+from medai.config import Settings
+from medai.serving.auth import BEARER_SCHEME, Caller, caller_for, check_role, check_role_name
+from medai.serving.context import Service
+
+__all__ = [
+    "AdminDep",
+    "CallerDep",
+    "ClinicianDep",
+    "EngineDep",
+    "ServiceDep",
+    "SettingsDep",
+    "StewardDep",
+    "authenticate",
+    "get_service",
+    "require_role",
+]
+
+
+def get_service(request: Request) -> Service:
+    """The app's :class:`Service` (``app.state.service``)."""
+    service: Service = request.app.state.service
+    return service
+
+
+ServiceDep = Annotated[Service, Depends(get_service)]
+
+
+def _settings(service: ServiceDep) -> Settings:
+    return service.settings
+
+
+def _engine(service: ServiceDep) -> Engine:
+    return service.engine
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+EngineDep = Annotated[Engine, Depends(_engine)]
+
+
+def authenticate(
+    request: Request,
+    engine: EngineDep,
+    _scheme: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER_SCHEME)] = None,
+) -> Caller:
+    """The caller of ``request``, from its bearer key (401 otherwise).
+
+    A plain (sync) dependency, so FastAPI runs its catalog query in a worker thread.
+    """
+    return caller_for(engine, request.headers.get("authorization", ""))
+
+
+CallerDep = Annotated[Caller, Depends(authenticate)]
+
+
+def require_role(role: str) -> Callable[..., Caller]:
+    """A dependency admitting callers whose key grants ``role``; it returns the caller.
+
+    Raises
+    ------
+    ValueError
+        At import time, for a role that does not exist.
+    """
+    check_role_name(role)
+
+    def dependency(caller: CallerDep) -> Caller:
+        return check_role(caller, role)
+
+    dependency.__name__ = f"require_{role}"
+    return dependency
+
+
+ClinicianDep = Annotated[Caller, Depends(require_role("clinician"))]
+StewardDep = Annotated[Caller, Depends(require_role("steward"))]
+AdminDep = Annotated[Caller, Depends(require_role("admin"))]
