@@ -1,4 +1,4 @@
-# medai — setup · demo · test · bench.  `make` creates .venv on first use.
+# medai — setup · demo · test · test-fast · lint · bench.  `make` creates .venv on first use.
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup demo test lint typecheck bench clean
+.PHONY: setup demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -24,9 +24,17 @@ demo: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --timeout 900
 
+# The quick lane: everything but the tests marked slow (those that start servers, peers or
+# subprocesses end to end); no lint, so it can run while editing.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --timeout 900 -m "not slow"
+
+# Style, formatting, types and the layer rules (the import contracts in pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check medai tests benchmarks
+	$(BIN)/ruff format --check medai tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py
