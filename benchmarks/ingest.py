@@ -120,8 +120,10 @@ def medai_import(
     assert match, done.stdout
     imported, seconds = int(match.group(1)), float(match.group(2))
     assert imported == count, (imported, count)
-    print(f"medai collect import: {seconds:.1f} s for {count} files "
-          f"({elapsed:.1f} s with interpreter start-up)")
+    print(
+        f"medai collect import: {seconds:.1f} s for {count} files "
+        f"({elapsed:.1f} s with interpreter start-up)"
+    )
     return count / seconds, int(done.stdout.strip().splitlines()[-1])
 
 

@@ -130,7 +130,6 @@ class AuditChainBroken(MedaiError):
     """The audit log's hash chain does not verify: a record was edited or removed."""
 
 
-
 class MalformedMultipart(MedaiError):
     """The request body is not a well-formed multipart/related body (HTTP 400)."""
 

@@ -164,9 +164,7 @@ class Study(Base):
     last_received_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, nullable=True)
     # Set once no new instance arrived for the quiet period (like Orthanc's StableAge);
     # cleared again if a late instance arrives, so the study completes anew.
-    completed_at: Mapped[dt.datetime | None] = mapped_column(
-        Timestamp, nullable=True, index=True
-    )
+    completed_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, nullable=True, index=True)
 
     patient: Mapped[Patient] = relationship(back_populates="studies")
     series: Mapped[list[Series]] = relationship(back_populates="study")
@@ -409,9 +407,7 @@ class LabelCount(Base):
     """
 
     __tablename__ = "label_counts"
-    __table_args__ = (
-        UniqueConstraint("site_id", "day", "modality", "body_part", "finding"),
-    )
+    __table_args__ = (UniqueConstraint("site_id", "day", "modality", "body_part", "finding"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"))

@@ -239,5 +239,3 @@ class CatalogWriter:
                 "byte_size": kept.byte_size,
             },
         )
-
-

@@ -153,9 +153,7 @@ def quarantine_command(
         return
     out = console()
     if purged is not None:
-        out.print(
-            f"purged {purged} file(s) older than {settings.quarantine_retention_days} days"
-        )
+        out.print(f"purged {purged} file(s) older than {settings.quarantine_retention_days} days")
     table = Table(title="Quarantine by site and reason")
     for column in ("site", "reason", "files"):
         table.add_column(column, justify="right" if column == "files" else "left")

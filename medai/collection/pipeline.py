@@ -205,9 +205,7 @@ class IngestPipeline:
                 kept.append(next(stored_keys))
         for attempt in range(1, _COMMIT_ATTEMPTS + 1):
             try:
-                return self.writer.commit(
-                    offers, steps, kept, actor=self.actor, clock=self.clock
-                )
+                return self.writer.commit(offers, steps, kept, actor=self.actor, clock=self.clock)
             except OperationalError as exc:
                 # Deadlock victims and lock time-outs roll back whole: the files are
                 # already durable, so the batch's rows can simply be written again.

@@ -160,9 +160,7 @@ def echo_ready(port: int, calling: str, called: str) -> Callable[[], bool]:
     return ready
 
 
-def push_cstore(
-    files: Sequence[Path], *, port: int, calling: str, called: str
-) -> tuple[str, int]:
+def push_cstore(files: Sequence[Path], *, port: int, calling: str, called: str) -> tuple[str, int]:
     """Send ``files`` in one association; return the tool used and how many were acknowledged.
 
     Raises

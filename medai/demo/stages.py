@@ -194,9 +194,7 @@ def push_today(
     sent_total = 0
     for site in pushing:
         files = [path for study in sites.plans[site.id].today for path in study.files]
-        tool, sent = push_cstore(
-            files, port=port, calling=site.ae_titles[0], called=LISTENER_AE
-        )
+        tool, sent = push_cstore(files, port=port, calling=site.ae_titles[0], called=LISTENER_AE)
         sent_total += sent
         console.print(f"{site.id} ({site.ae_titles[0]}): {sent} instances sent with {tool}")
     return f"{sent_total} instances from {', '.join(s.id for s in pushing)} on port {port}"

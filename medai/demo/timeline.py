@@ -70,9 +70,7 @@ def plan_site(
     return SitePlan(site, dict(days), now)
 
 
-def plans_by_site(
-    synth: SynthResult, *, day: int, paces: dict[str, Pace]
-) -> dict[str, SitePlan]:
+def plans_by_site(synth: SynthResult, *, day: int, paces: dict[str, Pace]) -> dict[str, SitePlan]:
     """One :class:`SitePlan` per site of ``synth`` (``steady`` unless ``paces`` says)."""
     by_site: dict[str, list[SynthStudy]] = defaultdict(list)
     for record in synth.study_records:

@@ -301,17 +301,18 @@ def _is_image_storage(sop_class_uid: str) -> bool:
     return UID(sop_class_uid).name.endswith("Image Storage")
 
 
-def _set_file_meta(
-    ds: Dataset, elements: dict[int, _Element], transfer_syntax: str | None
-) -> str:
+def _set_file_meta(ds: Dataset, elements: dict[int, _Element], transfer_syntax: str | None) -> str:
     meta = getattr(ds, "file_meta", None)
     if not isinstance(meta, FileMetaDataset):
         meta = ds.file_meta = FileMetaDataset()
     if not transfer_syntax:
         implicit, little = ds.original_encoding
         transfer_syntax = str(
-            ImplicitVRLittleEndian if implicit else
-            ExplicitVRLittleEndian if little or little is None else ExplicitVRBigEndian
+            ImplicitVRLittleEndian
+            if implicit
+            else ExplicitVRLittleEndian
+            if little or little is None
+            else ExplicitVRBigEndian
         )
         meta.TransferSyntaxUID = UID(transfer_syntax)
     keys = meta.keys()
@@ -392,8 +393,10 @@ def parse_instance(data: bytes, *, max_bytes: int) -> Dataset:
     syntax = _set_file_meta(ds, elements, transfer_syntax)
     pixel_data = elements.get(_PIXEL_DATA)
     if pixel_data is None:
-        if _FLOAT_PIXEL_DATA not in elements and _DOUBLE_PIXEL_DATA not in elements and (
-            _is_image_storage(_text(elements, _SOP_CLASS))
+        if (
+            _FLOAT_PIXEL_DATA not in elements
+            and _DOUBLE_PIXEL_DATA not in elements
+            and (_is_image_storage(_text(elements, _SOP_CLASS)))
         ):
             raise TruncatedDicom(
                 "the instance is of an image storage class but holds no pixel data: "

@@ -23,6 +23,7 @@ keys_app = typer.Typer(
     no_args_is_help=True,
 )
 
+
 def serve_command(
     host: Annotated[
         str, typer.Option("--host", help="Address to bind; 0.0.0.0 for every interface.")
@@ -132,9 +133,7 @@ def serve_command(
     # included, the one way settings reach another process (Settings.as_environment).
     os.environ.update(settings.as_environment())
     get_settings.cache_clear()
-    uvicorn.run(
-        f"{__name__}:worker_app", factory=True, workers=settings.serve_workers, **common
-    )
+    uvicorn.run(f"{__name__}:worker_app", factory=True, workers=settings.serve_workers, **common)
 
 
 def worker_app() -> FastAPI:

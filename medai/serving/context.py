@@ -78,4 +78,3 @@ class Service:
             self._base = None
             self._pipelines.clear()
         self.engine.dispose()
-

@@ -33,6 +33,7 @@ snapshot_app = typer.Typer(
     no_args_is_help=True,
 )
 
+
 def register(app: typer.Typer) -> None:
     """Add the ``snapshot`` sub-app to the root ``medai`` app."""
     app.add_typer(snapshot_app, name="snapshot")

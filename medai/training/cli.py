@@ -171,4 +171,3 @@ def promote_command(
         f"lower AUROC CI bounds {lows} >= {result.required:.3f}",
         soft_wrap=True,
     )
-

@@ -43,8 +43,6 @@ def listener(settings: Settings) -> Iterator[int]:
     assert "listener stopped" in output
 
 
-
-
 def _store(port: int, calling: str, files: list[Path]) -> list[str]:
     """Send ``files`` with storescu, one run per transfer syntax; returns the runs' errors."""
     by_syntax: dict[str, list[Path]] = {}

@@ -325,8 +325,9 @@ def test_label_targets_and_coverage_follow_imported_sheets(
     with session_factory(engine)() as session:
         labelled = dict(
             session.execute(
-                select(StudyLabel.site_id, func.count(func.distinct(StudyLabel.study_id)))
-                .group_by(StudyLabel.site_id)
+                select(StudyLabel.site_id, func.count(func.distinct(StudyLabel.study_id))).group_by(
+                    StudyLabel.site_id
+                )
             ).all()
         )
         positives = dict(

@@ -41,16 +41,18 @@ def test_every_generator_spelling_is_known() -> None:
     for profile in PROFILES:
         assert normalize_body_part(profile.body_part) == "CHEST"
         assert profile.chest_manufacturer in CANONICAL_MANUFACTURER
-        assert normalize_manufacturer(profile.chest_manufacturer) == CANONICAL_MANUFACTURER[
-            profile.chest_manufacturer
-        ]
+        assert (
+            normalize_manufacturer(profile.chest_manufacturer)
+            == CANONICAL_MANUFACTURER[profile.chest_manufacturer]
+        )
         for view in profile.view_positions:
             assert normalize_view_position(view) == view
         if profile.ct_manufacturer is not None:
             assert normalize_body_part(profile.ct_body_part) == "CHEST"
-            assert normalize_manufacturer(profile.ct_manufacturer) == CANONICAL_MANUFACTURER[
-                profile.ct_manufacturer
-            ]
+            assert (
+                normalize_manufacturer(profile.ct_manufacturer)
+                == CANONICAL_MANUFACTURER[profile.ct_manufacturer]
+            )
     spellings = {p.body_part for p in PROFILES} | {p.ct_body_part for p in PROFILES}
     assert {"CHEST", "Chest", "THORAX", "TORAX"} <= spellings
 
@@ -155,13 +157,23 @@ def _dataset(**values: object) -> Dataset:
 
 def test_normalized_metadata_fields() -> None:
     ds = _dataset(
-        Modality="dx", BodyPartExamined="Thorax", ViewPosition="ap", Manufacturer="GE Healthcare",
-        Rows=64, Columns=48, SeriesNumber="3", StudyDate="20240229",
+        Modality="dx",
+        BodyPartExamined="Thorax",
+        ViewPosition="ap",
+        Manufacturer="GE Healthcare",
+        Rows=64,
+        Columns=48,
+        SeriesNumber="3",
+        StudyDate="20240229",
     )
     meta = normalized_metadata(ds)
     assert meta.sop_class_uid == "1.2.840.10008.5.1.4.1.1.1.1"
     assert (meta.modality, meta.body_part, meta.view_position, meta.manufacturer) == (
-        "DX", "CHEST", "AP", "GE")
+        "DX",
+        "CHEST",
+        "AP",
+        "GE",
+    )
     assert (meta.rows, meta.columns, meta.number_of_frames) == (64, 48, 1)
     assert meta.transfer_syntax_uid == ExplicitVRLittleEndian
     assert meta.series_number == 3
@@ -195,8 +207,9 @@ def test_missing_sop_class() -> None:
 
 
 def test_generated_files_normalize(tmp_path: Path) -> None:
-    result = generate(tmp_path, studies=8, seed=11, sites=("a", "b", "c", "d"), image_size=32,
-                      ct_slices=2)
+    result = generate(
+        tmp_path, studies=8, seed=11, sites=("a", "b", "c", "d"), image_size=32, ct_slices=2
+    )
     seen = set()
     for path in result.files:
         ds = parse_instance(path.read_bytes(), max_bytes=10**7)

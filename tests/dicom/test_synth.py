@@ -49,8 +49,14 @@ PHI_PLACES = {
     "private ACME HOSPITAL",
 }
 DATE_KEYWORDS = (
-    "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate", "PatientBirthDate",
-    "AcquisitionDateTime", "StudyTime", "InstanceCreationDate",
+    "StudyDate",
+    "SeriesDate",
+    "AcquisitionDate",
+    "ContentDate",
+    "PatientBirthDate",
+    "AcquisitionDateTime",
+    "StudyTime",
+    "InstanceCreationDate",
 )
 
 
@@ -122,7 +128,8 @@ def test_patients_recur_across_sites_and_over_time(synth: SynthResult) -> None:
         by_patient[record.patient_id].append(record)
     assert any(len({r.site for r in records}) > 1 for records in by_patient.values())
     repeated = [
-        records for records in by_patient.values()
+        records
+        for records in by_patient.values()
         if any(sum(r.site == s for r in records) > 1 for s in SITES)
     ]
     assert repeated
@@ -160,9 +167,7 @@ def test_modalities_and_image_modules(datasets: dict[Path, Dataset]) -> None:
     assert any(0x60003000 in ds for ds in datasets.values())  # an overlay plane somewhere
 
 
-def test_phi_is_planted_in_every_place(
-    synth: SynthResult, datasets: dict[Path, Dataset]
-) -> None:
+def test_phi_is_planted_in_every_place(synth: SynthResult, datasets: dict[Path, Dataset]) -> None:
     assert PHI_PLACES <= set(synth.phi_by_attribute)
     text = "\n".join(_text_of(ds) for ds in datasets.values())
     for place, values in synth.phi_by_attribute.items():
@@ -235,8 +240,9 @@ def test_each_finding_changes_its_own_region(seed: int) -> None:
     base = plain.astype(np.int32)
     areas = {}
     for finding in ("nodule", "effusion", "cardiomegaly"):
-        image = render_chest(size, seed=seed, **{
-            f: f == finding for f in ("nodule", "effusion", "cardiomegaly")})
+        image = render_chest(
+            size, seed=seed, **{f: f == finding for f in ("nodule", "effusion", "cardiomegaly")}
+        )
         diff = image.astype(np.int32) - base
         changed = diff > 150  # well above the noise, which the seed keeps identical
         assert changed.any(), finding
@@ -284,10 +290,25 @@ def test_cli_help_and_run(tmp_path: Path) -> None:
     for option in ("--studies", "--seed", "--site", "--size", "--ct-slices", "OUT_DIR"):
         assert option in shown.output
     out = tmp_path / "out"
-    ran = runner.invoke(app, [
-        "synth", str(out), "--studies", "4", "--seed", "3", "--site", "north", "--site",
-        "south", "--size", "32", "--ct-slices", "2",
-    ])
+    ran = runner.invoke(
+        app,
+        [
+            "synth",
+            str(out),
+            "--studies",
+            "4",
+            "--seed",
+            "3",
+            "--site",
+            "north",
+            "--site",
+            "south",
+            "--size",
+            "32",
+            "--ct-slices",
+            "2",
+        ],
+    )
     assert ran.exit_code == 0, ran.output
     assert "4 studies" in ran.output and "label sheets" in ran.output
     assert (out / "labels" / "north.csv").is_file() and (out / "labels" / "south.csv").is_file()

@@ -93,8 +93,9 @@ class CuttingProxy:
 class _Link:
     """The two pump threads of one proxied connection."""
 
-    def __init__(self, proxy: CuttingProxy, client: socket.socket, server: socket.socket,
-                 cut: bool) -> None:
+    def __init__(
+        self, proxy: CuttingProxy, client: socket.socket, server: socket.socket, cut: bool
+    ) -> None:
         self.proxy = proxy
         self.client = client
         self.server = server
@@ -107,9 +108,7 @@ class _Link:
             (self.client, self.server, "upstream"),
             (self.server, self.client, "downstream"),
         ):
-            threading.Thread(
-                target=self._pump, args=(source, sink, direction), daemon=True
-            ).start()
+            threading.Thread(target=self._pump, args=(source, sink, direction), daemon=True).start()
 
     def _pump(self, source: socket.socket, sink: socket.socket, direction: str) -> None:
         counted = self.cut and direction == self.proxy.direction

@@ -75,9 +75,7 @@ def init_command(
         _print_init_summary(console(), definition, result)
 
 
-def _print_init_summary(
-    out: Console, definition: CampaignDefinition, result: InitResult
-) -> None:
+def _print_init_summary(out: Console, definition: CampaignDefinition, result: InitResult) -> None:
     from rich.table import Table
 
     verb = "unchanged"

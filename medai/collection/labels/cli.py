@@ -158,9 +158,7 @@ def _print_import(out: Console, result: LabelImportResult) -> None:
         )
     if counts.conflict or counts.mismatch:
         out.print("See the conflicts with `medai labels status`.")
-    out.print(
-        f"{result.labels_added} labels added, {result.conflicts_flagged} conflicts flagged."
-    )
+    out.print(f"{result.labels_added} labels added, {result.conflicts_flagged} conflicts flagged.")
 
 
 @labels_app.command("rematch")

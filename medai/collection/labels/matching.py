@@ -124,9 +124,7 @@ class Labeller:
         if not new:
             return
         previously_labelled = {
-            study_id
-            for (study_id, _finding), label in self._labels.items()
-            if label.id is not None
+            study_id for (study_id, _finding), label in self._labels.items() if label.id is not None
         }
         kinds: dict[int, tuple[Any, str, str]] = {}
         study_ids = sorted({row["study_id"] for row in new})
@@ -187,7 +185,6 @@ def studies_by_ref(
         if ref is not None:  # the IN list never holds None; this is for the type checker
             found.setdefault(ref, (study_id, pseudonym))
     return found
-
 
 
 @dataclass
@@ -288,7 +285,9 @@ def rematch_labels(session: Session, *, actor: str | None = None) -> RematchResu
     append_audit(
         session,
         actor=actor or system("labels"),
-        action="labels.rematch", subject=None, details=result.to_dict()
+        action="labels.rematch",
+        subject=None,
+        details=result.to_dict(),
     )
     logger.info(
         "re-matched %d label rows: %d labels added, %d conflicts flagged",

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = ["import_command", "listen_command", "parse_header", "pull_command", "register"]
 
+
 def register(collect_app: typer.Typer) -> None:
     """Add ``import``, ``listen`` and ``pull`` to ``medai collect``."""
     collect_app.command("import")(import_command)

@@ -92,9 +92,18 @@ def _age(birth: datetime.date, on: datetime.date) -> str:
     return f"{years:03d}Y"
 
 
-def _common(plan: StudyPlan, phi: PhiRecord, *, sop_class: UID, series_number: int,
-            instance_number: int, manufacturer: str, model: str, body_part: str,
-            when: datetime.datetime) -> Dataset:
+def _common(
+    plan: StudyPlan,
+    phi: PhiRecord,
+    *,
+    sop_class: UID,
+    series_number: int,
+    instance_number: int,
+    manufacturer: str,
+    model: str,
+    body_part: str,
+    when: datetime.datetime,
+) -> Dataset:
     """Patient, study, series, equipment and request modules, with the PHI they carry."""
     patient, staff = plan.patient, plan.staff
     institution, institution_address, code = plan.institution
@@ -134,8 +143,11 @@ def _common(plan: StudyPlan, phi: PhiRecord, *, sop_class: UID, series_number: i
     station = f"{code}-{plan.modality}-RAD{1 + len(model) % 3}"
     ds.StationName = station
     view = plan.view_position if plan.modality != "CT" else "AXIAL"
-    ds.StudyDescription = f"XR CHEST {view} - {patient.display_name} {patient.patient_id}" if (
-        plan.modality != "CT") else f"CT THORAX - {patient.display_name} {patient.patient_id}"
+    ds.StudyDescription = (
+        f"XR CHEST {view} - {patient.display_name} {patient.patient_id}"
+        if (plan.modality != "CT")
+        else f"CT THORAX - {patient.display_name} {patient.patient_id}"
+    )
     ds.SeriesDescription = f"{view} {patient.last_name.upper()} {patient.patient_id}"
     ds.InstitutionalDepartmentName = "Radiology"
     ds.PerformingPhysicianName = staff.performing
@@ -171,8 +183,7 @@ def _common(plan: StudyPlan, phi: PhiRecord, *, sop_class: UID, series_number: i
     ds.SeriesNumber = series_number
     ds.AcquisitionNumber = 1
     ds.InstanceNumber = instance_number
-    ds.ImageComments = (
-        f"Patient {patient.first_name} {patient.last_name}, MRN {patient.patient_id}")
+    ds.ImageComments = f"Patient {patient.first_name} {patient.last_name}, MRN {patient.patient_id}"
     ds.RequestingPhysician = staff.referring
     ds.PerformedProcedureStepStartDate = plan.study_date.strftime("%Y%m%d")
     ds.PerformedProcedureStepStartTime = study_dt.strftime("%H%M%S")
@@ -186,7 +197,8 @@ def _common(plan: StudyPlan, phi: PhiRecord, *, sop_class: UID, series_number: i
     request.ScheduledProcedureStepID = f"SPS{plan.accession_number[-8:]}"
     request.RequestedProcedureDescription = "CT THORAX" if plan.modality == "CT" else "XR CHEST"
     request.ReasonForTheRequestedProcedure = (
-        f"Cough, fever. {patient.last_name} {patient.patient_id}")
+        f"Cough, fever. {patient.last_name} {patient.patient_id}"
+    )
     ds.RequestAttributesSequence = Sequence([request])
 
     block = ds.private_block(0x0009, PRIVATE_CREATOR, create=True)
@@ -214,15 +226,23 @@ def _common(plan: StudyPlan, phi: PhiRecord, *, sop_class: UID, series_number: i
     phi.add("PatientTelephoneNumbers", patient.telephone)
     phi.add("PerformedProcedureStepID", ds.PerformedProcedureStepID)
     phi.add("RequestAttributesSequence/AccessionNumber", plan.accession_number)
-    phi.add("RequestAttributesSequence/IssuerOfAccessionNumberSequence/LocalNamespaceEntityID",
-            issuer.LocalNamespaceEntityID)
+    phi.add(
+        "RequestAttributesSequence/IssuerOfAccessionNumberSequence/LocalNamespaceEntityID",
+        issuer.LocalNamespaceEntityID,
+    )
     phi.add("RequestAttributesSequence/RequestedProcedureID", request.RequestedProcedureID)
-    phi.add("RequestAttributesSequence/ScheduledProcedureStepID",
-            request.ScheduledProcedureStepID)
-    phi.add("RequestAttributesSequence/ReasonForTheRequestedProcedure",
-            patient.last_name, patient.patient_id)
-    phi.add(f"private {PRIVATE_CREATOR}", patient.display_name.upper(), plan.local_patient_id,
-            patient.telephone)
+    phi.add("RequestAttributesSequence/ScheduledProcedureStepID", request.ScheduledProcedureStepID)
+    phi.add(
+        "RequestAttributesSequence/ReasonForTheRequestedProcedure",
+        patient.last_name,
+        patient.patient_id,
+    )
+    phi.add(
+        f"private {PRIVATE_CREATOR}",
+        patient.display_name.upper(),
+        plan.local_patient_id,
+        patient.telephone,
+    )
     phi.device.update({station, serial})
     phi.uids.update({str(plan.study_instance_uid), str(series_uid), str(sop_uid)})
     return ds
@@ -257,10 +277,19 @@ def chest_instance(plan: StudyPlan, phi: PhiRecord, size: int) -> Dataset:
     profile = plan.profile
     sop_class = CR_IMAGE_STORAGE if plan.modality == "CR" else DX_IMAGE_STORAGE
     when = datetime.datetime.combine(plan.study_date, plan.study_time) + datetime.timedelta(
-        minutes=4)
-    ds = _common(plan, phi, sop_class=sop_class, series_number=1, instance_number=1,
-                 manufacturer=profile.chest_manufacturer, model=profile.chest_model,
-                 body_part=profile.body_part, when=when)
+        minutes=4
+    )
+    ds = _common(
+        plan,
+        phi,
+        sop_class=sop_class,
+        series_number=1,
+        instance_number=1,
+        manufacturer=profile.chest_manufacturer,
+        model=profile.chest_model,
+        body_part=profile.body_part,
+        when=when,
+    )
     ds.ViewPosition = plan.view_position
     ds.PatientOrientation = ["L", "F"]
     ds.KVP = "125"
@@ -289,22 +318,43 @@ def chest_instance(plan: StudyPlan, phi: PhiRecord, size: int) -> Dataset:
         ds.add_new(0x60000100, "US", 1)
         ds.add_new(0x60000102, "US", 0)
         ds.add_new(0x60003000, "OW", pack_bits(plane))
-    pixels = render_chest(size, seed=plan.image_seed, nodule=plan.nodule,
-                          effusion=plan.effusion, cardiomegaly=plan.cardiomegaly)
+    pixels = render_chest(
+        size,
+        seed=plan.image_seed,
+        nodule=plan.nodule,
+        effusion=plan.effusion,
+        cardiomegaly=plan.cardiomegaly,
+    )
     _set_pixels(ds, pixels, plan.transfer_syntax)
     return ds
 
 
-def ct_instance(plan: StudyPlan, phi: PhiRecord, *, size: int, columns: int | None = None,
-                index: int, slices: int) -> Dataset:
+def ct_instance(
+    plan: StudyPlan,
+    phi: PhiRecord,
+    *,
+    size: int,
+    columns: int | None = None,
+    index: int,
+    slices: int,
+) -> Dataset:
     """Slice ``index`` (0-based) of the ``slices``-slice axial CT series of ``plan``."""
     profile = plan.profile
     columns = columns or size
     when = datetime.datetime.combine(plan.study_date, plan.study_time) + datetime.timedelta(
-        minutes=6, seconds=index)
-    ds = _common(plan, phi, sop_class=CT_IMAGE_STORAGE, series_number=2,
-                 instance_number=index + 1, manufacturer=profile.ct_manufacturer or "",
-                 model=profile.ct_model, body_part=profile.ct_body_part, when=when)
+        minutes=6, seconds=index
+    )
+    ds = _common(
+        plan,
+        phi,
+        sop_class=CT_IMAGE_STORAGE,
+        series_number=2,
+        instance_number=index + 1,
+        manufacturer=profile.ct_manufacturer or "",
+        model=profile.ct_model,
+        body_part=profile.ct_body_part,
+        when=when,
+    )
     thickness = 300.0 / max(slices, 1)
     z = -index * thickness
     spacing = f"{400.0 / max(size, columns):.4f}"

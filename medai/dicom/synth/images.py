@@ -36,8 +36,9 @@ def _blur(image: NDArray[np.float32], radius: int) -> NDArray[np.float32]:
         upper = np.take(cumulative, np.arange(width, cumulative.shape[axis]), axis=axis)
         lower = np.take(cumulative, np.arange(0, cumulative.shape[axis] - width), axis=axis)
         padded = ((upper - lower) / width).astype(np.float32)
-        padded = np.pad(padded, [(radius, radius) if a == axis else (0, 0) for a in (0, 1)],
-                        mode="edge")
+        padded = np.pad(
+            padded, [(radius, radius) if a == axis else (0, 0) for a in (0, 1)], mode="edge"
+        )
     return padded[radius:-radius, radius:-radius].astype(np.float32)
 
 
@@ -77,8 +78,11 @@ def render_chest(
     heart_ry = rng.uniform(0.10, 0.12)
     tissue, lung_level, bone = rng.uniform(0.50, 0.58), rng.uniform(0.14, 0.22), 0.82
     rib_phase = rng.uniform(0.0, 0.02)
-    nodule_side, nodule_u, nodule_v = rng.integers(2), rng.uniform(-0.6, 0.6), rng.uniform(
-        -0.55, 0.35)
+    nodule_side, nodule_u, nodule_v = (
+        rng.integers(2),
+        rng.uniform(-0.6, 0.6),
+        rng.uniform(-0.55, 0.35),
+    )
     nodule_sigma = rng.uniform(0.022, 0.032)
     effusion_side, effusion_height = rng.integers(2), rng.uniform(0.11, 0.16)
     gain, noise = rng.uniform(0.85, 1.0), rng.normal(0.0, 0.018, (size, size))
@@ -107,15 +111,21 @@ def render_chest(
             image[rib] += 0.09
     for side in (-1.0, 1.0):  # clavicles
         clav = (np.abs(y - (cy - lung_ry - 0.01 + 0.15 * (x - cx) * side)) < 0.013) & (
-            np.abs(x - cx - side * 0.14) < 0.13)
+            np.abs(x - cx - side * 0.14) < 0.13
+        )
         image[clav] = bone * 0.85
     spine = (np.abs(x - cx) < 0.035) & body
     image[spine] = np.maximum(image[spine], tissue + 0.12)
 
     width = heart_rx * (1.55 if cardiomegaly else 1.0)
     # The heart sits left of the midline (image right in the radiological convention).
-    heart = _ellipse(grid, cy + lung_ry * 0.45, cx + 0.04 + (width - heart_rx) * 0.45,
-                     heart_ry * (1.15 if cardiomegaly else 1.0), width)
+    heart = _ellipse(
+        grid,
+        cy + lung_ry * 0.45,
+        cx + 0.04 + (width - heart_rx) * 0.45,
+        heart_ry * (1.15 if cardiomegaly else 1.0),
+        width,
+    )
     image[heart] = np.maximum(image[heart], tissue + 0.08)
 
     if effusion:

@@ -37,8 +37,10 @@ _PHRASES = {
         "Small pleural effusion.",
     ),
     ("effusion", False): ("No pleural effusion.", "Costophrenic angles are sharp."),
-    ("cardiomegaly", True): ("Cardiomegaly, cardiothoracic ratio above 0.5.",
-                             "The heart is enlarged."),
+    ("cardiomegaly", True): (
+        "Cardiomegaly, cardiothoracic ratio above 0.5.",
+        "The heart is enlarged.",
+    ),
     ("cardiomegaly", False): ("Heart size within normal limits.", "Normal cardiac silhouette."),
 }
 

@@ -159,7 +159,8 @@ def _plan(studies: int, seed: int, sites: Sequence[str], ct_slices: int) -> list
                 modality=modality,
                 transfer_syntax=usable_transfer_syntax(syntaxes[turn % len(syntaxes)]),
                 view_position=profile.view_positions[
-                    int(rng.integers(len(profile.view_positions)))],
+                    int(rng.integers(len(profile.view_positions)))
+                ],
                 image_seed=int(rng.integers(0, 2**31)),
                 overlay=not ct and bool(rng.random() < 0.3),
                 **findings,

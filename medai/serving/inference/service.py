@@ -387,7 +387,6 @@ def _preprocess(model: ServedModel, datasets: list[Dataset]) -> list[torch.Tenso
             images.append(model.preprocess(ds))
         except Exception as exc:  # decoding, or a photometric the reader cannot show
             raise UnreadableStudy(
-                f"the image of instance {number} cannot be decoded or shown "
-                f"({type(exc).__name__})"
+                f"the image of instance {number} cannot be decoded or shown ({type(exc).__name__})"
             ) from None
     return images

@@ -34,9 +34,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("name", name=op.f("uq_api_keys_name")),
     )
     with op.batch_alter_table("studies") as batch:
-        batch.add_column(
-            sa.Column("last_received_at", sa.DateTime(timezone=True), nullable=True)
-        )
+        batch.add_column(sa.Column("last_received_at", sa.DateTime(timezone=True), nullable=True))
         batch.create_index("ix_studies_completed_at", ["completed_at"])
 
 
