@@ -237,7 +237,7 @@ def import_folder(
 
 def import_labels(settings: Settings, sites: DemoSites, step: Step, console: Console) -> str:
     """``medai labels import`` of each site's RIS export, then a re-match of kept rows."""
-    from medai.catalog.db import create_engine_for, session_factory
+    from medai.cli_support import catalog_session
     from medai.collection.labels import import_label_sheet, rematch_labels
 
     step(6, "label sheets: each site's RIS export linked to its studies")
@@ -253,12 +253,8 @@ def import_labels(settings: Settings, sites: DemoSites, step: Step, console: Con
         table.add_row(site, str(result.rows), str(counts.matched), str(counts.unmatched),
                       str(counts.conflict))  # fmt: skip
     console.print(table)
-    engine = create_engine_for(settings.resolved_database_url)
-    try:
-        with session_factory(engine)() as session, session.begin():
-            late = rematch_labels(session, actor=DEMO_ACTOR)
-    finally:
-        engine.dispose()
+    with catalog_session(settings, write=True) as session:
+        late = rematch_labels(session, actor=DEMO_ACTOR)
     if late.rows:
         console.print(f"{late.rows} kept rows matched on re-match")
     return f"{matched + late.rows} of {rows} rows linked"
@@ -266,17 +262,13 @@ def import_labels(settings: Settings, sites: DemoSites, step: Step, console: Con
 
 def show_progress(settings: Settings, step: Step, console: Console) -> str:
     """``medai campaign status``: per-site KPIs, late sites first."""
-    from medai.catalog.db import create_engine_for, session_factory
+    from medai.cli_support import catalog_session
     from medai.collection.campaign.cli import print_status_report
     from medai.collection.campaign.progress import compute_progress
 
     step(7, "`medai campaign status`")
-    engine = create_engine_for(settings.resolved_database_url)
-    try:
-        with session_factory(engine)() as session:
-            report = compute_progress(session)
-    finally:
-        engine.dispose()
+    with catalog_session(settings) as session:
+        report = compute_progress(session)
     print_status_report(report, console)
     sites = ", ".join(f"{site.site} {site.status}" for site in report.sites)
     return f"{report.status} overall; {sites}"
@@ -285,17 +277,13 @@ def show_progress(settings: Settings, step: Step, console: Console) -> str:
 def verify(settings: Settings, step: Step, console: Console) -> str:
     """``medai collect verify`` and ``medai audit verify``."""
     from medai.audit import verify_audit_chain
-    from medai.catalog.db import create_engine_for, session_factory
+    from medai.cli_support import catalog_session
     from medai.collection.accounting import verify_collection
 
     step(8, "`medai collect verify` and `medai audit verify`")
     report = verify_collection(settings)
-    engine = create_engine_for(settings.resolved_database_url)
-    try:
-        with session_factory(engine)() as session:
-            audit = verify_audit_chain(session)
-    finally:
-        engine.dispose()
+    with catalog_session(settings) as session:
+        audit = verify_audit_chain(session)
     line = (
         f"inputs {report.inputs} = stored {report.events.get('stored', 0)} + duplicate "
         f"{report.events.get('duplicate', 0)} + quarantined {report.events.get('quarantined', 0)}"
