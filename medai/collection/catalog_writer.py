@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 from sqlalchemy import insert, update
 
 from medai.audit import AuditEntry, append_audit_many, audited_transaction
-from medai.catalog.db import get_or_create_id, insert_ignore
 from medai.catalog.models import IngestEvent, Instance, Patient, QuarantineEntry, Series, Study
+from medai.catalog.writes import get_or_create_id, insert_ignore
 from medai.collection.counters import ProgressCounters
 from medai.collection.outcomes import Offer, Outcome, OutcomeKind
 from medai.collection.prepare import PreparedInstance

@@ -12,8 +12,8 @@ import datetime as dt
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from medai.catalog.db import add_to_counters
 from medai.catalog.models import ProgressCount
+from medai.catalog.writes import add_to_counters
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session

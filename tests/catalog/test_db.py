@@ -15,13 +15,9 @@ from sqlalchemy import CursorResult, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from medai.catalog.db import (
-    create_engine_for,
-    get_or_create_id,
-    insert_ignore,
-    session_factory,
-)
+from medai.catalog.db import create_engine_for, session_factory
 from medai.catalog.models import Instance, Patient, Series, Site, Study
+from medai.catalog.writes import get_or_create_id, insert_ignore
 
 WORKERS = 3
 ROUNDS = 15

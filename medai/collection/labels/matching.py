@@ -12,8 +12,8 @@ from sqlalchemy import and_, insert, select, union_all, update
 
 from medai.audit import append_audit, lock_audit_chain
 from medai.audit.actors import system
-from medai.catalog.db import add_to_counters
 from medai.catalog.models import LabelCount, LabelRow, Patient, Study, StudyLabel, utcnow
+from medai.catalog.writes import add_to_counters
 from medai.collection.labels.rows import (
     CHUNK,
     REF_ACCESSION,
