@@ -67,8 +67,13 @@ def import_command(
 
     require_campaign()
     # No refresh thread: the import forks its workers, which is only safe single-threaded.
+    # Transient: the summary table replaces the bar, and an error is not printed under a 0/? bar.
     with progress_bar(
-        MofNCompleteColumn(), TimeRemainingColumn(), auto_refresh=False, disable=as_json
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        auto_refresh=False,
+        transient=True,
+        disable=as_json,
     ) as progress:
         task = progress.add_task(f"importing for {site}", total=None)
         last_refresh = [0.0]
