@@ -119,6 +119,9 @@ class Campaign(Base):
     length_days: Mapped[int] = mapped_column(Integer, default=90)
     definition: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    # medai.keyfile.key_fingerprint of the campaign key: every pseudonymizing command checks
+    # its key against it. NULL only in catalogs set up before 0005, until the first check.
+    key_fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True, default=None)
 
 
 class Site(Base):

@@ -30,9 +30,9 @@ from medai.catalog.models import Instance, Site, utcnow
 from medai.collection.campaign.sites import get_site, stored_campaign
 from medai.collection.catalog_writer import CatalogWriter
 from medai.collection.deid import Deidentifier
+from medai.collection.key_guard import campaign_pseudonymizer
 from medai.collection.outcomes import Offer, Outcome
 from medai.collection.prepare import PreparedInstance, prepare_or_reject
-from medai.collection.pseudonymize import Pseudonymizer, load_key
 from medai.collection.quarantine import Quarantine, QuarantinedFile
 from medai.config import Settings, get_settings
 from medai.errors import Rejected
@@ -106,12 +106,15 @@ class IngestPipeline:
             When no campaign has been initialised in the catalog.
         KeyFileError
             When the campaign key file is missing.
+        KeyMismatch
+            When the key file is missing or is not the key the catalog's campaign uses.
         """
         settings = settings or get_settings()
         engine = create_engine_for(settings.resolved_database_url)
         with session_factory(engine)() as session:
             options = stored_campaign(session).deidentification.to_deid_options()
-        pseudonymizer = Pseudonymizer(load_key(settings.resolved_key_file))
+        # The one key check of every pseudonymizing path (receivers, STOW, pull).
+        pseudonymizer = campaign_pseudonymizer(settings, engine)
         return cls(
             engine=engine,
             store=ObjectStore(settings.resolved_store_dir),

@@ -17,12 +17,14 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from medai.catalog.db import alembic_config, session_factory
+from medai.catalog.models import Campaign
 from medai.collection.campaign.sites import stored_campaign
+from medai.collection.key_guard import check_key
 from medai.errors import MedaiError
-from medai.keyfile import load_key
 from medai.serving.context import Service
 from medai.serving.deps import ServiceDep
 from medai.serving.errors import CATALOG_UNREACHABLE
@@ -56,12 +58,16 @@ def readiness_problem(service: Service) -> str | None:
             )
         with session_factory(reader)() as session:
             stored_campaign(session)
+            recorded = session.scalars(
+                select(Campaign.key_fingerprint).order_by(Campaign.id)
+            ).first()
     except MedaiError as exc:
         return str(exc)
     except SQLAlchemyError as exc:  # readiness reports it rather than answering an error
         return f"{CATALOG_UNREACHABLE} ({type(exc).__name__})"
     try:
-        load_key(service.settings.resolved_key_file)
+        # The check STOW's pipeline makes: ready only with the campaign's own key.
+        check_key(service.settings.resolved_key_file, recorded)
     except MedaiError as exc:
         return str(exc)
     return None

@@ -16,13 +16,16 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from medai.audit import actors, append_audit, audited_transaction
-from medai.catalog.db import create_engine_for, upgrade
+from medai.catalog.db import create_engine_for, session_factory, upgrade
 from medai.catalog.models import Campaign, Site
 from medai.collection.campaign.definition import CampaignDefinition, SiteDefinition
-from medai.errors import CampaignError
+from medai.collection.key_guard import RESTORE_HINT, check_key
+from medai.errors import CampaignError, KeyMismatch
 from medai.keyfile import ensure_key_file, key_fingerprint, load_key
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
     from medai.config import Settings
 
 __all__ = ["InitResult", "init_campaign"]
@@ -65,11 +68,11 @@ def init_campaign(
 ) -> InitResult:
     """Set up (or bring up to date) the campaign in the catalog of ``settings``.
 
-    Upgrades the catalog schema, creates the pseudonymization key file if there is none (an
-    existing key is reused, never overwritten), inserts or updates the campaign row and the
-    site rows, and appends a ``campaign.init`` audit record (and ``campaign.key-create``
-    when the key was created). Running it again with the same
-    definition changes nothing but the audit log.
+    Upgrades the catalog schema, creates the pseudonymization key file if there is none and
+    the catalog has no campaign yet (an existing key is reused, never overwritten), records
+    the key's fingerprint, inserts or updates the campaign row and the site rows, and appends
+    a ``campaign.init`` audit record (and ``campaign.key-create`` when the key was created).
+    Running it again with the same definition changes nothing but the audit log.
 
     Parameters
     ----------
@@ -91,13 +94,16 @@ def init_campaign(
         If the catalog already serves a campaign with another name.
     KeyFileError
         If an existing key file cannot be read or is malformed.
+    KeyMismatch
+        If the catalog already has a campaign and the key file is missing or is not the key
+        whose fingerprint the catalog holds: a new key is never made for an existing campaign.
     """
     url = settings.resolved_database_url
     engine = create_engine_for(url)
     try:
         upgrade(engine)
         key_file = settings.resolved_key_file
-        key_created = ensure_key_file(key_file)
+        key_created, fingerprint, recording = _campaign_key(engine, key_file, definition.name)
         document = definition.model_dump(mode="json")
         digest = hashlib.sha256(
             json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
@@ -124,6 +130,13 @@ def init_campaign(
             if row is None:
                 row = Campaign(name=definition.name)
                 session.add(row)
+            if row.key_fingerprint is None:
+                row.key_fingerprint = fingerprint
+            elif row.key_fingerprint != fingerprint:  # another init won a race with its key
+                raise KeyMismatch(
+                    f"this catalog's campaign uses another key (fingerprint "
+                    f"{row.key_fingerprint}) than {key_file} ({fingerprint}): {RESTORE_HINT}"
+                )
             row.start_date = definition.start_date
             row.length_days = definition.length_days
             row.definition = document
@@ -150,7 +163,15 @@ def init_campaign(
                     actor=actor,
                     action="campaign.key-create",
                     subject=definition.name,
-                    details={"fingerprint": key_fingerprint(load_key(key_file))},
+                    details={"fingerprint": fingerprint},
+                )
+            elif recording:
+                append_audit(
+                    session,
+                    actor=actor,
+                    action="campaign.key-fingerprint",
+                    subject=definition.name,
+                    details={"fingerprint": fingerprint},
                 )
             append_audit(
                 session,
@@ -168,6 +189,13 @@ def init_campaign(
             )
     finally:
         engine.dispose()
+    if recording and not key_created:
+        logger.info(
+            "the catalog kept no campaign key fingerprint: recorded %s, the key in %s; "
+            "from now on only this key is accepted",
+            fingerprint,
+            key_file,
+        )
     result = InitResult(
         campaign=definition.name,
         campaign_created=campaign_created,
@@ -189,3 +217,29 @@ def init_campaign(
         "created" if key_created else "reused",
     )
     return result
+
+
+def _campaign_key(engine: Engine, key_file: Path, name: str) -> tuple[bool, str, bool]:
+    """(key created, its fingerprint, fingerprint to be recorded) for an init of ``name``.
+
+    A catalog without a campaign gets a key (made if the file is missing). A catalog with
+    one never does: its key must be present and, if the catalog records a fingerprint,
+    match it, so a lost key is restored from the escrow instead of silently replaced.
+    """
+    with session_factory(engine.execution_options(sqlite_begin="DEFERRED"))() as session:
+        existing = session.execute(
+            select(Campaign.name, Campaign.key_fingerprint).order_by(Campaign.id)
+        ).first()
+    if existing is None:
+        created = ensure_key_file(key_file)
+        return created, key_fingerprint(load_key(key_file)), True
+    if existing.name != name:  # refused with its own message in the transaction
+        return False, "", False
+    if existing.key_fingerprint is None and not key_file.exists():
+        raise KeyMismatch(
+            f"pseudonymization key file {key_file} not found, and this catalog already "
+            f"serves campaign {name!r}: a new key would file every patient again; "
+            f"{RESTORE_HINT}"
+        )
+    key = check_key(key_file, existing.key_fingerprint)
+    return False, key_fingerprint(key), existing.key_fingerprint is None

@@ -16,6 +16,7 @@ from medai.catalog.db import create_engine_for, session_factory
 from medai.catalog.models import LabelImport, LabelRow
 from medai.collection.campaign.label_mapping import SiteLabelMapping
 from medai.collection.campaign.sites import get_site, stored_campaign
+from medai.collection.key_guard import campaign_pseudonymizer
 from medai.collection.labels.matching import Labeller, studies_by_ref
 from medai.collection.labels.reading import LabelSheet, read_label_sheet
 from medai.collection.labels.rows import (
@@ -29,7 +30,6 @@ from medai.collection.labels.rows import (
     locate_columns,
     parse_rows,
 )
-from medai.collection.pseudonymize import Pseudonymizer, load_key
 from medai.config import Settings, get_settings
 from medai.errors import CampaignError
 
@@ -137,7 +137,7 @@ def import_label_sheet(
             )
         mapping = definition.labels.for_site(site)
         columns = locate_columns(sheet.header, mapping, site)
-        pseudonymizer = Pseudonymizer(load_key(settings.resolved_key_file))
+        pseudonymizer = campaign_pseudonymizer(settings, engine)
         rows, rejected = parse_rows(sheet, columns, mapping, site, pseudonymizer)
         with audited_transaction(sessions) as session:
             result = _import(

@@ -42,7 +42,7 @@ from medai.catalog.models import ImportRun, Instance, utcnow
 from medai.collection.labels import rematch_labels
 from medai.collection.outcomes import Offer, Outcome, OutcomeCounts
 from medai.collection.pipeline import IngestPipeline
-from medai.collection.pseudonymize import Pseudonymizer, load_key
+from medai.collection.pseudonymize import Pseudonymizer
 from medai.collection.receivers.dicomweb_archive import (
     DicomwebSource,
     RemoteStudy,
@@ -265,7 +265,7 @@ def pull_site(
         raise PullError(f"--until {until} is before --since {since}")
     pipeline = IngestPipeline.from_settings(settings)  # fails early on set-up problems
     pipeline.check_site(site)
-    pseudonymizer = Pseudonymizer(load_key(settings.resolved_key_file))
+    pseudonymizer = pipeline.deidentifier.pseudonymizer  # its key checked by the pipeline
     quiet_identifying_loggers()
     with closing(
         DicomwebSource(url, headers=headers, retry=retry, timeout=timeout, page_size=page_size)
