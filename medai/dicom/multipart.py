@@ -26,6 +26,7 @@ from medai.errors import IncompleteResponse, MalformedMultipart, UnsupportedMedi
 
 __all__ = [
     "DICOM_MEDIA_TYPE",
+    "MAX_BOUNDARY_CHARS",
     "MAX_PART_HEADER_BYTES",
     "Part",
     "check_content_type",
@@ -37,8 +38,13 @@ __all__ = [
 DICOM_MEDIA_TYPE: Final = "application/dicom"
 MAX_PART_HEADER_BYTES: Final = 16 * 1024  # one part's header fields: a few short lines
 
-# RFC 2046 5.1.1: 1 to 70 characters from bchars, not ending in a space.
-_BOUNDARY: Final = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
+# RFC 2046 5.1.1 allows 1 to 70 characters from bchars, not ending in a space. Real
+# senders exceed the length (Orthanc's DICOMweb plugin joins two UUIDs: 73), so the
+# length is capped at MAX_BOUNDARY_CHARS instead: still bounded, still the same bchars.
+MAX_BOUNDARY_CHARS: Final = 200
+_BOUNDARY: Final = re.compile(
+    rf"[0-9A-Za-z'()+_,\-./:=? ]{{0,{MAX_BOUNDARY_CHARS - 1}}}[0-9A-Za-z'()+_,\-./:=?]"
+)
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _CRLF: Final = b"\r\n"
 _PADDING: Final = b" \t"  # RFC 2046 transport padding after a delimiter
@@ -151,7 +157,8 @@ def check_content_type(content_type: str) -> tuple[str, str | None]:
         )
     if not _BOUNDARY.fullmatch(boundary):
         raise MalformedMultipart(
-            "the multipart boundary is not valid (1 to 70 characters, RFC 2046)"
+            f"the multipart boundary is not valid: use 1 to {MAX_BOUNDARY_CHARS} characters "
+            "from RFC 2046's set (letters, digits, '()+_,-./:=? and inner spaces)"
         )
     return boundary, declared
 

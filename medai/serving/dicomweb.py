@@ -3,7 +3,8 @@
 ``POST /dicomweb/studies`` and ``POST /dicomweb/studies/{study}`` take
 ``multipart/related; type="application/dicom"; boundary=...`` and answer the PS3.18
 Store Instances Response as ``application/dicom+json``: 200 all accepted, 202 some
-failed, 409 none accepted, 503 nothing could be recorded (send it again); 400 for a
+failed (each failed part's reason in words in a ``Warning: 299 {+service}: ...``
+header), 409 none accepted, 503 nothing could be recorded (send it again); 400 for a
 malformed body or a missing/unknown site, 413 for a body over ``max_request_bytes``,
 415 for anything but binary DICOM parts.
 
@@ -41,6 +42,7 @@ from medai.collection.receivers.stow import (
     StoreResult,
     is_valid_uid,
     store_instances,
+    warning_header,
 )
 from medai.dicom.multipart import Part, check_content_type, parse_multipart_related
 from medai.errors import CampaignNotSetUp, RequestTooLarge, UnsupportedMediaType
@@ -175,8 +177,10 @@ async def _stow(
     response = Response(
         json.dumps(result.body), status_code=result.status, media_type=RESPONSE_MEDIA_TYPE
     )
-    for warning in result.warnings:
-        response.headers.append("Warning", warning)
+    # PS3.18: the warn-agent is {+service}, the base URL of this DICOMweb service.
+    service_url = str(request.base_url).rstrip("/") + router.prefix
+    for text in result.warnings:
+        response.headers.append("Warning", warning_header(service_url, text))
     if result.status == 503:
         response.headers["Retry-After"] = "30"
     return response

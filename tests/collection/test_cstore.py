@@ -11,8 +11,12 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from sqlalchemy import select
 
+from medai.catalog.db import create_engine_for, session_factory
+from medai.catalog.models import AuditRecord
 from medai.collection.accounting import verify_collection
+from medai.collection.receivers.cstore import REJECTED_ACTION
 from medai.config import Settings
 from medai.demo.services import STORESCU_PROPOSE
 from medai.dicom.synth import generate
@@ -110,3 +114,51 @@ def test_unknown_calling_ae_is_rejected_at_association(listener: int, settings: 
     assert refused.returncode != 0
     assert "Calling AE Title Not Recognized" in refused.stdout + refused.stderr
     assert verify_collection(settings).inputs == 0
+
+
+def _rejections(settings: Settings) -> list[dict[str, object]]:
+    engine = create_engine_for(settings.resolved_database_url)
+    try:
+        with session_factory(engine)() as session:
+            query = select(AuditRecord).where(AuditRecord.action == REJECTED_ACTION)
+            return [dict(r.details) for r in session.scalars(query.order_by(AuditRecord.seq))]
+    finally:
+        engine.dispose()
+
+
+def test_a_wrong_called_ae_is_rejected_and_recorded_at_once(
+    settings: Settings, tmp_path: Path
+) -> None:
+    init_example_campaign(settings)
+    running = Listener()
+    try:
+        wrong = subprocess.run(
+            ["echoscu", "-aet", SITE_A_AE, "-aec", "WRONG", "127.0.0.1", str(running.port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert wrong.returncode != 0
+        assert "Called AE Title Not Recognized" in wrong.stdout + wrong.stderr
+        synth = generate(tmp_path / "in", studies=1, seed=5, image_size=32, ct_slices=1)
+        refused = subprocess.run(
+            ["storescu", "-aet", "INTRUDER", "-aec", "MEDAI", "127.0.0.1", str(running.port),
+             *map(str, synth.files)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )  # fmt: skip
+        assert refused.returncode != 0
+        # Recorded when they happen, while the listener runs (not at its shutdown).
+        recorded = _rejections(settings)
+        assert [(r["calling_ae_title"], r["called_ae_title"], r["reason"]) for r in recorded] == [
+            (SITE_A_AE, "WRONG", "called-ae-title-not-recognised"),
+            ("INTRUDER", "MEDAI", "calling-ae-title-not-recognised"),
+        ]
+        assert all(str(r["peer"]).startswith("127.0.0.1:") for r in recorded)
+        assert verify_collection(settings).inputs == 0
+    finally:
+        output = running.stop(timeout=30)
+    assert running.process.returncode == 0, output
+    assert "rejected an association from 127.0.0.1" in output
+    assert "2 rejected" in output

@@ -17,14 +17,19 @@ from pydicom.uid import generate_uid
 from pynetdicom import build_context, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
+from sqlalchemy import select
 
-from medai.catalog.db import create_engine_for
+from medai.audit import verify_audit_chain
+from medai.catalog.db import create_engine_for, session_factory
+from medai.catalog.models import AuditRecord
 from medai.collection.accounting import verify_collection
 from medai.collection.pipeline import IngestPipeline
 from medai.collection.receivers.cstore import (
+    REJECTED_ACTION,
     STATUS_OUT_OF_RESOURCES,
     STATUS_SUCCESS,
     ListenerCounts,
+    RejectionRecorder,
     handle_aborted,
     handle_accepted,
     handle_echo,
@@ -133,3 +138,70 @@ def test_echo_and_association_events_are_counted() -> None:
     handle_rejected(evt.Event(assoc, evt.EVT_REJECTED), counts)
     handle_aborted(evt.Event(assoc, evt.EVT_ABORTED), counts)
     assert (counts.associations, counts.rejected, counts.aborted) == (2, 1, 1)
+
+
+def rejected_event(calling: str, called: str, peer: tuple[str, int]) -> evt.Event:
+    """The EVT_REJECTED event of an association request pynetdicom refused."""
+    request = SimpleNamespace(calling_ae_title=calling, called_ae_title=called)
+    requestor = SimpleNamespace(ae_title=calling, primitive=request, address=peer[0], port=peer[1])
+    assoc: Any = SimpleNamespace(requestor=requestor)
+    return evt.Event(assoc, evt.EVT_REJECTED)
+
+
+def _rejections(pipeline: IngestPipeline) -> list[dict[str, Any]]:
+    with session_factory(pipeline.engine)() as session:
+        records = session.scalars(
+            select(AuditRecord)
+            .where(AuditRecord.action == REJECTED_ACTION)
+            .order_by(AuditRecord.seq)
+        ).all()
+        assert {record.actor for record in records} <= {"system:cstore"}
+        return [dict(record.details) for record in records]
+
+
+def test_rejected_associations_are_audited_when_they_happen(
+    pipeline: IngestPipeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    counts = ListenerCounts()
+    recorder = RejectionRecorder(pipeline.engine, "MEDAI", SITES)
+    caplog.set_level("WARNING", logger="medai.collection.receivers.cstore")
+    handle_rejected(rejected_event(SITE_A_AE, "WRONG", ("10.1.2.3", 40001)), counts, recorder)
+    handle_rejected(rejected_event("INTRUDER", "MEDAI", ("10.9.9.9", 40002)), counts, recorder)
+    assert counts.rejected == 2
+    assert _rejections(pipeline) == [
+        {
+            "calling_ae_title": SITE_A_AE,
+            "called_ae_title": "WRONG",
+            "peer": "10.1.2.3:40001",
+            "reason": "called-ae-title-not-recognised",
+            "repeated": 0,
+        },
+        {
+            "calling_ae_title": "INTRUDER",
+            "called_ae_title": "MEDAI",
+            "peer": "10.9.9.9:40002",
+            "reason": "calling-ae-title-not-recognised",
+            "repeated": 0,
+        },
+    ]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2 and "called-ae-title-not-recognised" in warnings[0]
+    with session_factory(pipeline.engine)() as session:
+        assert verify_audit_chain(session).ok
+
+
+def test_a_peer_retrying_in_a_loop_cannot_flood_the_audit_chain(pipeline: IngestPipeline) -> None:
+    counts = ListenerCounts()
+    peer = ("10.1.2.3", 40001)
+    throttled = RejectionRecorder(pipeline.engine, "MEDAI", SITES)
+    for _ in range(20):
+        handle_rejected(rejected_event("INTRUDER", "MEDAI", peer), counts, throttled)
+    assert counts.rejected == 20
+    assert len(_rejections(pipeline)) == 1
+    # Once the interval has passed, the next record counts those that were not recorded.
+    eager = RejectionRecorder(pipeline.engine, "MEDAI", SITES, interval=0.0)
+    handle_rejected(rejected_event("INTRUDER", "MEDAI", peer), counts, eager)
+    handle_rejected(rejected_event("\x00EVIL\nTITLE", "MEDAI", peer), counts, eager)
+    details = _rejections(pipeline)
+    assert len(details) == 3
+    assert details[-1]["calling_ae_title"] == "?EVIL?TITLE"  # printable, as logged

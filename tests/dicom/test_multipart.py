@@ -70,7 +70,23 @@ def test_a_stow_content_type_is_checked_before_the_body() -> None:
     with pytest.raises(MalformedMultipart, match="no boundary"):
         check_content_type('multipart/related; type="application/dicom"')
     with pytest.raises(MalformedMultipart, match="not valid"):
-        check_content_type(DICOM + '"' + "x" * 71 + '"')
+        check_content_type(DICOM + '"' + "x" * 201 + '"')
+    with pytest.raises(MalformedMultipart, match="not valid"):
+        check_content_type(DICOM + '"ends in a space "')
+
+
+# Orthanc's DICOMweb plugin joins two UUIDs: 73 characters, past RFC 2046's 70.
+ORTHANC_BOUNDARY = "2f4a6a0e-8f3b-4c1d-9e2a-5b7c8d9e0f1a-7c3e9b1d-2a4f-4e6b-8d0c-1f3a5b7d9e2c"
+
+
+def test_orthanc_s_73_character_boundary_is_accepted() -> None:
+    assert len(ORTHANC_BOUNDARY) == 73
+    content_type = f"multipart/related; type=application/dicom; boundary={ORTHANC_BOUNDARY}"
+    body = body_of([PAYLOAD, PAYLOAD[::-1]], boundary=ORTHANC_BOUNDARY)
+    parts = parse_multipart_related(content_type, body)
+    assert [part.data for part in parts] == [PAYLOAD, PAYLOAD[::-1]]
+    # Still bounded: a boundary is a short token, not an arbitrarily long string.
+    assert check_content_type(DICOM + "x" * 200)[0] == "x" * 200
 
 
 # -- framing ----------------------------------------------------------------------------------
@@ -177,8 +193,9 @@ def test_a_hundred_thousand_parts_cost_linear_time() -> None:
         assert len(parts) == count and parts[-1].data == b"x"
         return elapsed
 
+    # The best of three runs each, so that a pause of the shared machine is not read as cost.
     small = min(seconds(10_000) for _ in range(3))
-    large = seconds(100_000)
+    large = min(seconds(100_000) for _ in range(3))
     # Ten times the parts: about ten times the time; a quadratic parser would take 100.
     assert large < 40 * max(small, 0.001), (small, large)
 

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from medai.catalog.db import create_engine_for, session_factory
 from medai.catalog.models import AuditRecord, IngestEvent, Instance, QuarantineEntry
 from medai.collection.accounting import verify_collection
-from medai.collection.receivers.stow import FAILURE_CODES
+from medai.collection.receivers.stow import FAILURE_CODES, REASON_TEXTS
 from medai.config import Settings
 from medai.dicom.synth import SynthResult
 from medai.serving.app import create_app
@@ -31,6 +31,8 @@ from tests.serving.helpers import (
 from tests.utils.campaign import bad_inputs
 
 STOW = "/dicomweb/studies?site=site-a"
+# PS3.18 Warning values: the warn-agent is {+service}, the base URL of the DICOMweb service.
+WARN = "299 http://testserver/dicomweb: "
 
 
 def _uids(data: bytes) -> tuple[str, str]:
@@ -118,10 +120,12 @@ def test_good_and_bad_parts_202_then_all_bad_409(
     assert (
         failed[list(bad).index("burned-in-annotation")][1] == _uids(bad["burned-in-annotation"])[1]
     )
-    # medai's reason for each failed part, by its position (1-based), never a file value.
+    # medai's reason for each failed part, by its position (1-based), in words and as its
+    # code (PS3.18's Warning header), never a file value.
     warnings = response.headers.get_list("warning")
     for position, reason in enumerate(bad, start=2):
-        assert f'299 medai "{reason}: part {position}"' in warnings
+        assert f"{WARN}part {position} not accepted ({reason}): {REASON_TEXTS[reason]}" in warnings
+    assert "not a DICOM file" in " ".join(warnings)
     _no_phi(response, synth)
     # Quarantined parts are in custody, though reported as failed.
     assert _count(campaign, QuarantineEntry) == len(bad)
@@ -241,7 +245,9 @@ def test_size_limits(campaign: Settings, files: list[bytes]) -> None:
         mixed = _post(client, key, [small, large])
         assert mixed.status_code == 202
         assert failure_reasons(mixed.json()) == [FAILURE_CODES["too-large"]]
-        assert '299 medai "too-large: part 2"' in mixed.headers.get_list("warning")
+        assert mixed.headers.get_list("warning") == [
+            f"{WARN}part 2 not accepted (too-large): it is larger than the limit for one instance"
+        ]
     report = verify_collection(campaign)
     assert report.events == {"stored": 1, "quarantined": 1}
     assert _count(campaign, IngestEvent) == 2
@@ -265,8 +271,9 @@ def test_a_store_failure_takes_nothing_and_asks_for_a_resend(
     assert failed.headers["Retry-After"] == "30"
     assert failure_reasons(failed.json()) == [0xA700] * len(files[1:])
     assert REFERENCED not in failed.json()
+    numbers = ", ".join(str(i + 1) for i in range(len(files) - 1))
     assert failed.headers.get_list("warning") == [
-        f'299 medai "not-taken: parts {", ".join(str(i + 1) for i in range(len(files) - 1))}"'
+        f"{WARN}parts {numbers} not accepted (not-taken): {REASON_TEXTS['not-taken']}"
     ]
     assert verify_collection(campaign).events == {"stored": 1}
 

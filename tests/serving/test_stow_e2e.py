@@ -16,7 +16,7 @@ import requests
 from dicomweb_client import DICOMwebClient
 
 from medai.collection.accounting import verify_collection
-from medai.collection.receivers.stow import FAILURE_CODES
+from medai.collection.receivers.stow import FAILURE_CODES, REASON_TEXTS
 from medai.config import Settings
 from medai.dicom.synth import SynthResult
 from tests.serving.helpers import (
@@ -153,8 +153,8 @@ def test_curl_with_a_hand_built_body(
     assert len(sequence_uids(response, REFERENCED)) == len(files)
     assert failure_reasons(response) == [FAILURE_CODES["not-dicom"], FAILURE_CODES["truncated"]]
     assert sorted(headers["warning"]) == [
-        '299 medai "not-dicom: part 5"',
-        '299 medai "truncated: part 6"',
+        f"299 {server.url}/dicomweb: part 5 not accepted (not-dicom): {REASON_TEXTS['not-dicom']}",
+        f"299 {server.url}/dicomweb: part 6 not accepted (truncated): {REASON_TEXTS['truncated']}",
     ]
     shown = text + repr(headers)
     assert not [value for value in synth.phi_values if value in shown]

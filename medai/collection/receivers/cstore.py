@@ -1,7 +1,11 @@
 """The C-STORE SCP: sites' PACS and modalities push DICOM to medai over the network.
 
-The calling AE title identifies the site (from the campaign); unknown callers are
-rejected at association. Every received instance goes through
+The calling AE title identifies the site (from the campaign); unknown callers, and
+associations addressed to another called AE title than medai's own, are rejected at
+association (A-ASSOCIATE-RJ), and each rejection is recorded when it happens (a WARNING
+log line and a ``cstore.association-rejected`` audit record, see
+:class:`RejectionRecorder`; the listener serves no metrics endpoint, so there is no
+Prometheus counter). Every received instance goes through
 :class:`~medai.collection.pipeline.IngestPipeline`; an instance that ends stored,
 duplicate or quarantined is in medai's custody, so the response is Success
 (PS3.4 B.2.3). Only when the instance could not be taken into custody at all (the
@@ -37,6 +41,7 @@ from sqlalchemy import select
 from medai.catalog.db import session_factory
 from medai.catalog.models import Site
 from medai.collection.pipeline import IngestPipeline
+from medai.collection.receivers.cstore_rejections import REJECTED_ACTION, RejectionRecorder
 from medai.collection.receivers.study_completion import CompletionSweeper
 
 __all__ = [
@@ -45,6 +50,8 @@ __all__ = [
     "STATUS_SUCCESS",
     "DrainResult",
     "ListenerCounts",
+    "REJECTED_ACTION",
+    "RejectionRecorder",
     "StorageListener",
     "build_storage_scp",
     "handle_aborted",
@@ -159,9 +166,21 @@ def handle_accepted(event: evt.Event, counts: ListenerCounts) -> None:
     counts.add("associations")
 
 
-def handle_rejected(event: evt.Event, counts: ListenerCounts) -> None:
-    """EVT_REJECTED: an association refused (an unknown calling AE title, mostly)."""
+def handle_rejected(
+    event: evt.Event, counts: ListenerCounts, recorder: RejectionRecorder | None = None
+) -> None:
+    """EVT_REJECTED: an association refused (a wrong calling or called AE title, mostly)."""
     counts.add("rejected")
+    if recorder is None:
+        return
+    requestor = event.assoc.requestor
+    request = requestor.primitive  # the A-ASSOCIATE request that was refused
+    called = str(request.called_ae_title) if request is not None else ""
+    try:
+        host, port = str(requestor.address), int(requestor.port)
+    except (AttributeError, TypeError, ValueError):  # no address info: still record it
+        host, port = "unknown", 0
+    recorder.record(str(requestor.ae_title), called, host, port)
 
 
 def handle_aborted(event: evt.Event, counts: ListenerCounts) -> None:
@@ -186,7 +205,8 @@ def build_storage_scp(
     ae_title
         medai's own AE title.
     sites
-        Calling AE title → site id; other callers are rejected.
+        Calling AE title → site id; other callers are rejected, and so are associations
+        whose called AE title is not ``ae_title``; each rejection is logged and audited.
     counts
         Updated with every association and instance outcome, if given.
     network_timeout
@@ -200,6 +220,9 @@ def build_storage_scp(
     """
     ae = AE(ae_title=ae_title)
     ae.require_calling_aet = sorted(sites)  # anyone else is rejected at association
+    # An association addressed to another AE title was meant for another system (a
+    # misconfigured peer): refuse it with "called AE title not recognised".
+    ae.require_called_aet = True
     ae.maximum_associations = MAX_ASSOCIATIONS
     ae.network_timeout = network_timeout
     # Larger PDUs than pynetdicom's 16 KiB default: fewer PDUs to decode in Python
@@ -211,12 +234,13 @@ def build_storage_scp(
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
 
     tally = counts or ListenerCounts()
+    recorder = RejectionRecorder(pipeline.engine, ae_title, sites)
     handlers: list[EventHandlerType] = [
         (evt.EVT_CONN_OPEN, handle_conn_open, [network_timeout]),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [pipeline, sites, tally]),
         (evt.EVT_ACCEPTED, handle_accepted, [tally]),
-        (evt.EVT_REJECTED, handle_rejected, [tally]),
+        (evt.EVT_REJECTED, handle_rejected, [tally, recorder]),
         (evt.EVT_ABORTED, handle_aborted, [tally]),
     ]
     return ae, handlers

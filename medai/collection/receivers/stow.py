@@ -10,9 +10,13 @@ Instances Response (PS3.18 10.5.3) as DICOM JSON. The web service
 
 What the response may say: the SOP Class and SOP Instance UIDs of each part, exactly as
 the sender sent them (so it can match them to its own list), a PS3.18 failure reason code
-for each part not accepted, and medai's own reason code (``not-dicom``,
-``burned-in-annotation`` ...). Never any other value from a file: a UID is echoed only when
-it is a syntactically valid UID, so free text can never leak through a malformed one.
+for each part not accepted, and, in HTTP Warning headers (PS3.18's Warning header field,
+``299 {+service}: <text>``), why in words with medai's own reason code (``not-dicom``,
+``burned-in-annotation`` ...) and the parts' 1-based positions. The Failed SOP Sequence
+item of PS3.18 Table 10.5.3-1 has no attribute for free text, so the words travel in the
+header only. Never any other value from a file: a UID is echoed only when it is a
+syntactically valid UID, so free text can never leak through a malformed one; the words
+are fixed sentences.
 The response has no Retrieve URL: medai does not serve instances back (it holds them
 de-identified, under other UIDs).
 """
@@ -34,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FAILURE_CODES",
+    "REASON_TEXTS",
     "RESPONSE_MEDIA_TYPE",
     "SOURCE",
     "PartIdentity",
@@ -41,6 +46,7 @@ __all__ = [
     "identify_part",
     "is_valid_uid",
     "store_instances",
+    "warning_header",
 ]
 
 logger = logging.getLogger(__name__)
@@ -70,6 +76,23 @@ FAILURE_CODES: Final[dict[str, int]] = {
 # Not a quarantine reason: the part was refused before ingest (never in medai's custody).
 WRONG_STUDY: Final = "wrong-study"
 NOT_TAKEN: Final = "not-taken"  # the batch could not be recorded (catalog or store failure)
+
+# Why, in words a site's PACS administrator can act on; fixed sentences, never file values.
+REASON_TEXTS: Final[dict[str, str]] = {
+    "not-dicom": "not a DICOM file; send DICOM Part 10 instances",
+    "truncated": "the DICOM data ends early (cut short); send the instance again whole",
+    "missing-attribute": "a required attribute (e.g. a UID or the patient ID) is missing",
+    "undecodable-transfer-syntax": "its transfer syntax cannot be decoded; send it "
+    "uncompressed or in a standard compression",
+    "unsupported-object": "this kind of object (SOP class or modality) is not collected",
+    "burned-in-annotation": "it may carry text burned into the pixels, which cannot be "
+    "de-identified; it is held in quarantine for review",
+    "cannot-deidentify": "it could not be de-identified; it is held in quarantine for review",
+    "too-large": "it is larger than the limit for one instance",
+    WRONG_STUDY: "it belongs to another study than the one in the request URL; not stored",
+    NOT_TAKEN: "nothing could be recorded (catalog or store unavailable); send it again later",
+}
+_OTHER_REASON: Final = "it was not accepted; it is held in quarantine for review"
 
 # DICOM JSON tags of the Store Instances Response Module (PS3.18 Table 10.5.3-1).
 _FAILED_SOP_SEQUENCE: Final = "00081198"
@@ -139,8 +162,9 @@ class StoreResult:
     ``status`` is the HTTP status PS3.18 10.5.3 prescribes: 200 when every instance was
     accepted (stored or already held), 202 when some were and some failed, 409 when
     none was, 503 when the batch could not be recorded at all (retry it). ``body`` is the
-    Store Instances Response as DICOM JSON; ``warnings`` are HTTP Warning header values
-    naming medai's reason for each failed part (by its 1-based position in the request).
+    Store Instances Response as DICOM JSON; ``warnings`` are the texts of the HTTP Warning
+    headers (see :func:`warning_header`): medai's reason for each failed part, in words and
+    as its code, by the part's 1-based position in the request.
     """
 
     status: int
@@ -268,7 +292,7 @@ def _sop_item(identity: PartIdentity) -> dict[str, Any]:
 
 
 def _warnings(reasons: dict[int, str]) -> list[str]:
-    """One HTTP Warning value per reason: ``299 medai "<reason>: parts 2, 5"``."""
+    """One text per reason: ``parts 2, 5 not accepted (not-dicom): not a DICOM file; ...``."""
     by_reason: dict[str, list[int]] = {}
     for index in sorted(reasons):
         by_reason.setdefault(reasons[index], []).append(index + 1)
@@ -276,5 +300,17 @@ def _warnings(reasons: dict[int, str]) -> list[str]:
     for reason, numbers in sorted(by_reason.items()):
         shown = ", ".join(map(str, numbers[:50])) + (" ..." if len(numbers) > 50 else "")
         noun = "part" if len(numbers) == 1 else "parts"
-        values.append(f'299 medai "{reason}: {noun} {shown}"')
+        words = REASON_TEXTS.get(reason, _OTHER_REASON)
+        values.append(f"{noun} {shown} not accepted ({reason}): {words}")
     return values
+
+
+def warning_header(service: str, text: str) -> str:
+    """An HTTP Warning value as PS3.18 writes it: ``299 {+service}: <text>``.
+
+    ``service`` is the base URL of the DICOMweb service (the ``{+service}`` of PS3.18),
+    e.g. ``https://medai.example.org/dicomweb``. Header values must be Latin-1 and one
+    line, so anything else is replaced (the texts are medai's own, this is a safeguard).
+    """
+    line = f"299 {service}: {text}"
+    return "".join(c if " " <= c <= "~" else "?" for c in line)
