@@ -22,7 +22,9 @@ __all__ = [
     "DemoFailed",
     "GateFailure",
     "IncompleteResponse",
+    "KeyEscrowError",
     "KeyFileError",
+    "KeyMismatch",
     "LabelSheetError",
     "MalformedMultipart",
     "MedaiError",
@@ -274,3 +276,23 @@ class UnreadableStudy(MedaiError):
 
 class NotAudited(MedaiError):
     """An action that needs its audit record first was not done: the record could not be written."""
+
+
+class KeyMismatch(KeyFileError):
+    """The campaign key file is missing or differs from the key whose fingerprint the catalog holds.
+
+    Pseudonymizing with another key would file every patient again under new pseudonyms;
+    the message says how to restore the campaign's key from its escrow.
+    """
+
+
+class KeyEscrowError(KeyFileError):
+    """A key escrow file cannot be written, read, decrypted or does not belong to this campaign."""
+
+
+class BadAuditAnchor(MedaiError):
+    """An audit anchor that is not ``SEQ:HASH`` (a sequence number and a sha256 hex digest)."""
+
+
+class NothingToImport(MedaiError):
+    """An import path that yields no regular file to read (an empty folder, a device, a FIFO)."""

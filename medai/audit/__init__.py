@@ -12,6 +12,7 @@ from medai.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from medai.audit import actors
+    from medai.audit.anchor import AuditHead, audit_head, parse_anchor, verify_against_anchor
     from medai.audit.chain import (
         GENESIS_HASH,
         AuditEntry,
@@ -28,14 +29,18 @@ if TYPE_CHECKING:
 __all__ = [
     "GENESIS_HASH",
     "AuditEntry",
+    "AuditHead",
     "AuditReport",
     "actors",
+    "audit_head",
     "append_audit",
     "append_audit_many",
     "audited_transaction",
     "canonical_json",
     "compute_record_hash",
     "lock_audit_chain",
+    "parse_anchor",
+    "verify_against_anchor",
     "verify_audit_chain",
 ]
 
@@ -43,6 +48,10 @@ _MODULES = {
     "GENESIS_HASH": "chain",
     "AuditEntry": "chain",
     "AuditReport": "chain",
+    "AuditHead": "anchor",
+    "audit_head": "anchor",
+    "parse_anchor": "anchor",
+    "verify_against_anchor": "anchor",
     "append_audit": "chain",
     "append_audit_many": "chain",
     "canonical_json": "chain",

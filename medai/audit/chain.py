@@ -4,8 +4,9 @@ Each record's ``record_hash`` is ``sha256(prev_hash + canonical_json(record))``,
 starting from :data:`GENESIS_HASH`, so editing, deleting, inserting or
 reordering any record breaks the chain at that record. The chain alone cannot
 reveal that the newest records were cut off, nor a chain recomputed from some
-point onward by someone with write access; keep a copy of a recent
-``record_hash`` elsewhere (e.g. in the campaign's monitoring export) to anchor it.
+point onward by someone with write access; keep a copy of a recent head
+elsewhere to anchor it (:mod:`medai.audit.anchor`, ``medai audit anchor``; the
+campaign's monitoring export carries it).
 
 ``details`` must be JSON-serializable and must never carry PHI: callers pass
 pseudonymized identifiers, counts and reason codes only.

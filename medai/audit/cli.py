@@ -1,6 +1,8 @@
-"""``medai audit verify``: recompute the hash chain of the audit log that every part writes."""
+"""``medai audit verify|anchor``: check the hash chain of the audit log, print its head to keep."""
 
 from __future__ import annotations
+
+from typing import Annotated
 
 import typer
 
@@ -12,28 +14,54 @@ audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True
 
 
 @audit_app.command("verify")
-def verify_command(as_json: JsonFlag = False) -> None:
-    """Recompute the audit log's hash chain; exit 1 and name the first bad record if edited."""
+def verify_command(
+    anchor: Annotated[
+        str | None,
+        typer.Option(
+            "--anchor",
+            metavar="SEQ:HASH",
+            help="A head kept earlier (`medai audit anchor`, or the campaign export's "
+            "audit_head): also detect records cut off after it or a chain rewritten up to it.",
+        ),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Recompute the audit log's hash chain; exit 1 and name the first bad record if edited.
+
+    Without --anchor the newest records could be deleted unseen: pass a head kept elsewhere.
+    """
     from rich.text import Text
 
-    from medai.audit import verify_audit_chain
+    from medai.audit import parse_anchor, verify_against_anchor, verify_audit_chain
     from medai.cli_support import (
         catalog_session,
         console,
         err_console,
+        fail,
         print_json,
         require_campaign,
     )
+    from medai.errors import BadAuditAnchor
 
+    try:
+        anchored = None if anchor is None else parse_anchor(anchor)
+    except BadAuditAnchor as exc:
+        raise fail(exc, "Copy the anchor exactly, e.g. 1234:9f86d081…(64 hex digits).") from None
     # The chain may start before the campaign (API keys are audited): a schema is enough.
     require_campaign(campaign=False)
     with catalog_session() as session:
-        report = verify_audit_chain(session)
+        if anchored is None:
+            report = verify_audit_chain(session)
+        else:
+            report = verify_against_anchor(session, anchored)
     if as_json:
         print_json(report)
     elif report.ok:
+        suffix = f", reaching anchor {anchored.seq}" if anchored else ""
         console().print(
-            Text.assemble(("OK", "bold green"), f": {report.records} audit records, chain intact")
+            Text.assemble(
+                ("OK", "bold green"), f": {report.records} audit records, chain intact{suffix}"
+            )
         )
     else:
         err_console().print(
@@ -44,6 +72,21 @@ def verify_command(as_json: JsonFlag = False) -> None:
         )
     if not report.ok:
         raise typer.Exit(EXIT_PROBLEM)
+
+
+@audit_app.command("anchor")
+def anchor_command(as_json: JsonFlag = False) -> None:
+    """Print the chain's head as SEQ:HASH: keep it elsewhere, check later with verify --anchor."""
+    from medai.audit import audit_head
+    from medai.cli_support import catalog_session, print_json, require_campaign
+
+    require_campaign(campaign=False)
+    with catalog_session() as session:
+        head = audit_head(session)
+    if as_json:
+        print_json({"seq": head.seq, "hash": head.hash, "anchor": str(head)})
+    else:
+        typer.echo(str(head))
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,4 @@
-"""``medai campaign init|status|export``: set the campaign up and report its progress."""
+"""``medai campaign init|status|export`` (and ``key``): set the campaign up, report progress."""
 
 from __future__ import annotations
 
@@ -37,7 +37,10 @@ campaign_app = typer.Typer(
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``campaign`` to the root ``medai`` app."""
+    """Add ``campaign`` (with its ``key`` sub-commands) to the root ``medai`` app."""
+    from medai.collection.campaign.key_cli import key_app
+
+    campaign_app.add_typer(key_app, name="key")
     app.add_typer(campaign_app, name="campaign")
 
 
@@ -125,7 +128,8 @@ def _print_init_summary(out: Console, definition: CampaignDefinition, result: In
     out.print(plain(f"Pseudonymization key: {result.key_file} ({key_state})"), soft_wrap=True)
     out.print(
         plain(
-            "Back up the key file now, and keep the backup apart from the catalog backups: "
+            "Back up the key file now (`medai campaign key export --out FILE` encrypts it under a "
+            "passphrase), and keep the backup apart from the catalog backups: "
             "without it, data sent later gets different pseudonyms; whoever holds both the key "
             "and the catalog can link pseudonyms back to known patient IDs.",
             "bold yellow",
@@ -145,6 +149,15 @@ def _progress_report(today: dt.date | None) -> CampaignProgress:
             return compute_progress(session, today=today)
     except MedaiError as exc:
         raise fail(exc) from None
+
+
+def _audit_anchor() -> str:
+    """The audit chain's head as SEQ:HASH (see ``medai audit anchor``)."""
+    from medai.audit import audit_head
+    from medai.cli_support import catalog_session
+
+    with catalog_session() as session:
+        return str(audit_head(session))
 
 
 TodayOption = Annotated[
@@ -337,7 +350,8 @@ def export_command(
     """Export progress for the city's monitoring system (stable field names, a timestamp).
 
     JSON: the document described by collection/progress.schema.json (`--schema` prints
-    it). CSV: one row per site and a last row for the campaign (site `*`).
+    it). CSV: one row per site and a last row for the campaign (site `*`). Both carry
+    audit_head, the audit chain's head to check later with `medai audit verify --anchor`.
     """
     import csv
     import io
@@ -351,6 +365,8 @@ def export_command(
     if fmt not in ("json", "csv"):
         raise fail(f"unknown format {fmt!r}", "Use --format json or --format csv.")
     report = _progress_report(today)
+    # The city's monitoring system keeps what it receives: an anchor for the audit chain.
+    report = report.model_copy(update={"audit_head": _audit_anchor()})
     if fmt == "json":
         text = report.model_dump_json(indent=2) + "\n"
     else:

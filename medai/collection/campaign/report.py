@@ -2,12 +2,14 @@
 
 The JSON form (:class:`CampaignProgress`) has stable field names; ``schema_version``
 changes when they do, and ``collection/progress.schema.json`` is its JSON Schema. The CSV
-form has one row per site and one for the campaign (:func:`progress_csv_rows`).
+form has one row per site and one for the campaign (:func:`progress_csv_rows`), its text
+cells neutralised against spreadsheet formulas. Both carry the audit chain's head.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -21,6 +23,7 @@ __all__ = [
     "SiteProgress",
     "Status",
     "TargetProgress",
+    "csv_safe",
     "progress_csv_rows",
 ]
 
@@ -115,6 +118,12 @@ class CampaignProgress(BaseModel):
     sites: list[SiteProgress] = Field(description="Late sites first, then at risk, ...")
     burnup: list[BurnupPoint] = Field(description="Every campaign day: plan vs actual.")
     status_rule: str = Field(default=STATUS_RULE)
+    audit_head: str | None = Field(
+        default=None,
+        description="The audit chain's head as SEQ:HASH when exported (`medai campaign "
+        "export`); keep it: `medai audit verify --anchor SEQ:HASH` detects records deleted "
+        "after it or a chain rewritten up to it. null elsewhere.",
+    )
 
 
 CSV_COLUMNS = (
@@ -134,8 +143,24 @@ CSV_COLUMNS = (
     "labelled_studies",
     "label_coverage",
     "days_left",
+    "audit_head",
 )
 """Columns of the CSV export: one row per site, then the campaign's row (site ``*``)."""
+
+# Cells a spreadsheet would read as a formula (OWASP "CSV injection"): = + - @, tab, CR.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+
+
+def csv_safe(value: object) -> object:
+    """``value`` as a CSV cell no spreadsheet runs as a formula.
+
+    Text starting with ``= + - @``, a tab or a carriage return gets a leading ``'`` (what
+    OWASP recommends); numbers, and text that is just a number such as ``-1.5``, are kept.
+    """
+    if not isinstance(value, str) or not value.startswith(_FORMULA_STARTS):
+        return value
+    return value if _NUMBER.match(value) else "'" + value
 
 
 def progress_csv_rows(report: CampaignProgress) -> list[dict[str, object]]:
@@ -160,8 +185,10 @@ def progress_csv_rows(report: CampaignProgress) -> list[dict[str, object]]:
             "labelled_studies": part.labelled_studies,
             "label_coverage": part.label_coverage,
             "days_left": report.days_left,
+            "audit_head": report.audit_head or "",
         }
 
     rows = [row(site.site, site.name, site) for site in report.sites]
     rows.append(row("*", report.campaign, report))
-    return rows
+    # Site ids, names and the campaign's name are typed by people: never a formula.
+    return [{key: csv_safe(value) for key, value in r.items()} for r in rows]

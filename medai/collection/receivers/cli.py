@@ -117,6 +117,9 @@ def _print_import(summary: ImportSummary, site: str) -> None:
     for reason, count in sorted(summary.quarantined.items()):
         table.add_row(*row(f"quarantined: {reason}", count))
     table.add_row(plain("inputs", "bold"), plain(summary.inputs, "bold"))
+    # Links, FIFOs and devices: never read, so not inputs; shown so none goes unnoticed.
+    for reason, count in sorted(summary.refused.items()):
+        table.add_row(*row(f"refused, never read: {reason}", count))
     out = console()
     out.print(table)
     rate = summary.inputs / summary.seconds if summary.seconds else 0.0
@@ -158,8 +161,9 @@ def listen_command(
 ) -> None:
     """Receive DICOM pushed by the sites' PACS (C-STORE SCP, with C-ECHO).
 
-    The calling AE title names the site (see the campaign's sites); unknown callers
-    are rejected. Studies are marked complete after a quiet period. Runs until
+    The calling AE title names the site (see the campaign's sites); unknown callers,
+    and associations addressed to another AE title than --ae-title, are rejected and
+    audited as they happen. Studies are marked complete after a quiet period. Runs until
     Ctrl-C or SIGTERM; then stops accepting, lets associations in flight finish
     (up to --drain-seconds; a second Ctrl-C aborts them at once) and prints a summary.
     """

@@ -4,20 +4,27 @@ The walk happens first (so the run knows how many inputs it must account for),
 then worker processes each build their own :class:`IngestPipeline` and ingest
 inputs in parallel. A run interrupted at any point is simply run again: inputs
 already catalogued come back as duplicates, nothing is stored or quarantined twice.
+
+Only regular files are inputs (:mod:`.folder_inputs`): links, FIFOs, sockets and devices
+are never opened, and are counted per reason in the summary's ``refused`` (not inputs, so
+the accounting of inputs is untouched). A path that yields no input at all is an error.
+Worker processes die with the import (see :func:`_die_with_parent`).
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
-import struct
+import signal
+import sys
 import threading
 import time
-import zipfile
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from medai.audit import actors, append_audit, audited_transaction
@@ -25,8 +32,16 @@ from medai.catalog.models import ImportRun, utcnow
 from medai.collection.labels import rematch_labels
 from medai.collection.outcomes import Offer, Outcome, OutcomeCounts
 from medai.collection.pipeline import IngestPipeline
+from medai.collection.receivers.folder_inputs import (
+    InputRef,
+    OversizedInput,
+    Unreadable,
+    iter_inputs,
+    read_input,
+    walk_inputs,
+)
 from medai.config import Settings, get_settings
-from medai.errors import MedaiError, Rejected, TooLarge
+from medai.errors import MedaiError, NothingToImport, Rejected
 
 __all__ = [
     "ImportSummary",
@@ -36,48 +51,18 @@ __all__ = [
     "import_path",
     "iter_inputs",
     "read_input",
+    "walk_inputs",
 ]
 
 logger = logging.getLogger(__name__)
 
 SOURCE = "folder"
 ACTOR = actors.system("import")
-_ZIP_MAGIC = b"PK\x03\x04"
 _MIN_INPUTS_PER_WORKER = 16
 # Inputs per catalog transaction: amortizes the commit, and bounds what a crash
 # makes a re-run redo.
 _BATCH_SIZE = 16
-_LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # the zip local file header, 30 bytes
-
-
-class OversizedInput(TooLarge):
-    """An input over the size limit, with what can be kept of it for the quarantine.
-
-    ``raw`` is a zip member's compressed bytes (never inflated), or empty for a
-    plain file too large to copy.
-    """
-
-    def __init__(self, message: str, raw: bytes) -> None:
-        super().__init__(message)
-        self.raw = raw
-
-
-class Unreadable(Rejected):
-    """A file that was found but could not be read (permissions, I/O error)."""
-
-    reason_code = "unreadable"
-
-
-@dataclass(frozen=True)
-class InputRef:
-    """One input: a plain file, or a member of a zip archive."""
-
-    path: Path
-    member: str | None = None
-
-    @property
-    def name(self) -> str:
-        return f"{self.path}!{self.member}" if self.member else str(self.path)
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass(kw_only=True)
@@ -85,100 +70,52 @@ class ImportSummary(OutcomeCounts):
     run_id: int
     inputs: int
     seconds: float = 0.0
+    # Entries never read, by reason (symlink-outside-root, fifo, device, ...): not inputs.
+    refused: Counter[str] = field(default_factory=Counter)
 
     @property
     def offered(self) -> int:
         return self.accounted
 
 
-def _is_zip(path: Path) -> bool:
-    if path.suffix.lower() == ".zip":
-        return True
-    try:
-        with path.open("rb") as handle:
-            return handle.read(4) == _ZIP_MAGIC
-    except OSError:
-        return False
-
-
-def iter_inputs(root: Path) -> Iterator[InputRef]:
-    """Every file below ``root`` (sorted, so runs are repeatable), expanding zip archives.
-
-    A zip that cannot be opened is itself an input (it will be quarantined).
-    """
-    paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-    for path in paths:
-        if not _is_zip(path):
-            yield InputRef(path)
-            continue
-        try:
-            with zipfile.ZipFile(path) as archive:
-                members = [info.filename for info in archive.infolist() if not info.is_dir()]
-        except (zipfile.BadZipFile, OSError):
-            yield InputRef(path)
-            continue
-        for member in members:
-            yield InputRef(path, member)
-
-
-def _raw_member(path: Path, info: zipfile.ZipInfo, limit: int) -> bytes:
-    """The member's compressed bytes as stored in the archive (never inflated).
-
-    Used to quarantine a zip bomb without expanding it.
-    """
-    with path.open("rb") as handle:
-        handle.seek(info.header_offset)
-        header = _LOCAL_HEADER.unpack(handle.read(_LOCAL_HEADER.size))
-        name_length, extra_length = header[-2], header[-1]
-        handle.seek(info.header_offset + _LOCAL_HEADER.size + name_length + extra_length)
-        return handle.read(min(info.compress_size, limit))
-
-
-def read_input(ref: InputRef, max_bytes: int) -> bytes:
-    """The bytes of one input, never reading more than ``max_bytes`` + 1 of them.
-
-    Raises
-    ------
-    OversizedInput
-        When the input exceeds ``max_bytes``; its ``raw`` is what can be kept.
-    Unreadable
-        When the file cannot be read.
-    """
-    try:
-        if ref.member is None:
-            size = ref.path.stat().st_size
-            if size > max_bytes:
-                raise OversizedInput(f"file of {size} bytes exceeds the limit of {max_bytes}", b"")
-            return ref.path.read_bytes()
-        with zipfile.ZipFile(ref.path) as archive:
-            info = archive.getinfo(ref.member)
-            if info.file_size > max_bytes:
-                raw = _raw_member(ref.path, info, max_bytes)
-                raise OversizedInput(
-                    f"zip member declares {info.file_size} bytes uncompressed "
-                    f"({info.compress_size} compressed), over the limit of {max_bytes}",
-                    raw,
-                )
-            with archive.open(info) as member:
-                # The declared size can lie: never inflate past the limit.
-                data = member.read(max_bytes + 1)
-            if len(data) > max_bytes:
-                raw = _raw_member(ref.path, info, max_bytes)
-                raise OversizedInput(f"zip member inflates past the limit of {max_bytes}", raw)
-            return data
-    except (OSError, zipfile.BadZipFile, RuntimeError, NotImplementedError) as exc:
-        # RuntimeError/NotImplementedError: encrypted members, unsupported compression.
-        raise Unreadable(f"cannot read the input ({type(exc).__name__})") from exc
-
-
 # -- worker processes --------------------------------------------------------------
 
 _worker_pipeline: IngestPipeline | None = None
 _worker_max_bytes = 0
+_worker_parent = 0
 
 
-def _init_worker(settings_json: str) -> None:
-    global _worker_pipeline, _worker_max_bytes
+def _die_with_parent(parent: int) -> None:
+    """Make this worker exit when the import that started it dies, even by SIGKILL.
+
+    Otherwise a killed import leaves its workers blocked forever on the task queue, whose
+    pipe they hold both ends of. Linux: the kernel sends SIGKILL (PR_SET_PDEATHSIG);
+    elsewhere a thread watches the parent pid. Either way, a parent already gone by now
+    (the race before prctl) is caught by comparing the parent pid.
+    """
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != parent:
+        os._exit(1)
+    if not armed:
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def _init_worker(settings_json: str, parent: int) -> None:
+    global _worker_pipeline, _worker_max_bytes, _worker_parent
+    _die_with_parent(parent)
+    _worker_parent = parent
     settings = Settings.model_validate_json(settings_json)
     _worker_pipeline = IngestPipeline.from_settings(settings)
     _worker_max_bytes = settings.max_instance_bytes
@@ -186,6 +123,8 @@ def _init_worker(settings_json: str) -> None:
 
 def _ingest_batch_in_worker(refs: list[InputRef], site: str, run_id: int) -> list[Outcome]:
     assert _worker_pipeline is not None, "worker not initialised"
+    if os.getppid() != _worker_parent:  # the import is gone: nobody will read the outcomes
+        os._exit(1)
     return _ingest_batch(_worker_pipeline, refs, site, run_id, _worker_max_bytes)
 
 
@@ -238,6 +177,9 @@ def import_path(
     ------
     UnknownSite, CampaignError, KeyFileError
         Before anything is offered.
+    NothingToImport
+        When ``root`` holds no regular file (an empty folder, a device, a FIFO), before a
+        run is recorded.
     """
     settings = settings or get_settings()
     if not root.exists():
@@ -245,11 +187,13 @@ def import_path(
     pipeline = IngestPipeline.from_settings(settings)  # fails early on set-up problems
     pipeline.check_site(site)
     started = time.perf_counter()
-    refs = list(iter_inputs(root))
+    refs, refused = walk_inputs(root)
+    if not refs:
+        raise NothingToImport(_nothing_message(root, refused))
     if on_total:
         on_total(len(refs))
-    run_id = _start_run(pipeline, site, len(refs), root)
-    summary = ImportSummary(run_id=run_id, inputs=len(refs))
+    run_id = _start_run(pipeline, site, len(refs), root, refused)
+    summary = ImportSummary(run_id=run_id, inputs=len(refs), refused=refused)
 
     def record(outcome: Outcome) -> None:
         summary.add(outcome)
@@ -289,7 +233,7 @@ def _run_pool(
         max_workers=workers,
         mp_context=context,
         initializer=_init_worker,
-        initargs=(settings.model_dump_json(),),
+        initargs=(settings.model_dump_json(), os.getpid()),
     ) as pool:
         pending: set[Future[list[Outcome]]] = set()
         for batch in _batches(refs, _BATCH_SIZE):
@@ -316,7 +260,18 @@ def _worker_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
-def _start_run(pipeline: IngestPipeline, site: str, inputs: int, root: Path) -> int:
+def _nothing_message(root: Path, refused: Counter[str]) -> str:
+    found = ", ".join(f"{count} {reason}" for reason, count in sorted(refused.items()))
+    why = f" (refused, never read: {found})" if found else ""
+    return (
+        f"{root} holds no regular file to import{why}: give a folder, a zip file or a DICOM "
+        "file (links, FIFOs and devices are never read)"
+    )
+
+
+def _start_run(
+    pipeline: IngestPipeline, site: str, inputs: int, root: Path, refused: Counter[str]
+) -> int:
     with audited_transaction(pipeline.engine) as session:
         run = ImportRun(site_id=site, source=SOURCE, inputs_found=inputs)
         session.add(run)
@@ -327,7 +282,7 @@ def _start_run(pipeline: IngestPipeline, site: str, inputs: int, root: Path) -> 
             actor=ACTOR,
             action="import.start",
             subject=f"run:{run.id}",
-            details={"site": site, "inputs": inputs},
+            details={"site": site, "inputs": inputs, "refused": dict(refused)},
         )
         return run.id
 
