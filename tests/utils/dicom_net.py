@@ -46,11 +46,15 @@ class Listener:
             assert time.monotonic() < deadline, "the listener did not answer C-ECHO"
             time.sleep(0.2)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> str:
-        """Signal the listener, wait for it to exit and return all it printed."""
+    def stop(self, sig: int | None = signal.SIGTERM, timeout: float = 60) -> str:
+        """Signal the listener, wait for it to exit and return all it printed.
+
+        ``sig=None``: it was signalled already, only wait. A second SIGTERM cuts the drain
+        short, and one that lands while the interpreter is exiting kills it (-15).
+        """
         if self.process.stdout is None or self.process.stdout.closed:
             return self.output  # already stopped
-        if self.process.poll() is None:
+        if sig is not None and self.process.poll() is None:
             self.process.send_signal(sig)
         output, _ = self.process.communicate(timeout=timeout)
         self.output += output
