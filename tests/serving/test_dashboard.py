@@ -116,6 +116,7 @@ def test_dashboard_in_chromium_shows_the_catalog_numbers(
 ) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support.ui import WebDriverWait
 
     assert isinstance(browser, WebDriver)
     steward = new_key(collected, "steward")
@@ -125,7 +126,8 @@ def test_dashboard_in_chromium_shows_the_catalog_numbers(
         assert browser.current_url.endswith("/dashboard/login")
         browser.find_element(By.ID, "key").send_keys(steward)
         browser.find_element(By.ID, "sign-in").click()
-        assert browser.current_url.endswith("/dashboard")
+        # The click returns before the form's POST and redirect land: wait for the page.
+        WebDriverWait(browser, 30).until(lambda driver: driver.current_url.endswith("/dashboard"))
         truth = _truth(collected)
 
         def kpi(name: str, within: object = browser) -> str:
