@@ -134,6 +134,10 @@ class Site(Base):
     ae_titles: Mapped[list[Any]] = mapped_column(JSON, default=list)
     targets: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    # Who assigns the PatientIDs of files that carry no IssuerOfPatientID (normalized: upper
+    # case); NULL means the site id. Sites declaring the same issuer share one ID domain,
+    # so the same ID there is one patient.
+    issuer: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Patient(Base):
@@ -142,6 +146,9 @@ class Patient(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     pseudonym: Mapped[str] = mapped_column(String(64), unique=True)
     first_seen_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    # How the pseudonym was derived: "v2" (issuer and PatientID) or "v1" (the PatientID
+    # alone: patients catalogued before migration 0006, which their sites keep sending to).
+    scheme: Mapped[str] = mapped_column(String(8), default="v2", server_default="v2")
 
     studies: Mapped[list[Study]] = relationship(back_populates="patient")
 
@@ -162,6 +169,9 @@ class Study(Base):
     # Keyed hash of the site's accession number (the number itself is removed by the
     # Annex E profile): how label-sheet rows keyed by accession number find the study.
     accession_key: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    # Keyed hash of the site's own PatientID (Pseudonymizer.site_patient_key): the patient
+    # check of label sheets, which know that ID but not the issuer. NULL before 0006.
+    patient_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
     first_received_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
     # When the latest new instance of the study was catalogued (quiet-period clock).
     last_received_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, nullable=True)
@@ -213,6 +223,15 @@ class Instance(Base):
     byte_size: Mapped[int] = mapped_column(BigInteger)
     source: Mapped[str] = mapped_column(String(32))
     received_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    # Keyed hash of the decoded pixels (medai.collection.pixel_hash): the same image sent
+    # again under other UIDs or another MRN has the same one. NULL when there is none,
+    # and pixel_hash_status says why ("no-pixels", "undecodable"; NULL: catalogued before 0006).
+    pixel_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    pixel_hash_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # The first instance catalogued with the same pixels, when this one is a re-send of it.
+    resend_of_instance_id: Mapped[int | None] = mapped_column(
+        ForeignKey("instances.id"), nullable=True
+    )
 
     series: Mapped[Series] = relationship(back_populates="instances")
 

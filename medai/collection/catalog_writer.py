@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from sqlalchemy import insert, update
+from sqlalchemy import insert, select, update
 
 from medai.audit import AuditEntry, append_audit_many, audited_transaction
 from medai.catalog.models import IngestEvent, Instance, Patient, QuarantineEntry, Series, Study
@@ -56,6 +56,8 @@ class CatalogWriter:
         gives the time instances count as received at.
         """
         outcomes: list[Outcome] = []
+        # (SOPInstanceUID, pixel hash, index of its audit entry) of each instance stored now.
+        hashed: list[tuple[str, str, int]] = []
         new_ids: dict[tuple[str, str], int] = {}
         touched_studies: set[int] = set()
         counters = ProgressCounters(clock().date())
@@ -78,6 +80,8 @@ class CatalogWriter:
                     if outcome.kind == "stored":
                         touched_studies.add(study_id)
                         counters.add_instance(offer.site, step.metadata, len(step.data))
+                        if step.pixel_hash is not None:
+                            hashed.append((step.sop_uid, step.pixel_hash, len(audit)))
                 outcomes.append(outcome)
                 events.append(
                     {
@@ -116,6 +120,10 @@ class CatalogWriter:
                     .values(last_received_at=clock(), completed_at=None)
                 )
             counters.write(session)
+            for index, first in _record_resends(session, hashed).items():
+                entry = audit[index]
+                details = {**(entry.details or {}), "resend_of": first}
+                audit[index] = AuditEntry(entry.actor, entry.action, entry.subject, details)
             append_audit_many(session, audit)
         # Only ids of committed rows may be reused by later batches.
         if len(self._ids) > _ID_CACHE_LIMIT:
@@ -174,6 +182,7 @@ class CatalogWriter:
             "modality": meta.modality,
             "body_part": meta.body_part,
             "accession_key": prepared.accession_key,
+            "patient_key": prepared.patient_key,
         }
         study_id = self._id(
             session,
@@ -217,6 +226,8 @@ class CatalogWriter:
                 byte_size=len(prepared.data),
                 source=offer.source,
                 received_at=received_at,
+                pixel_hash=prepared.pixel_hash,
+                pixel_hash_status=prepared.pixel_hash_status,
             )
         )
         kind: OutcomeKind = "stored" if inserted.rowcount == 1 else "duplicate"  # type: ignore[attr-defined]
@@ -239,3 +250,36 @@ class CatalogWriter:
                 "byte_size": kept.byte_size,
             },
         )
+
+
+def _record_resends(session: Session, hashed: Sequence[tuple[str, str, int]]) -> dict[int, str]:
+    """Mark the instances just stored whose pixels an earlier instance already has.
+
+    ``hashed`` holds each stored instance's SOPInstanceUID, pixel hash and audit entry
+    index. The first instance catalogued with a hash (lowest id) is the original; every
+    later one is recorded as its re-send. Returns ``{audit index: original's UID}``.
+    """
+    if not hashed:
+        return {}
+    first: dict[str, tuple[int, str]] = {}
+    ids: dict[str, int] = {}
+    for row_id, sop_uid, digest in session.execute(
+        select(Instance.id, Instance.sop_instance_uid, Instance.pixel_hash)
+        .where(Instance.pixel_hash.in_(sorted({digest for _, digest, _ in hashed})))
+        .order_by(Instance.id)
+    ):
+        if digest is not None:  # always: selected by hash (for the type checker)
+            first.setdefault(digest, (row_id, sop_uid))
+        ids[sop_uid] = row_id
+    resends: dict[int, str] = {}
+    updates: list[dict[str, object]] = []
+    for sop_uid, digest, index in hashed:
+        original_id, original_uid = first[digest]
+        if ids[sop_uid] != original_id:
+            updates.append({"id": ids[sop_uid], "resend_of_instance_id": original_id})
+            resends[index] = original_uid
+    if updates:
+        session.execute(update(Instance), updates)
+        # Counts only: the UIDs are in the audit records, the pixels nowhere but the store.
+        logger.info("%d instance(s) re-sent: pixels identical to earlier ones", len(updates))
+    return resends

@@ -30,11 +30,13 @@ from medai.catalog.models import Instance, Site, utcnow
 from medai.collection.campaign.sites import get_site, stored_campaign
 from medai.collection.catalog_writer import CatalogWriter
 from medai.collection.deid import Deidentifier
+from medai.collection.identity import PatientIdentities
 from medai.collection.key_guard import campaign_pseudonymizer
 from medai.collection.outcomes import Offer, Outcome
 from medai.collection.prepare import PreparedInstance, prepare_or_reject
 from medai.collection.quarantine import Quarantine, QuarantinedFile
 from medai.config import Settings, get_settings
+from medai.dicom.inflate import DEFAULT_MAX_RATIO
 from medai.errors import Rejected
 from medai.store import ObjectStore
 
@@ -62,6 +64,9 @@ class IngestPipeline:
         The campaign's Annex E de-identifier (with its pseudonymizer).
     max_instance_bytes
         Inputs longer than this are quarantined as too large without parsing.
+    max_inflate_ratio
+        A deflated data set inflating to more than this many times its size is
+        quarantined as too large (a decompression bomb), inflated no further.
     actor
         Who the audit records name; ``system:ingest`` by default.
     clock
@@ -76,6 +81,7 @@ class IngestPipeline:
         quarantine: Quarantine,
         deidentifier: Deidentifier,
         max_instance_bytes: int,
+        max_inflate_ratio: float = DEFAULT_MAX_RATIO,
         actor: str | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
@@ -84,6 +90,7 @@ class IngestPipeline:
         self.quarantine = quarantine
         self.deidentifier = deidentifier
         self.max_instance_bytes = max_instance_bytes
+        self.max_inflate_ratio = max_inflate_ratio
         self.actor = actor or system("ingest")
         # When an instance counts as received (catalog rows, events, progress day). Always
         # the wall clock but in a simulation (``medai demo`` replays a campaign's past days);
@@ -95,6 +102,8 @@ class IngestPipeline:
             engine.execution_options(sqlite_begin="DEFERRED")
         )
         self._known_sites: set[str] = set()
+        # Which issuer each patient pseudonym keys on (the file's, the site's, or v1).
+        self.identities = PatientIdentities(self._read_sessions, deidentifier.pseudonymizer)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> IngestPipeline:
@@ -121,6 +130,7 @@ class IngestPipeline:
             quarantine=Quarantine(settings.resolved_quarantine_dir),
             deidentifier=Deidentifier(options, pseudonymizer),
             max_instance_bytes=settings.max_instance_bytes,
+            max_inflate_ratio=settings.max_inflate_ratio,
         )
 
     # -- public operations ----------------------------------------------------------
@@ -176,7 +186,12 @@ class IngestPipeline:
             offer.rejected
             if offer.rejected is not None
             else prepare_or_reject(
-                offer.data, offer.site, self.deidentifier, self.max_instance_bytes
+                offer.data,
+                offer.site,
+                self.deidentifier,
+                self.max_instance_bytes,
+                self.identities,
+                max_inflate_ratio=self.max_inflate_ratio,
             )
             for offer in offers
         ]

@@ -6,6 +6,9 @@ import logging
 from dataclasses import dataclass
 
 from medai.collection.deid import Deidentifier
+from medai.collection.identity import PatientIdentities, patient_id_of
+from medai.collection.pixel_hash import PixelHashStatus, pixel_hash
+from medai.dicom.inflate import DEFAULT_MAX_RATIO
 from medai.dicom.metadata import InstanceMetadata, normalized_metadata
 from medai.dicom.read import parse_instance
 from medai.dicom.write import encode_part10
@@ -28,18 +31,30 @@ class PreparedInstance:
     metadata: InstanceMetadata
     # Keyed hash of the site's accession number, for label sheets (None when absent).
     accession_key: str | None
+    # Keyed hash of the site's own PatientID, for the label sheets' patient check.
+    patient_key: str | None = None
+    # Keyed hash of the decoded pixels (None: see pixel_hash_status), to recognise re-sends.
+    pixel_hash: str | None = None
+    pixel_hash_status: PixelHashStatus = "no-pixels"
 
 
 def prepare_or_reject(
-    data: bytes, site: str, deidentifier: Deidentifier, max_bytes: int
+    data: bytes,
+    site: str,
+    deidentifier: Deidentifier,
+    max_bytes: int,
+    identities: PatientIdentities,
+    *,
+    max_inflate_ratio: float = DEFAULT_MAX_RATIO,
 ) -> PreparedInstance | Rejected:
     """The de-identified instance of ``data`` (sent by ``site``), or why it is rejected.
 
-    Never raises for a bad input: a file that breaks a library in an unforeseen way is
-    rejected as :class:`~medai.errors.CannotDeidentify`, naming only the exception's type.
+    ``identities`` says which issuer the patient pseudonym keys on. Never raises for a bad
+    input: a file that breaks a library in an unforeseen way is rejected as
+    :class:`~medai.errors.CannotDeidentify`, naming only the exception's type.
     """
     try:
-        return _prepare(data, site, deidentifier, max_bytes)
+        return _prepare(data, site, deidentifier, max_bytes, identities, max_inflate_ratio)
     except Rejected as exc:
         return exc
     except Exception as exc:  # real-world files break libraries in odd ways
@@ -52,13 +67,24 @@ def prepare_or_reject(
 
 
 def _prepare(
-    data: bytes, site: str, deidentifier: Deidentifier, max_bytes: int
+    data: bytes,
+    site: str,
+    deidentifier: Deidentifier,
+    max_bytes: int,
+    identities: PatientIdentities,
+    max_inflate_ratio: float,
 ) -> PreparedInstance:
-    ds = parse_instance(data, max_bytes=max_bytes)
-    # Read before de-identification removes it; only its keyed hash is kept.
+    ds = parse_instance(data, max_bytes=max_bytes, max_inflate_ratio=max_inflate_ratio)
+    pseudonymizer = deidentifier.pseudonymizer
+    # Read before de-identification removes them; only keyed hashes are kept.
     accession = str(ds.get("AccessionNumber", "") or "").strip(" \x00")
-    accession_key = deidentifier.pseudonymizer.accession_key(site, accession) if accession else None
-    ds = deidentifier.deidentify(ds)
+    accession_key = pseudonymizer.accession_key(site, accession) if accession else None
+    patient_id = patient_id_of(ds)
+    patient_key = pseudonymizer.site_patient_key(site, patient_id) if patient_id else None
+    issuer = identities.issuer(ds, site)
+    ds = deidentifier.deidentify(ds, issuer=issuer)
+    # After de-identification: the pixels as stored (overlay bits cleared, as in the store).
+    digest, status = pixel_hash(ds, pseudonymizer.pixel_hasher())
     return PreparedInstance(
         data=encode_part10(ds),
         patient_pseudonym=str(ds.PatientID),
@@ -67,4 +93,7 @@ def _prepare(
         sop_uid=str(ds.SOPInstanceUID),
         metadata=normalized_metadata(ds),
         accession_key=accession_key,
+        patient_key=patient_key,
+        pixel_hash=digest,
+        pixel_hash_status=status,
     )

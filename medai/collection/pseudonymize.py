@@ -11,16 +11,33 @@ from functools import lru_cache
 # for the receivers that load the campaign key next to their pseudonymizer.
 from medai.keyfile import KEY_BYTES, create_key_file, load_key
 
-__all__ = ["KEY_BYTES", "Pseudonymizer", "create_key_file", "load_key"]
+__all__ = [
+    "KEY_BYTES",
+    "PSEUDONYM_SCHEME",
+    "Pseudonymizer",
+    "create_key_file",
+    "load_key",
+    "normalize_issuer",
+]
 
 _MAX_OFFSET_DAYS = 3650
 
 # Each use of the key hashes under its own label, so a patient pseudonym can never equal
 # (or help to predict) a UID or a date offset computed from the same input string.
-_DOMAIN_PATIENT = b"medai/v1/patient-id\x00"
+# v2: the patient is (issuer, PatientID), not the PatientID alone (migration 0006).
+_DOMAIN_PATIENT = b"medai/v2/patient\x00"
+_DOMAIN_DATE = b"medai/v2/date-offset\x00"
 _DOMAIN_UID = b"medai/v1/uid\x00"
-_DOMAIN_DATE = b"medai/v1/date-offset\x00"
 _DOMAIN_ACCESSION = b"medai/v1/accession\x00"
+_DOMAIN_LOCAL_PATIENT = b"medai/v2/site-patient\x00"
+_DOMAIN_PIXELS = b"medai/v2/pixels\x00"
+# The ID-only derivations of catalogs set up before migration 0006 (issuer None): their
+# patients keep them, so what their sites send later joins what was stored before.
+_DOMAIN_PATIENT_V1 = b"medai/v1/patient-id\x00"
+_DOMAIN_DATE_V1 = b"medai/v1/date-offset\x00"
+
+PSEUDONYM_SCHEME = "v2"
+"""The patient pseudonym derivation in use; catalogs record it per patient (``v1`` legacy)."""
 
 
 class Pseudonymizer:
@@ -49,11 +66,18 @@ class Pseudonymizer:
     def _mac(self, domain: bytes, value: str) -> bytes:
         return hmac.new(self._key, domain + value.encode("utf-8"), hashlib.sha256).digest()
 
-    def patient_pseudonym(self, patient_id: str) -> str:
+    def patient_pseudonym(self, issuer: str | None, patient_id: str) -> str:
         """The pseudonym that replaces PatientID and PatientName.
+
+        A patient is known by the issuer of the ID and the ID: ``1001`` of one hospital and
+        ``1001`` of another are two patients unless both declare the same issuer.
 
         Parameters
         ----------
+        issuer
+            Who assigned ``patient_id``: IssuerOfPatientID, else the sending site's issuer
+            (see :func:`normalize_issuer`; spaces and case are ignored). None: the ID
+            alone (scheme ``v1``), for a patient catalogued before migration 0006.
         patient_id
             The original PatientID (surrounding spaces and NUL padding are ignored).
 
@@ -62,11 +86,32 @@ class Pseudonymizer:
         str
             ``"P"`` followed by 16 base32 characters (80 bits), valid as LO, SH and PN.
         """
-        return self._patient_cached(_normalize(patient_id))
+        return self._patient_cached(issuer is None, _identity(issuer, patient_id))
 
-    def _patient(self, patient_id: str) -> str:
-        digest = self._mac(_DOMAIN_PATIENT, patient_id)
+    def _patient(self, legacy: bool, identity: str) -> str:
+        digest = self._mac(_DOMAIN_PATIENT_V1 if legacy else _DOMAIN_PATIENT, identity)
         return "P" + base64.b32encode(digest[:10]).decode("ascii")
+
+    def site_patient_key(self, site: str, patient_id: str) -> str:
+        """The keyed hash of a site's local PatientID, as its label sheets write it.
+
+        A sheet knows the site's own ID but not the issuer its images carry; the study
+        keeps this hash, so the sheet's patient check needs no issuer.
+
+        Returns
+        -------
+        str
+            32 hex digits (128 bits).
+        """
+        value = site + "\x00" + _normalize(patient_id)
+        return self._mac(_DOMAIN_LOCAL_PATIENT, value)[:16].hex()
+
+    def pixel_hasher(self) -> hmac.HMAC:
+        """A keyed hash to feed decoded pixels to (recognises re-sent images).
+
+        Keyed, so that someone holding an image cannot test whether the catalog has it.
+        """
+        return hmac.new(self._key, _DOMAIN_PIXELS, hashlib.sha256)
 
     def uid(self, uid: str) -> str:
         """The pseudonymous UID that replaces ``uid``.
@@ -113,24 +158,41 @@ class Pseudonymizer:
         value = site + "\x00" + _normalize(accession_number)
         return self._mac(_DOMAIN_ACCESSION, value)[:16].hex()
 
-    def date_offset_days(self, patient_id: str) -> int:
+    def date_offset_days(self, issuer: str | None, patient_id: str) -> int:
         """Days to add to every date of one patient; intervals between dates survive.
 
         Parameters
         ----------
-        patient_id
-            The original PatientID.
+        issuer, patient_id
+            The patient, as for :meth:`patient_pseudonym` (the offset follows the pseudonym).
 
         Returns
         -------
         int
             A per-patient offset between -3650 and -1 (always into the past).
         """
-        return self._offset_cached(_normalize(patient_id))
+        return self._offset_cached(issuer is None, _identity(issuer, patient_id))
 
-    def _offset(self, patient_id: str) -> int:
-        digest = self._mac(_DOMAIN_DATE, patient_id)
+    def _offset(self, legacy: bool, identity: str) -> int:
+        digest = self._mac(_DOMAIN_DATE_V1 if legacy else _DOMAIN_DATE, identity)
         return -(1 + int.from_bytes(digest[:8], "big") % _MAX_OFFSET_DAYS)
+
+
+def normalize_issuer(issuer: str) -> str:
+    """An issuer of patient IDs as compared: padding stripped, upper case.
+
+    ``"Hospital A "`` and ``"HOSPITAL A"`` name the same issuer.
+    """
+    return _normalize(issuer).upper()
+
+
+def _identity(issuer: str | None, patient_id: str) -> str:
+    if issuer is None:
+        return _normalize(patient_id)  # v1: exactly the input those pseudonyms were made of
+    # Length-prefixed, so no (issuer, id) pair can hash like another: ("A1", "23") and
+    # ("A", "123") differ although their concatenations do not.
+    issuer = normalize_issuer(issuer)
+    return f"{len(issuer)}:{issuer}\x00{_normalize(patient_id)}"
 
 
 def _normalize(value: str) -> str:

@@ -131,6 +131,8 @@ def collect_rows(session: Session, query: SnapshotQuery) -> list[dict[str, Any]]
             Instance.rows,
             Instance.columns,
             Instance.store_key,
+            Instance.id,
+            Instance.pixel_hash,
         )
         .join(Series, Instance.series_id == Series.id)
         .join(Study, Series.study_id == Study.id)
@@ -155,8 +157,10 @@ def collect_rows(session: Session, query: SnapshotQuery) -> list[dict[str, Any]]
         study_labels = labels.get(record[1], {})
         if query.labelled_only and not study_labels:
             continue
-        values: list[Any] = [record[0], *record[2:]]
+        values: list[Any] = [record[0], *record[2:-2]]
         row: dict[str, Any] = dict(zip(BASE_COLUMNS, values, strict=True))
+        # Not manifest columns: for recognising re-sent images (splits.merge_resends).
+        row["instance_id"], row["pixel_hash"] = record[-2], record[-1]
         for finding in query.findings:
             row[finding] = study_labels.get(finding)
         rows.append(row)

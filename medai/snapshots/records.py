@@ -35,6 +35,7 @@ from medai.snapshots.splits import (
     SPLITS,
     assign_splits,
     check_fractions,
+    merge_resends,
     patient_strata,
 )
 
@@ -163,7 +164,10 @@ def create_snapshot(
                     f"no instances match the query {json.dumps(resolved.to_dict())}"
                     + (" (only labelled studies are taken)" if resolved.labelled_only else "")
                 )
-            splits = assign_splits(patient_strata(rows, resolved.findings), split_fractions, seed)
+            # A re-sent image is listed once, and its patients share a split.
+            rows, linked = merge_resends(rows)
+            strata = patient_strata(rows, resolved.findings)
+            splits = assign_splits(strata, split_fractions, seed, linked)
             for row in rows:
                 row["split"] = splits[row["patient"]]
             table = manifest_table(rows, resolved.findings)

@@ -1,9 +1,13 @@
-"""Patient-level, stratified train/val/test splits, and the fractions they follow."""
+"""Patient-level, stratified train/val/test splits, and the fractions they follow.
+
+The split unit is a group of linked patients: patients who share an image (the same pixels,
+re-sent under another MRN) are one person as far as leakage goes, so they share a split.
+"""
 
 from __future__ import annotations
 
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -14,6 +18,7 @@ __all__ = [
     "SPLITS",
     "assign_splits",
     "check_fractions",
+    "merge_resends",
     "parse_fractions",
     "patient_strata",
 ]
@@ -58,8 +63,12 @@ def assign_splits(
     patients: Mapping[str, tuple[str, tuple[str, ...]]],
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     seed: int = 0,
+    groups: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Assign each patient to ``train``, ``val`` or ``test``, stratified by site and labels.
+
+    Linked patients (``groups``) are assigned as one unit, with the first site and all the
+    positive findings of its members; without links each patient is its own unit.
 
     Patients are grouped into strata by their key (site, sorted positive findings). The
     strata are visited in a seeded random order and each stratum's patients in a seeded
@@ -78,6 +87,9 @@ def assign_splits(
         Train, val and test fractions (summing to 1).
     seed
         The shuffle's seed: the same input and seed always give the same assignment.
+    groups
+        ``{patient: its group's name}`` for linked patients (see :func:`merge_resends`);
+        a patient not in it is a group of its own.
 
     Returns
     -------
@@ -85,10 +97,19 @@ def assign_splits(
         ``{patient pseudonym: split}``.
     """
     fractions = check_fractions(fractions)
-    strata: dict[tuple[str, tuple[str, ...]], list[str]] = defaultdict(list)
+    units: dict[str, tuple[str, tuple[str, ...]]] = {}
+    members_of: dict[str, list[str]] = defaultdict(list)
     for patient in sorted(patients):
+        unit = (groups or {}).get(patient, patient)
+        members_of[unit].append(patient)
         site, positives = patients[patient]
-        strata[(site, tuple(sorted(positives)))].append(patient)
+        if unit in units:
+            known_site, known = units[unit]
+            site, positives = min(site, known_site), (*known, *positives)
+        units[unit] = (site, tuple(sorted(set(positives))))
+    strata: dict[tuple[str, tuple[str, ...]], list[str]] = defaultdict(list)
+    for unit in sorted(units):
+        strata[units[unit]].append(unit)
     rng = random.Random(seed)
     order = sorted(strata)
     rng.shuffle(order)
@@ -108,8 +129,49 @@ def assign_splits(
             local[best] += 1
             total[best] += 1
             assigned += 1
-            result[patient] = SPLITS[best]
+            for member in members_of[patient]:
+                result[member] = SPLITS[best]
     return result
+
+
+def merge_resends(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Keep each image once and link the patients who share one.
+
+    Rows carry ``instance_id`` and ``pixel_hash`` (None when the pixels were not hashed).
+    Of the rows with the same hash, the first catalogued (lowest id) is kept; its patient
+    and those of the dropped re-sends are linked (union-find), so they share a split.
+
+    Returns
+    -------
+    tuple
+        The kept rows (in their order) and ``{patient: group name}`` for every linked
+        patient; a group is named after its first member in sort order.
+    """
+    parent: dict[str, str] = {}
+
+    def find(patient: str) -> str:
+        parent.setdefault(patient, patient)
+        while parent[patient] != patient:
+            parent[patient] = parent[parent[patient]]  # path halving
+            patient = parent[patient]
+        return patient
+
+    first: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        digest = row.get("pixel_hash")
+        if digest is None:
+            continue
+        seen = first.get(digest)
+        if seen is None or row["instance_id"] < seen["instance_id"]:
+            first[digest] = row
+        if seen is not None:
+            a, b = find(seen["patient"]), find(row["patient"])
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    kept = [row for row in rows if row.get("pixel_hash") is None or first[row["pixel_hash"]] is row]
+    roots = {patient: find(patient) for patient in parent}
+    sizes = Counter(roots.values())
+    return kept, {patient: root for patient, root in roots.items() if sizes[root] > 1}
 
 
 def patient_strata(

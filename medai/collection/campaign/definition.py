@@ -93,12 +93,31 @@ class Target(StrictModel):
 
 
 class SiteDefinition(StrictModel):
-    """A hospital taking part: a short id, a display name, the AE titles it sends from."""
+    """A hospital taking part: a short id, a display name, the AE titles it sends from.
+
+    ``issuer`` names who assigns the PatientIDs in the site's files when they carry no
+    IssuerOfPatientID: the site id by default, so two sites' ``1001`` are two patients.
+    Sites sharing one MRN domain (or sending a national identifier) declare the same
+    issuer, and the same ID there is then one patient.
+    """
 
     id: str
     name: str = Field(min_length=1, max_length=200)
     ae_titles: list[str] = Field(min_length=1)
     targets: list[Target] = Field(default_factory=list)
+    issuer: str | None = Field(default=None, min_length=1, max_length=64)
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("issuer must not be blank (leave it out to use the site id)")
+        return value
+
+    @property
+    def patient_issuer(self) -> str:
+        """The issuer as compared (upper case): the declared one, else the site id."""
+        return (self.issuer or self.id).strip().upper()
 
     @field_validator("id")
     @classmethod
@@ -157,6 +176,32 @@ class DeidentificationOptions(StrictModel):
     retain_device_identity: bool = True
     clean_descriptors: bool = True
     safe_private_tags: list[SafePrivateTag] = Field(default_factory=list)
+    # Clean Descriptors: clinical terms to keep beyond medai's vocabulary, and narrative
+    # attributes (DICOM keywords, e.g. "ImageComments") cleaned instead of removed.
+    extra_vocabulary: list[str] = Field(default_factory=list)
+    keep_narrative: list[str] = Field(default_factory=list)
+
+    @field_validator("extra_vocabulary")
+    @classmethod
+    def _terms(cls, value: list[str]) -> list[str]:
+        for index, term in enumerate(value):
+            if not term.strip():
+                raise error_at(f"[{index}]", "a vocabulary term must not be empty")
+        return value
+
+    @field_validator("keep_narrative")
+    @classmethod
+    def _keywords(cls, value: list[str]) -> list[str]:
+        if value:
+            # Imported only when used: a campaign without it never loads the DICOM stack.
+            from medai.collection.deid.narrative import kept_narrative_tags
+
+            for index, keyword in enumerate(value):
+                try:
+                    kept_narrative_tags([keyword])
+                except ValueError as exc:
+                    raise error_at(f"[{index}]", str(exc)) from None
+        return value
 
     def to_deid_options(self) -> DeidOptions:
         """The options in the form :class:`medai.collection.deid.Deidentifier` takes."""
@@ -169,6 +214,8 @@ class DeidentificationOptions(StrictModel):
             retain_device_identity=self.retain_device_identity,
             clean_descriptors=self.clean_descriptors,
             safe_private_tags=frozenset((t.creator, t.element) for t in self.safe_private_tags),
+            extra_vocabulary=frozenset(self.extra_vocabulary),
+            keep_narrative=frozenset(self.keep_narrative),
         )
 
 

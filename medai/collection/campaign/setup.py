@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 
 from medai.audit import actors, append_audit, audited_transaction
 from medai.catalog.db import create_engine_for, session_factory, upgrade
-from medai.catalog.models import Campaign, Site
+from medai.catalog.models import Campaign, Patient, Site, Study
 from medai.collection.campaign.definition import CampaignDefinition, SiteDefinition
 from medai.collection.key_guard import RESTORE_HINT, check_key
 from medai.errors import CampaignError, KeyMismatch
@@ -25,6 +25,7 @@ from medai.keyfile import ensure_key_file, key_fingerprint, load_key
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
+    from sqlalchemy.orm import Session
 
     from medai.config import Settings
 
@@ -60,7 +61,32 @@ def _site_values(site: SiteDefinition) -> dict[str, Any]:
         "ae_titles": list(site.ae_titles),
         # The column is a JSON object, so the target list sits under one key.
         "targets": {"items": [t.model_dump(mode="json") for t in site.targets]},
+        # Normalized, so the catalog holds the issuer exactly as pseudonyms compare it.
+        "issuer": site.patient_issuer,
     }
+
+
+def _check_issuer_change(session: Session, site: Site, issuer: str) -> None:
+    """Refuse a new issuer for a site whose patients are already pseudonymized under the old.
+
+    The issuer is part of every patient pseudonym: changing it would make the site's
+    next studies new patients, split from their earlier ones. Patients catalogued
+    before 0006 ("v1") do not count: they keep their pseudonyms whatever the issuer.
+    """
+    if (site.issuer or site.id.upper()) == issuer:
+        return
+    used = session.scalar(
+        select(Study.id)
+        .join(Patient, Patient.id == Study.patient_id)
+        .where(Study.site_id == site.id, Patient.scheme != "v1")
+        .limit(1)
+    )
+    if used is not None:
+        raise CampaignError(
+            f"site {site.id!r} already sent patients under issuer {site.issuer or site.id!r}: "
+            f"changing it to {issuer!r} would split each of them into two patients; keep the "
+            "issuer (or set up a new campaign)"
+        )
 
 
 def init_campaign(
@@ -149,6 +175,7 @@ def init_campaign(
                     session.add(Site(id=site.id, **values))
                     created.append(site.id)
                 elif {k: getattr(current, k) for k in values} != values:
+                    _check_issuer_change(session, current, values["issuer"])
                     for key, value in values.items():
                         setattr(current, key, value)
                     updated.append(site.id)

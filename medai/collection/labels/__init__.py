@@ -8,8 +8,8 @@ mapping (:class:`medai.collection.campaign.label_mapping.LabelMapping`) and keep
   computed exactly as the ingest pipeline computes them for the images;
 - ``findings``: ``{finding: 1 | 0}`` for the findings the row reports (blank cells are
   "not reported"), and, when the mapping names a patient id column, the patient's
-  pseudonym under the reserved key ``"@patient"`` (finding names cannot start with
-  ``@``) so the patient check can be made when the study arrives;
+  keyed hashes under the reserved keys ``"@site_patient"`` and ``"@patient"`` (finding
+  names cannot start with ``@``) so the patient check can be made when the study arrives;
 - its row number and status.
 
 The sheet itself is known only by its sha256. Nothing read from it goes to logs or error

@@ -194,14 +194,14 @@ def _import(
     for start in range(0, len(rows), CHUNK):
         chunk = rows[start : start + CHUNK]
         studies = studies_by_ref(session, site, kind, [row.ref for row in chunk])
-        labeller.load(study_id for study_id, _ in studies.values())
+        labeller.load(study_id for study_id, _, _ in studies.values())
         values: list[dict[str, Any]] = []
         for offset, row in enumerate(chunk):
             match = studies.get(row.ref)
             status: RowStatus
             if match is None:
                 status = "unmatched"
-            elif row.patient is not None and row.patient != match[1]:
+            elif row.patient is not None and not row.patient.matches(match[1], match[2]):
                 status = "mismatch"
             else:
                 status = labeller.apply(start + offset, match[0], site, row.findings)

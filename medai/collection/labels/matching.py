@@ -169,21 +169,21 @@ class Labeller:
 
 def studies_by_ref(
     session: Session, site: str, kind: str, refs: Sequence[str]
-) -> dict[str, tuple[int, str]]:
-    """``ref -> (study id, patient pseudonym)`` for the site's studies with these refs.
+) -> dict[str, tuple[int, str | None, str]]:
+    """``ref -> (study id, its patient key, patient pseudonym)`` for the site's studies.
 
     An accession number may cover several studies; the row goes to the first catalogued.
     """
     column = Study.accession_key if kind == REF_ACCESSION else Study.study_uid
-    found: dict[str, tuple[int, str]] = {}
-    for ref, study_id, pseudonym in session.execute(
-        select(column, Study.id, Patient.pseudonym)
+    found: dict[str, tuple[int, str | None, str]] = {}
+    for ref, study_id, patient_key, pseudonym in session.execute(
+        select(column, Study.id, Study.patient_key, Patient.pseudonym)
         .join(Patient, Patient.id == Study.patient_id)
         .where(Study.site_id == site, column.in_(sorted(set(refs))))
         .order_by(Study.id)
     ):
         if ref is not None:  # the IN list never holds None; this is for the type checker
-            found.setdefault(ref, (study_id, pseudonym))
+            found.setdefault(ref, (study_id, patient_key, pseudonym))
     return found
 
 
@@ -219,6 +219,7 @@ def _pending_matches(session: Session) -> list[Any]:
                 LabelRow.site_id,
                 LabelRow.findings,
                 Study.id.label("study_id"),
+                Study.patient_key,
                 Patient.pseudonym,
             )
             .join(Study, and_(Study.site_id == LabelRow.site_id, column == LabelRow.ref))
@@ -270,7 +271,7 @@ def rematch_labels(session: Session, *, actor: str | None = None) -> RematchResu
         seen.add(row.row_id)
         findings, patient = split_findings(row.findings)
         status: RowStatus
-        if patient is not None and patient != row.pseudonym:
+        if patient is not None and not patient.matches(row.patient_key, row.pseudonym):
             status = "mismatch"
         else:
             status = labeller.apply(row.row_id, row.study_id, row.site_id, findings)

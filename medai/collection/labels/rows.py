@@ -22,6 +22,7 @@ __all__ = [
     "ParsedRow",
     "RejectedRow",
     "RowCounts",
+    "RowPatient",
     "RowStatus",
     "locate_columns",
     "parse_rows",
@@ -36,7 +37,11 @@ REF_STUDY_UID = "study_uid"
 RowStatus = Literal["matched", "duplicate", "conflict", "mismatch", "unmatched"]
 ROW_STATUSES: tuple[RowStatus, ...] = ("matched", "duplicate", "conflict", "mismatch", "unmatched")
 
+# The row's patient, kept for the check when its study arrives: the keyed hash of the site's
+# own PatientID (what the study keeps, migration 0006), and the ID-only pseudonym of before
+# 0006 (rows imported before then hold only that one, under the old key).
 _PATIENT_KEY = "@patient"
+_SITE_PATIENT_KEY = "@site_patient"
 # Rows per round trip: bounded IN lists and executemany batches on both databases.
 CHUNK = 500
 _UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
@@ -106,26 +111,53 @@ class RejectedRow:
 
 
 @dataclass(frozen=True)
+class RowPatient:
+    """Who a row says the patient is: the site's ID, keyed-hashed two ways (None: unknown)."""
+
+    site_key: str | None = None
+    legacy: str | None = None
+
+    def matches(self, study_patient_key: str | None, patient_pseudonym: str) -> bool:
+        """Whether a study of this patient may take the row's labels.
+
+        A study catalogued since migration 0006 keeps the site-PatientID hash; one from
+        before has only its patient's ID-only (``v1``) pseudonym. When neither side
+        carries what the other has, nothing can be checked and the row is taken.
+        """
+        if study_patient_key is not None and self.site_key is not None:
+            return study_patient_key == self.site_key
+        if study_patient_key is None and self.legacy is not None:
+            return patient_pseudonym == self.legacy
+        return True
+
+
+@dataclass(frozen=True)
 class ParsedRow:
-    """An accepted row: its number, its study key's hash, its findings, its patient pseudonym."""
+    """An accepted row: its number, its study key's hash, its findings, its patient."""
 
     number: int
     ref: str
     findings: dict[str, int]
-    patient: str | None
+    patient: RowPatient | None
 
     def stored_findings(self) -> dict[str, Any]:
         stored: dict[str, Any] = dict(self.findings)
         if self.patient is not None:
-            stored[_PATIENT_KEY] = self.patient
+            stored[_PATIENT_KEY] = self.patient.legacy
+            stored[_SITE_PATIENT_KEY] = self.patient.site_key
         return stored
 
 
-def split_findings(stored: dict[str, Any]) -> tuple[dict[str, int], str | None]:
-    """A stored row's findings and its patient pseudonym (None without a patient column)."""
+def split_findings(stored: dict[str, Any]) -> tuple[dict[str, int], RowPatient | None]:
+    """A stored row's findings and its patient (None without a patient column)."""
     findings = {k: int(v) for k, v in stored.items() if not k.startswith("@")}
-    patient = stored.get(_PATIENT_KEY)
-    return findings, str(patient) if patient is not None else None
+    legacy, site_key = stored.get(_PATIENT_KEY), stored.get(_SITE_PATIENT_KEY)
+    if legacy is None and site_key is None:
+        return findings, None
+    return findings, RowPatient(
+        site_key=str(site_key) if site_key is not None else None,
+        legacy=str(legacy) if legacy is not None else None,
+    )
 
 
 def _cell_value(cell: str, mapping: SiteLabelMapping) -> int | None:
@@ -177,7 +209,10 @@ def parse_rows(
                 name = columns.names[columns.patient_id]
                 rejected.append(RejectedRow(number, f"empty patient id (column {name!r})"))
                 continue
-            patient = pseudonymizer.patient_pseudonym(patient_id)
+            patient = RowPatient(
+                site_key=pseudonymizer.site_patient_key(site, patient_id),
+                legacy=pseudonymizer.patient_pseudonym(None, patient_id),
+            )
         findings: dict[str, int] = {}
         unreadable: list[str] = []
         for finding, index in columns.findings.items():

@@ -157,7 +157,9 @@ def _common(
 
     ds.PatientName = patient.dicom_name
     ds.PatientID = patient.patient_id
-    ds.IssuerOfPatientID = f"{code}-HIS"
+    # The city-wide ID a cross-site patient has at every site: one issuer (the site's own
+    # number, in OtherPatientIDsSequence, is issued by the site).
+    ds.IssuerOfPatientID = "CITY-MPI"
     ds.PatientBirthDate = patient.birth_date.strftime("%Y%m%d")
     ds.PatientSex = patient.sex
     ds.OtherPatientIDs = plan.local_patient_id
@@ -297,6 +299,14 @@ def chest_instance(plan: StudyPlan, phi: PhiRecord, size: int) -> Dataset:
     spacing = f"{430.0 / size:.4f}"
     ds.ImagerPixelSpacing = [spacing, spacing]
     if plan.modality == "DX":
+        # DX Anatomy Imaged, DX Positioning and Acquisition Context: Type 1 and 2 in the IOD.
+        ds.ImageLaterality = "U"
+        region = Dataset()
+        region.CodeValue, region.CodingSchemeDesignator = "51185008", "SCT"
+        region.CodeMeaning = "Chest"
+        ds.AnatomicRegionSequence = Sequence([region])
+        ds.PositionerType = "NONE"
+        ds.AcquisitionContextSequence = Sequence()
         ds.DetectorType = "SCINTILLATOR"
         ds.PixelIntensityRelationship = "LOG"
         ds.PixelIntensityRelationshipSign = 1
