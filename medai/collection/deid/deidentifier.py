@@ -23,7 +23,13 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
-from medai.collection.deid.descriptors import cleaner_for, shift_date
+from medai.collection.deid import narrative
+from medai.collection.deid.descriptors import clean_age, cleaner_for, shift_date
+from medai.collection.deid.iod_requirements import (
+    item_content,
+    kept_when_emptied,
+    type1_text_to_fill,
+)
 from medai.collection.deid.pixels import clear_overlay_bits, screen_object
 from medai.collection.deid.table import (
     DeidOptions,
@@ -31,6 +37,7 @@ from medai.collection.deid.table import (
     identifying_tags,
     identity_elements,
 )
+from medai.collection.deid.vocabulary import load_vocabulary
 from medai.collection.pseudonymize import Pseudonymizer
 from medai.errors import CannotDeidentify
 
@@ -69,6 +76,7 @@ class _Context:
     codec: str | None  # fast decoding of raw text, or None: let pydicom decode
     found: set[tuple[str, str]] = field(default_factory=set)  # (VR, value) to scrub
     to_clean: list[DataElement] = field(default_factory=list)
+    to_fill: list[DataElement] = field(default_factory=list)  # Type 1: never left empty
 
 
 class Deidentifier:
@@ -93,19 +101,29 @@ class Deidentifier:
         # Values are only gathered for cleaning when some option cleans text at all.
         self._collect = options.clean_descriptors or options.retain_patient_characteristics
         self._stamps: dict[tuple[bool, bool], list[RawDataElement]] = {}
+        self._item_content = item_content()
+        self._kept_when_emptied = kept_when_emptied()
+        self._fill = type1_text_to_fill()
+        self._vocabulary = load_vocabulary(options.extra_vocabulary)
+        self._kept_narrative = narrative.kept_narrative_tags(options.keep_narrative)
 
     @property
     def pseudonymizer(self) -> Pseudonymizer:
         """The keyed pseudonymizer (receivers use it to find what they already hold)."""
         return self._pseudo
 
-    def deidentify(self, ds: Dataset) -> Dataset:
+    def deidentify(self, ds: Dataset, *, issuer: str | None = "") -> Dataset:
         """De-identify ``ds`` in place (file meta included) and return it.
 
         Parameters
         ----------
         ds
             A fully read dataset (e.g. from ``medai.dicom.read.parse_instance``).
+        issuer
+            Who assigned the PatientID, which the pseudonym and date offset key on with
+            it: the ingest passes :func:`medai.collection.identity.PatientIdentities.issuer`
+            (IssuerOfPatientID, else the site's issuer; None for a patient catalogued
+            before migration 0006). ``""`` when unknown.
 
         Returns
         -------
@@ -129,14 +147,18 @@ class Deidentifier:
             )
         clear_overlay_bits(ds)
         ctx = _Context(
-            offset_days=self._pseudo.date_offset_days(patient_id),
+            offset_days=self._pseudo.date_offset_days(issuer, patient_id),
             codec=_codec_for(_text(ds, _CHARSET, multi=True)),
         )
-        self._walk(ds, ctx, top=True, pseudonym=self._pseudo.patient_pseudonym(patient_id))
+        pseudonym = self._pseudo.patient_pseudonym(issuer, patient_id)
+        self._walk(ds, ctx, top=True, pseudonym=pseudonym)
         if ctx.to_clean:
-            cleaner = cleaner_for(frozenset(ctx.found))
+            cleaner = cleaner_for(frozenset(ctx.found), self._vocabulary)
             for elem in ctx.to_clean:
                 elem.value = _join([cleaner.clean(v) for v in _values(elem.value)])
+        for elem in ctx.to_fill:
+            if not elem.value:  # a Type 1 value cleaned to nothing (see iod_requirements)
+                elem.value = _TEXT_DUMMY
         self._apply_stamp(ds)
         self._update_file_meta(ds)
         return ds
@@ -149,7 +171,7 @@ class Deidentifier:
         kept_blocks: set[int] = set()
         if not top and _CHARSET in store and ctx.codec is not None:
             # An item with its own character set: let pydicom decode its text.
-            ctx = _Context(ctx.offset_days, None, ctx.found, ctx.to_clean)
+            ctx = _Context(ctx.offset_days, None, ctx.found, ctx.to_clean, ctx.to_fill)
         for key, elem in list(store.items()):
             t = int(key)  # a plain int: lookups and comparisons below stay in C
             vr = _vr_of(t, elem)
@@ -178,7 +200,9 @@ class Deidentifier:
                 del store[key]
             elif action == "K":
                 if vr == "SQ":
-                    self._walk_items(ds[key], ctx)
+                    self._walk_items(ds, key, ctx)
+                elif vr == "AS":
+                    self._age(ds, key, elem, raw)
             elif action == "Z":
                 store[key] = (
                     _emptied(elem) if raw else (DataElement(key, vr, empty_value_for_VR(vr)))
@@ -186,23 +210,49 @@ class Deidentifier:
             elif action == "D":
                 self._dummy(ds, key, vr)
             elif action == "U" and vr == "SQ":
-                self._walk_items(ds[key], ctx)
+                self._walk_items(ds, key, ctx)
             elif action == "U" or action == "u":
                 self._uids(ds, key, elem, raw, keep_registered=action == "u")
             elif vr == "SQ":  # "C" on a sequence: walk it
-                self._walk_items(ds[key], ctx)
+                self._walk_items(ds, key, ctx)
             elif vr in _DATE_VRS:
                 self._shift(ds, key, vr, elem, ctx, raw)
+            elif vr in _TEXT_VRS and narrative.removes(t, vr, self._kept_narrative):
+                del store[key]  # narrative: what the allow-list leaves of it is no description
             elif vr in _TEXT_VRS:
                 ctx.to_clean.append(ds[key])  # cleaned once every identifying value is known
+                if t in self._fill:
+                    ctx.to_fill.append(ds[key])
             # "C" on TM and non-text VRs: a time of day or a number identifies no one: kept.
         for creator in creators:
             if int(creator) not in kept_blocks:
                 del store[creator]
 
-    def _walk_items(self, elem: DataElement, ctx: _Context) -> None:
-        for item in elem.value or ():
+    def _walk_items(self, ds: Dataset, key: BaseTag, ctx: _Context) -> None:
+        """Walk the items of sequence ``key``, then drop those de-identification hollowed.
+
+        An item that had elements and has none left, or that lost the content its macro
+        requires (see ``iod_requirements.item_content``), is removed whole; a sequence left
+        with no item is removed too unless it is Type 1 or 2 (then present and empty).
+        """
+        items = ds[key].value
+        if not items:
+            return
+        needs = self._item_content.get(int(key))
+        hollowed = []
+        for index, item in enumerate(items):
+            had_content = len(item._dict) > 0
             self._walk(item, ctx, top=False)
+            if had_content and (
+                not item._dict or (needs is not None and needs.isdisjoint(item._dict))
+            ):
+                hollowed.append(index)
+        if not hollowed:
+            return
+        for index in reversed(hollowed):
+            del items[index]
+        if not items and int(key) not in self._kept_when_emptied:
+            del ds._dict[key]  # Type 3: absent rather than empty
 
     def _private(
         self,
@@ -223,7 +273,7 @@ class Deidentifier:
             if (_text(ds, creator_tag), element & 0xFF) in safe:
                 kept_blocks.add(creator_tag)
                 if vr == "SQ":
-                    self._walk_items(ds[key], ctx)
+                    self._walk_items(ds, key, ctx)
                 return
         del ds._dict[key]
 
@@ -272,6 +322,18 @@ class Deidentifier:
             ds._dict[key] = _replaced(elem, mapped, "UI")
         else:
             ds[key].value = _join(mapped)
+
+    def _age(self, ds: Dataset, key: BaseTag, elem: Any, raw: bool) -> None:
+        """A kept age (AS) keeps the age only, never other text typed into it."""
+        values = _decode(elem.value, "latin-1") if raw else _values(ds[key].value)
+        ages = [clean_age(v) for v in values if v]
+        kept = [a for a in ages if a is not None]
+        if kept == values:
+            return
+        if raw:
+            ds._dict[key] = _replaced(elem, kept, vr="AS")
+        else:
+            ds[key].value = _join(kept)
 
     def _shift(
         self, ds: Dataset, key: BaseTag, vr: str, elem: Any, ctx: _Context, raw: bool

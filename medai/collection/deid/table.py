@@ -14,6 +14,14 @@ from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.sequence import Sequence
 
+from medai.collection.deid.iod_requirements import (
+    REQUIRED_DATES,
+    REQUIRED_TEXT,
+    UNSHIFTED_DATES,
+    Requirement,
+)
+from medai.collection.deid.vocabulary import load_vocabulary
+
 __all__ = [
     "ACTIONS",
     "BASIC_CODES",
@@ -105,7 +113,8 @@ SAFE_TEXT_KEYWORDS = frozenset(
         "URNCodeValue",
     }
 )
-"""Text attributes outside Table E.1-1 that are kept; any other text attribute is removed."""
+"""Text attributes outside Table E.1-1 that are kept; any other text attribute is removed,
+except those an IOD requires (``iod_requirements.REQUIRED_TEXT``: kept, cleaned or emptied)."""
 
 _TEXT_VRS = frozenset({"AE", "AS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
 _DATE_VRS = frozenset({"DA", "DT"})
@@ -124,6 +133,10 @@ class DeidOptions:
     retain_device_identity: bool = True
     clean_descriptors: bool = True
     safe_private_tags: frozenset[tuple[str, int]] = field(default_factory=frozenset)
+    # Clean Descriptors (see descriptors.py, narrative.py): the campaign's own clinical
+    # terms, and the narrative attributes (keywords) allow-list cleaned instead of removed.
+    extra_vocabulary: frozenset[str] = field(default_factory=frozenset)
+    keep_narrative: frozenset[str] = field(default_factory=frozenset)
 
     def enabled_columns(self) -> tuple[str, ...]:
         """The CSV option columns switched on by these options."""
@@ -271,15 +284,37 @@ class ActionTable:
         if vr == "UI":
             return "u"
         if vr in _DATE_VRS:
-            return "C" if self.options.retain_longitudinal_modified_dates else "X"
+            keyword = keyword_for_tag(tag) if dictionary_has_tag(tag) else ""
+            if keyword in UNSHIFTED_DATES:
+                return "K"  # a version of a coding resource: about no one
+            if self.options.retain_longitudinal_modified_dates:
+                return "C"  # any other date may be about the procedure: shifted
+            required = _REQUIRED_DATES.get(keyword)
+            return _emptied_or_dummy(required) if required is not None else "X"
         if vr == "TM":
             return "K" if self.options.retain_longitudinal_modified_dates else "X"
         if vr in _TEXT_VRS:
             keyword = keyword_for_tag(tag) if dictionary_has_tag(tag) else ""
-            return "K" if keyword in SAFE_TEXT_KEYWORDS else "X"
+            if keyword in SAFE_TEXT_KEYWORDS:
+                return "K"
+            required = _REQUIRED_TEXT.get(keyword)
+            if required is None:
+                return "X"  # unknown text could carry PHI: only reviewed exceptions stay
+            if required.treatment == "keep":
+                return "K"
+            return "C" if self.options.clean_descriptors else _emptied_or_dummy(required)
         if vr == "UN" or not vr:
             return "X"  # unknown content: cannot prove it holds no text
         return "K"  # numbers, codes (CS), attribute tags, bulk binary data
+
+
+_REQUIRED_TEXT = {r.keyword: r for r in REQUIRED_TEXT}
+_REQUIRED_DATES = {r.keyword: r for r in REQUIRED_DATES}
+
+
+def _emptied_or_dummy(required: Requirement) -> str:
+    """What an IOD-required attribute becomes when its value cannot stay: D (Type 1) or Z."""
+    return "D" if required.type1 else "Z"
 
 
 @lru_cache(maxsize=16)
@@ -331,6 +366,9 @@ def identity_elements(options: DeidOptions) -> list[DataElement]:
     LongitudinalTemporalInformationModified, as set on every de-identified instance."""
     codes = method_codes(options)
     method = method_description(codes)
+    if options.clean_descriptors:
+        # Which vocabulary the cleaning kept words from (e.g. "en-1 vi-1"): LO, <= 64.
+        method.append(f"Vocabulary {load_vocabulary(options.extra_vocabulary).version}"[:64])
     items = []
     for code, meaning in codes:
         item = Dataset()

@@ -1,7 +1,8 @@
-"""Deterministic synthetic studies per site: chest radiographs with findings, CT, planted PHI."""
+"""Deterministic synthetic studies per site (planted PHI) and small standard-valid instances."""
 
 from medai.dicom.synth.images import render_chest
 from medai.dicom.synth.labels import LABEL_COLUMNS
+from medai.dicom.synth.modalities import make_cr, make_dx, make_enhanced_mr, make_mr
 from medai.dicom.synth.profiles import PROFILES, SiteProfile
 from medai.dicom.synth.studies import SynthResult, SynthStudy, generate, make_ct_slice
 
@@ -12,6 +13,10 @@ __all__ = [
     "SynthResult",
     "SynthStudy",
     "generate",
+    "make_cr",
     "make_ct_slice",
+    "make_dx",
+    "make_enhanced_mr",
+    "make_mr",
     "render_chest",
 ]
