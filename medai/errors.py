@@ -89,6 +89,29 @@ class TooLarge(Rejected):
     reason_code = "too-large"
 
 
+class DecompressionBomb(TooLarge):
+    """An input that inflates past its limit (a deflated data set, a zip member).
+
+    Inflation stopped at the limit; nothing inflated is kept, only what was received.
+
+    Parameters
+    ----------
+    limit
+        The most bytes the input was allowed to inflate to.
+    compressed
+        Its compressed size in bytes.
+    """
+
+    def __init__(self, limit: int, compressed: int) -> None:
+        self.limit = limit
+        self.compressed = compressed
+        super().__init__(
+            f"the input inflates past {limit} bytes from {compressed} compressed bytes, "
+            "its limit (MEDAI_MAX_INSTANCE_BYTES, or MEDAI_MAX_INFLATE_RATIO times its "
+            "compressed size): a corrupt or hostile input (a decompression bomb)"
+        )
+
+
 class BurnedInAnnotation(Rejected):
     """The pixels may show identifying text and no clean-pixel rule exists."""
 
@@ -138,6 +161,20 @@ class MalformedMultipart(MedaiError):
 
 class UnsupportedMediaType(MedaiError):
     """The request or one of its parts is not ``application/dicom`` (HTTP 415)."""
+
+
+class TooManyParts(MedaiError):
+    """A multipart request with more parts than one request may hold (HTTP 413).
+
+    Refused before any part is offered to the pipeline, so nothing of it is recorded.
+    """
+
+    def __init__(self, max_parts: int) -> None:
+        self.max_parts = max_parts
+        super().__init__(
+            f"the request holds more than {max_parts} parts, the limit of one request "
+            f"(MEDAI_MAX_STOW_PARTS): send at most {max_parts} instances per request"
+        )
 
 
 class PullError(MedaiError):

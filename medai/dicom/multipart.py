@@ -22,7 +22,12 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from medai.errors import IncompleteResponse, MalformedMultipart, UnsupportedMediaType
+from medai.errors import (
+    IncompleteResponse,
+    MalformedMultipart,
+    TooManyParts,
+    UnsupportedMediaType,
+)
 
 __all__ = [
     "DICOM_MEDIA_TYPE",
@@ -166,7 +171,7 @@ def check_content_type(content_type: str) -> tuple[str, str | None]:
 # -- framing --------------------------------------------------------------------------------
 
 
-def split_multipart(body: bytes, boundary: str) -> list[Part]:
+def split_multipart(body: bytes, boundary: str, *, max_parts: int | None = None) -> list[Part]:
     """The parts of a multipart body, in order (none when it holds only its close delimiter).
 
     A preamble before the first delimiter and an epilogue after the last are ignored. A
@@ -180,9 +185,14 @@ def split_multipart(body: bytes, boundary: str) -> list[Part]:
     boundary
         The ``boundary`` parameter of its Content-Type (not checked against RFC 2046
         here: servers are read tolerantly; see :func:`check_content_type` for requests).
+    max_parts
+        The most parts accepted; None for no limit.
 
     Raises
     ------
+    TooManyParts
+        As soon as the body holds a part more than ``max_parts``, before that part is
+        copied (so a body of many tiny parts costs no more than ``max_parts`` of them).
     IncompleteResponse
         When the body ends before its closing delimiter ``--boundary--``, inside a part's
         header fields, or before the end a part's ``Content-Length`` declares.
@@ -204,6 +214,8 @@ def split_multipart(body: bytes, boundary: str) -> list[Part]:
             return parts  # the close delimiter; an epilogue after it is ignored
         start = _end_of_delimiter_line(body, after)
         number = len(parts) + 1
+        if max_parts is not None and number > max_parts:
+            raise TooManyParts(max_parts)
         headers, content_start = _header_fields(body, start, delimiter, number)
         end = _content_end(body, content_start, delimiter, headers, number)
         parts.append(Part(headers, body[content_start:end]))
@@ -321,7 +333,9 @@ def _content_end(
 # -- STOW-RS request bodies -----------------------------------------------------------------
 
 
-def parse_multipart_related(content_type: str, body: bytes) -> list[Part]:
+def parse_multipart_related(
+    content_type: str, body: bytes, *, max_parts: int | None = None
+) -> list[Part]:
     """The DICOM parts of a STOW-RS request body.
 
     Parameters
@@ -331,6 +345,8 @@ def parse_multipart_related(content_type: str, body: bytes) -> list[Part]:
         ``multipart/related; type="application/dicom"; boundary=abc``.
     body
         The whole request body.
+    max_parts
+        The most parts (instances) one request may hold; None for no limit.
 
     Returns
     -------
@@ -339,6 +355,8 @@ def parse_multipart_related(content_type: str, body: bytes) -> list[Part]:
 
     Raises
     ------
+    TooManyParts
+        When the body holds more than ``max_parts`` parts (nothing of it is used).
     UnsupportedMediaType
         When the request is not ``multipart/related``, its ``type`` is not
         ``application/dicom``, or a part says it is something else. Without a ``type``
@@ -350,7 +368,7 @@ def parse_multipart_related(content_type: str, body: bytes) -> list[Part]:
     """
     boundary, declared = check_content_type(content_type)
     try:
-        parts = split_multipart(body, boundary)
+        parts = split_multipart(body, boundary, max_parts=max_parts)
     except IncompleteResponse:
         # The HTTP layer read the whole body: it is the upload that was cut.
         raise MalformedMultipart(

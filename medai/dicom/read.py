@@ -16,7 +16,9 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from medai.dicom.inflate import DEFAULT_MAX_RATIO, inflate_limit, inflate_raw_deflate
 from medai.errors import (
+    MedaiError,
     MissingAttribute,
     NotDicom,
     TooLarge,
@@ -24,7 +26,7 @@ from medai.errors import (
     UndecodableTransferSyntax,
 )
 
-__all__ = ["REQUIRED_UIDS", "parse_instance"]
+__all__ = ["HEAD_BYTES", "REQUIRED_UIDS", "parse_instance", "readable_head"]
 
 REQUIRED_UIDS: Final = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 _SOP_CLASS, _SOP_INSTANCE = 0x00080016, 0x00080018
@@ -52,6 +54,7 @@ _RAW_START: Final = (b"\x08\x00", b"\x00\x08")
 _META_HEADER: Final = struct.Struct("<2xH2sH")
 _U32: Final = struct.Struct("<L")
 _TRANSFER_SYNTAX_UI: Final = b"\x02\x00\x10\x00UI"
+HEAD_BYTES: Final = 1024 * 1024  # enough for the leading elements of any real data set
 _META_SEARCH: Final = 1024  # the transfer syntax lies in the first few hundred bytes
 _UID_PATTERN: Final = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 _UIDS_PATTERN: Final = re.compile(r"\\".join([_UID_PATTERN.pattern] * len(_UID_TAGS)))
@@ -118,18 +121,15 @@ def _peek_transfer_syntax(data: bytes, start: int) -> str | None:
     return data[found + 8 : end].rstrip(b"\x00 ").decode("ascii", "replace")
 
 
-def _inflate(payload: bytes, max_bytes: int) -> bytes:
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+def _inflate(payload: bytes, max_bytes: int, max_ratio: float) -> bytes:
+    limit = inflate_limit(len(payload), max_bytes=max_bytes, max_ratio=max_ratio)
     try:
-        # Bounded, so a deflate bomb costs at most max_bytes of memory.
-        inflated = inflater.decompress(payload, max_bytes + 1)
+        # Streamed and bounded, so a deflate bomb costs at most ``limit`` of memory.
+        return inflate_raw_deflate(payload, limit)
     except zlib.error:
         raise TruncatedDicom("the deflated data set is damaged and cannot be inflated") from None
-    if len(inflated) > max_bytes:
-        raise TooLarge(f"the deflated data set inflates to more than {max_bytes} bytes")
-    if not inflater.eof:
-        raise TruncatedDicom("the deflated data set ends early: the file was cut short")
-    return inflated
+    except EOFError:
+        raise TruncatedDicom("the deflated data set ends early: the file was cut short") from None
 
 
 def _read(buffer: bytes) -> FileDataset:
@@ -323,7 +323,50 @@ def _set_file_meta(ds: Dataset, elements: dict[int, _Element], transfer_syntax: 
     return transfer_syntax
 
 
-def parse_instance(data: bytes, *, max_bytes: int) -> Dataset:
+def _meta_start(data: bytes) -> tuple[bytes, int]:
+    """``data`` as pydicom can read it, and where its file meta information starts."""
+    if data[128:132] == b"DICM":
+        return data, 132
+    if data[:4] == b"DICM":
+        return data[4:], 0  # a prefix without preamble; pydicom wants neither or both
+    return data, 0
+
+
+def readable_head(data: bytes, size: int = HEAD_BYTES) -> bytes:
+    """Bytes pydicom can read an instance's leading elements from without inflating it.
+
+    pydicom inflates a deflated data set whole, in one call, before it reads a single
+    element (even with ``stop_before_pixels``): a deflate bomb would cost its inflated
+    size. So for a deflated data set this is its first ``size`` bytes inflated, as a raw
+    data set (Explicit VR Little Endian, no file meta); any other ``data`` is returned
+    as it is; nothing when the file meta or the deflate stream is damaged. Meant for
+    reading a few elements near the start (the UIDs); :func:`parse_instance` reads and
+    checks an instance whole.
+
+    Parameters
+    ----------
+    data
+        The offered bytes.
+    size
+        The most inflated bytes to return.
+    """
+    body, start = _meta_start(data)
+    try:
+        syntax = _peek_transfer_syntax(body, start)
+        meta_end = -1
+        if syntax is None or syntax in _DEFLATED:
+            meta_end, syntax = _file_meta_end(body, start, len(body))
+        if syntax not in _DEFLATED:
+            return data
+        return zlib.decompressobj(-zlib.MAX_WBITS).decompress(body[meta_end:], size)
+    except (MedaiError, zlib.error):
+        # Damaged file meta or deflate stream: nothing that pydicom could inflate whole.
+        return b""
+
+
+def parse_instance(
+    data: bytes, *, max_bytes: int, max_inflate_ratio: float = DEFAULT_MAX_RATIO
+) -> Dataset:
     """Parse one DICOM instance from ``data`` and check that it can be ingested.
 
     Accepted: Part 10 files (with or without the 128-byte preamble), raw data sets
@@ -341,6 +384,12 @@ def parse_instance(data: bytes, *, max_bytes: int) -> Dataset:
         Largest accepted instance. A data element that declares more than this is
         taken as corrupt (:class:`TooLarge`); one that declares more than the file
         holds but less than this, as a file cut short (:class:`TruncatedDicom`).
+    max_inflate_ratio : float
+        A deflated data set may inflate to at most this many times its deflated size
+        (and never past ``max_bytes``; see :func:`medai.dicom.inflate.inflate_limit`).
+        Past it, inflation stops and :class:`~medai.errors.DecompressionBomb` (a
+        :class:`TooLarge`) is raised: pydicom never sees the data set, since it would
+        inflate it whole.
 
     Returns
     -------
@@ -357,12 +406,7 @@ def parse_instance(data: bytes, *, max_bytes: int) -> Dataset:
         raise TooLarge(f"the instance is {len(data)} bytes, more than the {max_bytes}-byte limit")
     if not data:
         raise NotDicom("the file is empty")
-    if data[128:132] == b"DICM":
-        start = 132
-    elif data[:4] == b"DICM":
-        data, start = data[4:], 0  # a prefix without preamble; pydicom wants neither or both
-    else:
-        start = 0
+    data, start = _meta_start(data)
     transfer_syntax = _peek_transfer_syntax(data, start)
     if transfer_syntax is None or transfer_syntax in _DEFLATED:
         meta_end, transfer_syntax = _file_meta_end(data, start, max_bytes)
@@ -381,7 +425,7 @@ def parse_instance(data: bytes, *, max_bytes: int) -> Dataset:
     if transfer_syntax in _DEFLATED:
         ds = _read(data[:meta_end])
         meta, preamble = ds.file_meta, ds.preamble
-        buffer = _inflate(data[meta_end:], max_bytes)
+        buffer = _inflate(data[meta_end:], max_bytes, max_inflate_ratio)
         ds = _read(buffer)
         ds.file_meta, ds.preamble = meta, preamble
     else:

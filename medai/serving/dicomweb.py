@@ -5,8 +5,9 @@
 Store Instances Response as ``application/dicom+json``: 200 all accepted, 202 some
 failed (each failed part's reason in words in a ``Warning: 299 {+service}: ...``
 header), 409 none accepted, 503 nothing could be recorded (send it again); 400 for a
-malformed body or a missing/unknown site, 413 for a body over ``max_request_bytes``,
-415 for anything but binary DICOM parts.
+malformed body or a missing/unknown site, 413 for a body over ``max_request_bytes`` or
+with more parts than ``max_stow_parts``, 408 for a body that stalls or does not arrive
+whole within ``body_timeout``, 415 for anything but binary DICOM parts.
 
 **The site.** Every upload names the campaign site it comes from, with the query
 parameter ``?site=<site id>`` (``store_instances(..., additional_params={"site": ...})``
@@ -62,9 +63,15 @@ _STOW_RESPONSES: dict[int | str, dict[str, object]] = {
     200: {"description": "Every instance was stored (or was already held)"},
     202: {"description": "Some instances were stored, others failed (FailedSOPSequence)"},
     400: {"description": "Malformed multipart body, or a missing or unknown site"},
-    408: {"description": "The upload stalled: nothing was recorded, send it again"},
+    408: {
+        "description": "The upload stalled, or did not arrive whole within "
+        "MEDAI_BODY_TIMEOUT: nothing was recorded, send it again"
+    },
     409: {"description": "No instance was accepted (FailedSOPSequence)"},
-    413: {"description": "The body is larger than MEDAI_MAX_REQUEST_BYTES"},
+    413: {
+        "description": "The body is larger than MEDAI_MAX_REQUEST_BYTES, or holds more "
+        "instances than MEDAI_MAX_STOW_PARTS: nothing was recorded"
+    },
     415: {"description": 'Not multipart/related; type="application/dicom"'},
     503: {"description": "Nothing could be recorded (campaign not ready, catalog down): retry"},
 }
@@ -159,10 +166,14 @@ async def _stow(
         request,
         max_bytes=max_bytes,
         idle_timeout=service.settings.body_idle_timeout,
+        total_timeout=service.settings.body_timeout,
         too_large=RequestTooLarge(max_bytes),
         what="STOW-RS upload",
     )
-    parts = await run_in_threadpool(parse_multipart_related, content_type, body)
+    # Too many parts is refused (413) before any part is offered: nothing is recorded.
+    parts = await run_in_threadpool(
+        parse_multipart_related, content_type, body, max_parts=service.settings.max_stow_parts
+    )
     del body  # the parts hold their own copies: do not keep the PHI twice
 
     result = await run_in_threadpool(_ingest, service, caller, site, parts, study)

@@ -1,4 +1,4 @@
-"""The request-body size limit, for every route: 413 before or while the body arrives.
+"""The request-body limits: 413 past the size limit, 408 for a body that stalls or trickles.
 
 A declared ``Content-Length`` over the limit is refused before any of the body is read.
 Bodies without one (chunked uploads) or with one that lies are counted as they are
@@ -6,6 +6,11 @@ received, and refused as soon as they pass the limit, so no request can make the
 service hold more than ``max_request_bytes`` of its body in memory. The refusal is the
 domain error :class:`~medai.errors.RequestTooLarge`, answered (413, connection closed) by
 :mod:`medai.serving.errors` like every other error.
+
+:func:`read_whole_body` also bounds the time a body may take: it is given up (408) when
+nothing arrives for ``body_idle_timeout`` seconds, and when the whole of it has not
+arrived within ``body_timeout`` seconds, so a body trickled a byte at a time cannot hold
+a connection, its memory and a graceful stop for ever.
 
 The middleware also records whether a request's body was received whole
 (:func:`medai.serving.errors.body_received`): an error answered before that closes the
@@ -36,6 +41,7 @@ async def read_whole_body(
     idle_timeout: float,
     too_large: RequestTooLarge,
     what: str,
+    total_timeout: float | None = None,
 ) -> bytes:
     """The whole body in memory, or an HTTP error: nothing is used of a body not received whole.
 
@@ -51,20 +57,28 @@ async def read_whole_body(
         The error to raise past ``max_bytes`` (its message names the setting).
     what
         What the body is, for the log (``"STOW-RS upload"``).
+    total_timeout
+        Seconds the whole body may take to arrive, however steadily it comes (408);
+        None for no limit.
 
     Raises
     ------
     starlette.exceptions.HTTPException
-        400 for an upload cut short, 408 for one that stalled; each closes the connection.
+        400 for an upload cut short, 408 for one that stalled or took longer than
+        ``total_timeout``; each closes the connection.
     medai.errors.RequestTooLarge
         ``too_large``, for a body over ``max_bytes``.
     """
     chunks: list[bytes] = []
     size = 0
     stream = request.stream().__aiter__()
+    clock = asyncio.get_running_loop().time
+    deadline = clock() + (total_timeout if total_timeout is not None else float("inf"))
     while True:
+        left = deadline - clock()
+        wait = min(idle_timeout, left)
         try:
-            chunk = await asyncio.wait_for(anext(stream), idle_timeout)
+            chunk = await asyncio.wait_for(anext(stream), max(wait, 0.0))
         except StopAsyncIteration:
             return b"".join(chunks)
         except ClientDisconnect:
@@ -73,6 +87,19 @@ async def read_whole_body(
                 400, detail="the upload was cut short; send it again", headers=CLOSE_CONNECTION
             ) from None
         except TimeoutError:
+            if left < idle_timeout:  # the deadline, not a silence, ran out
+                logger.info(
+                    "a %s took longer than %.0f s; nothing from it was recorded",
+                    what,
+                    total_timeout,
+                )
+                raise HTTPException(
+                    408,
+                    detail=f"the upload did not arrive whole within {total_timeout:.0f} s "
+                    "(MEDAI_BODY_TIMEOUT); send it again over a faster link, or in smaller "
+                    "requests",
+                    headers=CLOSE_CONNECTION,
+                ) from None
             logger.info("a %s stalled for %.0f s; nothing from it was recorded", what, idle_timeout)
             raise HTTPException(
                 408,

@@ -33,6 +33,7 @@ from medai.collection.labels import rematch_labels
 from medai.collection.outcomes import Offer, Outcome, OutcomeCounts
 from medai.collection.pipeline import IngestPipeline
 from medai.collection.receivers.folder_inputs import (
+    InputReader,
     InputRef,
     OversizedInput,
     Unreadable,
@@ -42,6 +43,7 @@ from medai.collection.receivers.folder_inputs import (
 )
 from medai.config import Settings, get_settings
 from medai.errors import MedaiError, NothingToImport, Rejected
+from medai.log_privacy import configure_worker
 
 __all__ = [
     "ImportSummary",
@@ -81,7 +83,7 @@ class ImportSummary(OutcomeCounts):
 # -- worker processes --------------------------------------------------------------
 
 _worker_pipeline: IngestPipeline | None = None
-_worker_max_bytes = 0
+_worker_reader: InputReader | None = None  # kept open: a zip's members in one pass
 _worker_parent = 0
 
 
@@ -113,24 +115,29 @@ def _watch_parent(parent: int) -> None:
 
 
 def _init_worker(settings_json: str, parent: int) -> None:
-    global _worker_pipeline, _worker_max_bytes, _worker_parent
+    global _worker_pipeline, _worker_reader, _worker_parent
     _die_with_parent(parent)
     _worker_parent = parent
     settings = Settings.model_validate_json(settings_json)
+    configure_worker(settings.log_level)  # a spawned worker has no handler that withholds values
     _worker_pipeline = IngestPipeline.from_settings(settings)
-    _worker_max_bytes = settings.max_instance_bytes
+    _worker_reader = _reader(settings)
 
 
 def _ingest_batch_in_worker(refs: list[InputRef], site: str, run_id: int) -> list[Outcome]:
-    assert _worker_pipeline is not None, "worker not initialised"
+    assert _worker_pipeline is not None and _worker_reader is not None, "worker not initialised"
     if os.getppid() != _worker_parent:  # the import is gone: nobody will read the outcomes
         os._exit(1)
-    return _ingest_batch(_worker_pipeline, refs, site, run_id, _worker_max_bytes)
+    return _ingest_batch(_worker_pipeline, refs, site, run_id, _worker_reader)
 
 
-def _offer(ref: InputRef, site: str, run_id: int, max_bytes: int) -> Offer:
+def _reader(settings: Settings) -> InputReader:
+    return InputReader(settings.max_instance_bytes, settings.max_inflate_ratio)
+
+
+def _offer(ref: InputRef, site: str, run_id: int, reader: InputReader) -> Offer:
     try:
-        data = read_input(ref, max_bytes)
+        data = reader.read(ref)
     except Rejected as exc:
         raw = exc.raw if isinstance(exc, OversizedInput) else b""
         return Offer(raw, site, SOURCE, run_id, ref.name, rejected=exc)
@@ -138,9 +145,9 @@ def _offer(ref: InputRef, site: str, run_id: int, max_bytes: int) -> Offer:
 
 
 def _ingest_batch(
-    pipeline: IngestPipeline, refs: list[InputRef], site: str, run_id: int, max_bytes: int
+    pipeline: IngestPipeline, refs: list[InputRef], site: str, run_id: int, reader: InputReader
 ) -> list[Outcome]:
-    return pipeline.ingest_many([_offer(ref, site, run_id, max_bytes) for ref in refs])
+    return pipeline.ingest_many([_offer(ref, site, run_id, reader) for ref in refs])
 
 
 def _batches(refs: list[InputRef], size: int) -> Iterator[list[InputRef]]:
@@ -187,7 +194,7 @@ def import_path(
     pipeline = IngestPipeline.from_settings(settings)  # fails early on set-up problems
     pipeline.check_site(site)
     started = time.perf_counter()
-    refs, refused = walk_inputs(root)
+    refs, refused = walk_inputs(root, max_zip_members=settings.max_zip_members)
     if not refs:
         raise NothingToImport(_nothing_message(root, refused))
     if on_total:
@@ -205,11 +212,10 @@ def import_path(
     count = count or (os.cpu_count() or 1) + 1
     # Starting worker processes costs seconds; a small hand-over is faster in-process.
     if count <= 1 or len(refs) < count * _MIN_INPUTS_PER_WORKER:
-        for batch in _batches(refs, _BATCH_SIZE):
-            for outcome in _ingest_batch(
-                pipeline, batch, site, run_id, settings.max_instance_bytes
-            ):
-                record(outcome)
+        with _reader(settings) as reader:
+            for batch in _batches(refs, _BATCH_SIZE):
+                for outcome in _ingest_batch(pipeline, batch, site, run_id, reader):
+                    record(outcome)
     else:
         # Workers open their own connections: none may be inherited across fork.
         pipeline.engine.dispose()

@@ -6,13 +6,16 @@ that stays inside names a file the walk reads under its own name anyway. Links, 
 sockets and devices are never opened; :func:`walk_inputs` counts them per reason. Files are
 opened with ``O_NOFOLLOW | O_NONBLOCK`` and checked again, so an entry swapped for a link or
 a FIFO after the walk is refused too, and never hangs the import.
+
+Every input is read bounded (:class:`InputReader`): a plain file up to the instance size
+limit, a zip member inflated in chunks up to its limit, a zip's members in one pass
+(:mod:`.zip_members`), so one input costs at most its limit in memory, whatever it holds.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-import struct
 import zipfile
 from collections import Counter
 from collections.abc import Iterator
@@ -20,9 +23,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from medai.errors import Rejected, TooLarge
+from medai.collection.receivers.zip_members import (
+    DEFAULT_MAX_MEMBERS,
+    MEMBER_ERRORS,
+    ArchiveReader,
+    OversizedInput,
+    directory_refusal,
+)
+from medai.dicom.inflate import DEFAULT_MAX_RATIO
+from medai.errors import Rejected
 
 __all__ = [
+    "InputReader",
     "InputRef",
     "OversizedInput",
     "Unreadable",
@@ -32,21 +44,8 @@ __all__ = [
 ]
 
 _ZIP_MAGIC = b"PK\x03\x04"
-_LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # the zip local file header, 30 bytes
 # Never follow a link swapped in after the walk; never block on a FIFO raced in.
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-
-
-class OversizedInput(TooLarge):
-    """An input over the size limit, with what can be kept of it for the quarantine.
-
-    ``raw`` is a zip member's compressed bytes (never inflated), or empty for a
-    plain file too large to copy.
-    """
-
-    def __init__(self, message: str, raw: bytes) -> None:
-        super().__init__(message)
-        self.raw = raw
 
 
 class Unreadable(Rejected):
@@ -57,10 +56,17 @@ class Unreadable(Rejected):
 
 @dataclass(frozen=True)
 class InputRef:
-    """One input: a plain file, or a member of a zip archive."""
+    """One input: a plain file, or a member of a zip archive.
+
+    ``index`` is the member's position in its archive's central directory (so members
+    with the same name stay apart); ``refusal`` says why an input is refused unread
+    (a zip with more members than allowed).
+    """
 
     path: Path
     member: str | None = None
+    index: int = -1
+    refusal: str | None = None
 
     @property
     def name(self) -> str:
@@ -150,11 +156,14 @@ def _walk_files(root: Path, refused: Counter[str]) -> list[Path]:
     return sorted(files)
 
 
-def walk_inputs(root: Path) -> tuple[list[InputRef], Counter[str]]:
+def walk_inputs(
+    root: Path, *, max_zip_members: int = DEFAULT_MAX_MEMBERS
+) -> tuple[list[InputRef], Counter[str]]:
     """Every regular file below ``root`` (sorted, so runs are repeatable), zips expanded.
 
     Returns the inputs and the entries refused without being read, counted by reason. A zip
-    that cannot be opened is itself an input (it will be quarantined).
+    that cannot be opened is itself an input (it will be quarantined), and so is a zip with
+    more than ``max_zip_members`` members (refused unread, as too large).
     """
     refused: Counter[str] = Counter()
     refs: list[InputRef] = []
@@ -163,12 +172,21 @@ def walk_inputs(root: Path) -> tuple[list[InputRef], Counter[str]]:
             refs.append(InputRef(path))
             continue
         try:
-            with _open_regular(path) as handle, zipfile.ZipFile(handle) as archive:
-                members = [info.filename for info in archive.infolist() if not info.is_dir()]
+            with _open_regular(path) as handle:
+                refusal = directory_refusal(handle, max_zip_members)
+                if refusal is not None:
+                    refs.append(InputRef(path, refusal=refusal))
+                    continue
+                with zipfile.ZipFile(handle) as archive:
+                    members = archive.infolist()
         except (zipfile.BadZipFile, OSError):
             refs.append(InputRef(path))
             continue
-        refs.extend(InputRef(path, member) for member in members)
+        refs.extend(
+            InputRef(path, info.filename, index)
+            for index, info in enumerate(members)
+            if not info.is_dir()
+        )
     return refs, refused
 
 
@@ -177,54 +195,86 @@ def iter_inputs(root: Path) -> Iterator[InputRef]:
     yield from walk_inputs(root)[0]
 
 
-def _raw_member(path: Path, info: zipfile.ZipInfo, limit: int) -> bytes:
-    """The member's compressed bytes as stored in the archive (never inflated).
+class InputReader:
+    """Reads inputs in the walk's order, each bounded; a zip is opened once for its members.
 
-    Used to quarantine a zip bomb without expanding it.
+    The walk lists a zip's members one after another, so keeping the last archive open
+    reads a whole zip in one pass: its central directory is parsed once, not once per
+    member (4,000 members took 45 s when each reopened the archive).
+
+    Parameters
+    ----------
+    max_bytes
+        The largest input accepted (a plain file, or what a zip member inflates to).
+    max_inflate_ratio
+        The largest inflated / compressed ratio of a zip member (see
+        :func:`medai.dicom.inflate.inflate_limit`).
     """
-    with _open_regular(path) as handle:
-        handle.seek(info.header_offset)
-        header = _LOCAL_HEADER.unpack(handle.read(_LOCAL_HEADER.size))
-        name_length, extra_length = header[-2], header[-1]
-        handle.seek(info.header_offset + _LOCAL_HEADER.size + name_length + extra_length)
-        return handle.read(min(info.compress_size, limit))
+
+    def __init__(self, max_bytes: int, max_inflate_ratio: float = DEFAULT_MAX_RATIO) -> None:
+        self.max_bytes = max_bytes
+        self.max_inflate_ratio = max_inflate_ratio
+        self._archive: ArchiveReader | None = None
+
+    def __enter__(self) -> InputReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the archive kept open, if any."""
+        if self._archive is not None:
+            archive, self._archive = self._archive, None
+            archive.close()
+
+    def read(self, ref: InputRef) -> bytes:
+        """The bytes of one input, never holding more than its limit of them.
+
+        Raises
+        ------
+        OversizedInput
+            When the input exceeds its limit; its ``raw`` is what can be kept.
+        Unreadable
+            When the file, or the zip member, cannot be read.
+        """
+        if ref.refusal is not None:
+            raise OversizedInput(ref.refusal, b"")
+        try:
+            if ref.member is None:
+                return self._read_file(ref.path)
+            return self._open_archive(ref.path).read(ref.member, ref.index)
+        except OversizedInput:
+            raise
+        except MEMBER_ERRORS as exc:
+            # RuntimeError/NotImplementedError: encrypted members, unsupported compression.
+            raise Unreadable(f"cannot read the input ({type(exc).__name__})") from exc
+
+    def _read_file(self, path: Path) -> bytes:
+        with _open_regular(path) as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > self.max_bytes:
+                raise OversizedInput(
+                    f"file of {size} bytes exceeds the limit of {self.max_bytes}", b""
+                )
+            return handle.read()
+
+    def _open_archive(self, path: Path) -> ArchiveReader:
+        if self._archive is not None and self._archive.path == path:
+            return self._archive
+        self.close()
+        handle = _open_regular(path)
+        try:
+            self._archive = ArchiveReader(
+                path, handle, max_bytes=self.max_bytes, max_ratio=self.max_inflate_ratio
+            )
+        except BaseException:
+            handle.close()
+            raise
+        return self._archive
 
 
 def read_input(ref: InputRef, max_bytes: int) -> bytes:
-    """The bytes of one input, never reading more than ``max_bytes`` + 1 of them.
-
-    Raises
-    ------
-    OversizedInput
-        When the input exceeds ``max_bytes``; its ``raw`` is what can be kept.
-    Unreadable
-        When the file cannot be read.
-    """
-    try:
-        if ref.member is None:
-            with _open_regular(ref.path) as handle:
-                size = os.fstat(handle.fileno()).st_size
-                if size > max_bytes:
-                    raise OversizedInput(
-                        f"file of {size} bytes exceeds the limit of {max_bytes}", b""
-                    )
-                return handle.read()
-        with _open_regular(ref.path) as handle, zipfile.ZipFile(handle) as archive:
-            info = archive.getinfo(ref.member)
-            if info.file_size > max_bytes:
-                raw = _raw_member(ref.path, info, max_bytes)
-                raise OversizedInput(
-                    f"zip member declares {info.file_size} bytes uncompressed "
-                    f"({info.compress_size} compressed), over the limit of {max_bytes}",
-                    raw,
-                )
-            with archive.open(info) as member:
-                # The declared size can lie: never inflate past the limit.
-                data = member.read(max_bytes + 1)
-            if len(data) > max_bytes:
-                raw = _raw_member(ref.path, info, max_bytes)
-                raise OversizedInput(f"zip member inflates past the limit of {max_bytes}", raw)
-            return data
-    except (OSError, zipfile.BadZipFile, RuntimeError, NotImplementedError) as exc:
-        # RuntimeError/NotImplementedError: encrypted members, unsupported compression.
-        raise Unreadable(f"cannot read the input ({type(exc).__name__})") from exc
+    """The bytes of one input (see :meth:`InputReader.read`); reopens a zip every call."""
+    with InputReader(max_bytes) as reader:
+        return reader.read(ref)

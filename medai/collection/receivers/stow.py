@@ -131,13 +131,16 @@ def identify_part(data: bytes) -> PartIdentity:
     from pydicom import dcmread
     from pydicom.tag import Tag
 
+    from medai.dicom.read import readable_head
+
     # A Part 10 file, or a raw data set starting with a group 0x0008 element; anything
     # else is left to the pipeline (pydicom would only warn about guessing at it).
     if data[128:132] != b"DICM" and data[:4] != b"DICM" and data[:2] not in _RAW_START:
         return PartIdentity()
     try:
         ds = dcmread(
-            BytesIO(data),
+            # Never the whole of a deflated part: pydicom would inflate all of it at once.
+            BytesIO(readable_head(data)),
             force=True,
             stop_before_pixels=True,
             specific_tags=[Tag(0x0008, 0x0016), Tag(0x0008, 0x0018), Tag(0x0020, 0x000D)],

@@ -144,6 +144,7 @@ async def predict(
         read_whole_body,
         request,
         idle_timeout=settings.body_idle_timeout,
+        total_timeout=settings.body_timeout,
         what="prediction upload",
     )
     stored = await inference.predict(
