@@ -27,6 +27,7 @@ def _root(
 
     from medai.cli_support import err_console, fail
     from medai.config import get_settings
+    from medai.log_privacy import install as withhold_dicom_values
 
     try:
         level = "DEBUG" if verbose else get_settings().log_level
@@ -39,6 +40,7 @@ def _root(
         handlers=[RichHandler(console=err_console(), show_path=False)],
         force=True,
     )
+    withhold_dicom_values()  # no DICOM value in any log record or warning, at any level
 
 
 def _register_subapps() -> None:
