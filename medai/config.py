@@ -45,6 +45,19 @@ class Settings(BaseSettings):
         ge=1024,
         description="Largest single DICOM instance (or zip member) accepted, in bytes.",
     )
+    max_inflate_ratio: float = Field(
+        default=200.0,
+        ge=1.0,
+        description="A deflated data set or a zip member may inflate to at most this many "
+        "times its compressed size (beyond 8 MiB); past it, inflation stops and the input "
+        "is quarantined as too-large, holding only the bytes received (a decompression bomb).",
+    )
+    max_zip_members: int = Field(
+        default=100_000,
+        ge=1,
+        description="Most members one zip file may hold; a larger zip is not opened, and is "
+        "counted as one input quarantined as too-large (nothing of it kept).",
+    )
     import_workers: int = Field(default=0, ge=0, description="0 = one per CPU core, plus one.")
     log_level: Annotated[
         str,
@@ -81,12 +94,36 @@ class Settings(BaseSettings):
         description="Seconds an upload to the web service may send nothing before it is "
         "given up (408), so a dead link cannot hold memory or a graceful stop for ever.",
     )
+    body_timeout: float = Field(
+        default=600.0,
+        ge=0.1,
+        description="Seconds a whole upload to the web service may take to arrive, however "
+        "steadily it trickles in; past it, it is given up (408) and nothing of it is recorded.",
+    )
+    max_stow_parts: int = Field(
+        default=1000,
+        ge=1,
+        description="Most instances (parts) in one STOW-RS request; a request with more is "
+        "refused whole (413) before any part is looked at.",
+    )
     serve_workers: int = Field(
         default=1,
         ge=1,
         le=64,
         description="Processes of `medai serve`; each loads its own copy of the model and "
         "keeps its own recent predictions and metrics.",
+    )
+    dashboard_session_hours: float = Field(
+        default=8.0,
+        gt=0,
+        le=24 * 7,
+        description="How long a dashboard sign-in lasts; then the steward signs in again.",
+    )
+    forwarded_allow_ips: str = Field(
+        default="",
+        description="Addresses of a TLS-terminating proxy in front of `medai serve` (comma-"
+        "separated IPs or networks) whose X-Forwarded-Proto and X-Forwarded-For are believed, "
+        "so the dashboard's cookie is Secure behind it; empty: no proxy header is believed.",
     )
 
     # -- the inference service (medai.serving.inference) ---------------------------------

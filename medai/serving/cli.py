@@ -102,6 +102,7 @@ def serve_command(
     from pydantic import ValidationError
 
     from medai.config import Settings, get_settings
+    from medai.log_privacy import with_withheld_values
     from medai.serving.access_log import uvicorn_log_config
     from medai.serving.app import create_app
 
@@ -120,10 +121,13 @@ def serve_command(
     common: dict[str, Any] = {
         "host": host,
         "port": port,
-        "log_config": uvicorn_log_config(),  # no UIDs from request paths in the access log
+        # No UIDs from request paths in the access log, no DICOM value in any record.
+        "log_config": with_withheld_values(uvicorn_log_config()),
         "timeout_graceful_shutdown": 60,
-        # A proxy in front must not make every caller look like the proxy in the log.
-        "proxy_headers": False,
+        # X-Forwarded-* are believed only from the proxies named in MEDAI_FORWARDED_ALLOW_IPS
+        # (none by default): otherwise any caller could claim another address, or HTTPS.
+        "proxy_headers": bool(settings.forwarded_allow_ips),
+        "forwarded_allow_ips": settings.forwarded_allow_ips or None,
         "server_header": False,
     }
     if settings.serve_workers == 1:
@@ -145,13 +149,12 @@ def worker_app() -> FastAPI:
     import logging
 
     from medai.config import get_settings
+    from medai.log_privacy import configure_worker
     from medai.serving.app import create_app
 
     settings = get_settings()
-    root = logging.getLogger()
-    if not root.handlers:  # a spawned worker: the CLI's handler is in the parent
-        level = logging.getLevelName(settings.log_level)
-        logging.basicConfig(level=level, format="%(name)s: %(message)s")
+    # A spawned worker: the CLI's handler is in the parent; its own withholds values too.
+    configure_worker(logging.getLevelName(settings.log_level))
     return create_app(settings)
 
 

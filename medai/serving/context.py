@@ -12,6 +12,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from medai.catalog.db import create_engine_for
+from medai.serving.sessions import DashboardSessions
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -34,6 +35,7 @@ class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.engine: Engine = create_engine_for(settings.resolved_database_url)
+        self.dashboard_sessions = DashboardSessions.for_settings(settings)
         self._lock = threading.Lock()
         self._base: IngestPipeline | None = None
         self._pipelines: dict[str, IngestPipeline] = {}
@@ -65,6 +67,7 @@ class Service:
                     quarantine=base.quarantine,
                     deidentifier=base.deidentifier,
                     max_instance_bytes=base.max_instance_bytes,
+                    max_inflate_ratio=base.max_inflate_ratio,
                     actor=actor,
                 )
                 self._pipelines[actor] = pipeline

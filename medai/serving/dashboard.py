@@ -5,9 +5,13 @@
   ``collection/progress.schema.json``) for the city's monitoring system; steward key as
   ``Authorization: Bearer``.
 - ``GET /dashboard``: the HTML dashboard for data stewards. A browser cannot send a
-  bearer header by itself, so ``/dashboard/login`` takes the steward key once and keeps
-  it in an HttpOnly, SameSite=Strict cookie; only these read-only dashboard pages accept
-  that cookie (never the routes that change data, so a cross-site form cannot use it).
+  bearer header by itself, so ``/dashboard/login`` takes the steward key once and gives
+  the browser a session token (:mod:`medai.serving.sessions`: signed, expiring after
+  ``dashboard_session_hours``, never the key) in an HttpOnly, SameSite=Strict cookie
+  scoped to ``/dashboard``, Secure when the page was served over HTTPS (behind a TLS
+  proxy: ``forwarded_allow_ips``). Only these read-only dashboard pages accept that
+  cookie (never the routes that change data, so a cross-site form cannot use it).
+  ``POST /dashboard/logout`` deletes it.
 """
 
 from __future__ import annotations
@@ -31,8 +35,10 @@ from medai.serving.keys import authenticate_key, role_grants
 __all__ = ["COOKIE", "cookie_caller", "router"]
 
 router = APIRouter(tags=["campaign"])
-COOKIE = "medai_dashboard_key"
-_COOKIE_MAX_AGE = 12 * 3600  # a working day; then the steward signs in again
+COOKIE = "medai_dashboard_session"
+# Where earlier versions kept the key itself: deleted from the browser at sign-in and out.
+_OLD_KEY_COOKIE = "medai_dashboard_key"
+_COOKIE_PATH = "/dashboard"
 _LOGIN_BODY_LIMIT = 4096
 
 
@@ -59,12 +65,16 @@ def campaign_progress(caller: StewardDep, service: ServiceDep) -> CampaignProgre
 
 
 def cookie_caller(request: Request, service: Service) -> Caller | None:
-    """The steward signed in with the dashboard cookie, or None."""
-    key = request.cookies.get(COOKIE)
-    if not key:
+    """The steward signed in with the dashboard cookie, or None.
+
+    Call it from a worker thread: a token whose signature and expiry hold is checked
+    against the catalog, so a revoked key is refused at once.
+    """
+    token = request.cookies.get(COOKIE)
+    if not token:
         return None
-    info = authenticate_key(service.engine, key)
-    if info is None or info.revoked or not role_grants(info.role, "steward"):
+    info = service.dashboard_sessions.check(service.engine, token)
+    if info is None or not role_grants(info.role, "steward"):
         return None
     return Caller(info.name, info.role)
 
@@ -115,16 +125,20 @@ async def login(request: Request, service: ServiceDep) -> Response:
             render_login(f"The key {info.name!r} has the {info.role} role: use a steward key."),
             status_code=403,
         )
+    sessions = service.dashboard_sessions
+    token = await run_in_threadpool(sessions.issue, info)
     response = RedirectResponse("/dashboard", status_code=303)
     response.set_cookie(
         COOKIE,
-        key,
-        max_age=_COOKIE_MAX_AGE,
+        token,
+        max_age=sessions.max_age,
         httponly=True,
         samesite="strict",
+        # A Secure cookie is never sent back over plain HTTP (a local `medai serve`).
         secure=request.url.scheme == "https",
-        path="/dashboard",
+        path=_COOKIE_PATH,
     )
+    response.delete_cookie(_OLD_KEY_COOKIE, path=_COOKIE_PATH)
     return response
 
 
@@ -135,7 +149,12 @@ async def login(request: Request, service: ServiceDep) -> Response:
     responses={303: {"description": "Signed out: on to the sign-in page"}},
 )
 def logout() -> Response:
-    """Forget the dashboard cookie."""
+    """Delete the dashboard cookie.
+
+    The session token is stateless: a copy taken from the browser before sign-out stays
+    valid until it expires (``dashboard_session_hours``), unless the key is revoked.
+    """
     response = RedirectResponse("/dashboard/login", status_code=303)
-    response.delete_cookie(COOKIE, path="/dashboard")
+    for cookie in (COOKIE, _OLD_KEY_COOKIE):
+        response.delete_cookie(cookie, path=_COOKIE_PATH, httponly=True, samesite="strict")
     return response

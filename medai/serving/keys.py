@@ -43,6 +43,7 @@ __all__ = [
     "authenticate_key",
     "create_key",
     "hash_key",
+    "key_by_id",
     "list_keys",
     "revoke_key",
     "role_grants",
@@ -172,6 +173,17 @@ def list_keys(engine: Engine) -> list[KeyInfo]:
     with session_factory(engine.execution_options(sqlite_begin="DEFERRED"))() as session:
         rows = session.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id))
         return [KeyInfo.of(row) for row in rows]
+
+
+def key_by_id(engine: Engine, key_id: int) -> KeyInfo | None:
+    """The record of the key with catalog id ``key_id`` (revoked or not), or None.
+
+    For a caller that checked the key itself earlier (a dashboard session names its key
+    by id); a presented key is checked with :func:`authenticate_key`.
+    """
+    with session_factory(engine.execution_options(sqlite_begin="DEFERRED"))() as session:
+        row = session.get(ApiKey, key_id)
+        return None if row is None else KeyInfo.of(row)
 
 
 def revoke_key(engine: Engine, name: str, *, actor: str | None = None) -> tuple[KeyInfo, bool]:

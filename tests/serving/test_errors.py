@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import inspect
 from pathlib import Path
 
@@ -11,7 +12,10 @@ import medai.errors
 from medai.config import Settings
 from medai.errors import MedaiError
 from medai.serving.app import create_app
+from medai.serving.dashboard import COOKIE
 from medai.serving.errors import CATALOG_UNREACHABLE, STATUS, status_for
+from medai.serving.keys import KeyInfo
+from medai.serving.sessions import DashboardSessions
 from tests.serving.helpers import TestClient, bearer, multipart, new_key
 
 SQLITE = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -47,7 +51,11 @@ def test_an_unreachable_catalog_is_503_on_every_route_that_needs_it(tmp_path: Pa
     body, content_type = multipart([b"x"])
     secret = "medai_" + "A" * 43  # shaped like a key: checking it needs the catalog
     key = bearer(secret)
-    with TestClient(create_app(_unreachable(tmp_path))) as client:
+    settings = _unreachable(tmp_path)
+    # A validly signed session: checking that its key is not revoked needs the catalog.
+    steward = KeyInfo(1, "steward", "steward", secret[:12], dt.datetime.now(dt.UTC), None, None)
+    session = DashboardSessions.for_settings(settings).issue(steward)
+    with TestClient(create_app(settings)) as client:
         answers = {
             "key check": client.get("/v1/campaign/progress", headers=key),
             "metrics": client.get("/metrics", headers=key),
@@ -58,7 +66,7 @@ def test_an_unreachable_catalog_is_503_on_every_route_that_needs_it(tmp_path: Pa
             ),
             "dashboard": client.get(
                 "/dashboard",
-                headers={"Cookie": f"medai_dashboard_key={secret}"},
+                headers={"Cookie": f"{COOKIE}={session}"},
                 follow_redirects=False,
             ),
         }
