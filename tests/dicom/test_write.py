@@ -75,3 +75,16 @@ def test_preamble_is_never_kept(synth: SynthResult) -> None:
     data[:8] = b"II*\x00TIFF"  # a dual-personality file's TIFF header
     ds = parse_instance(bytes(data), max_bytes=1 << 30)
     assert encode_part10(ds)[:132] == b"\x00" * 128 + b"DICM"
+
+
+def test_file_meta_with_odd_lengths_and_other_elements_is_identical(synth: SynthResult) -> None:
+    # Odd-length AE, UI and OB values take the direct path (padded as pydicom pads them);
+    # a UL the direct path does not handle goes through pydicom's element writer.
+    ds = parse_instance(synth.files[0].read_bytes(), max_bytes=1 << 30)
+    ds.file_meta.SourceApplicationEntityTitle = "SITE_A"[:5]
+    ds.file_meta.ImplementationVersionName = "ODD"
+    ds.file_meta.PrivateInformationCreatorUID = "1.2.3.45"
+    ds.file_meta.PrivateInformation = b"\x01\x02\x03"
+    ds.file_meta.add_new(0x00020200, "UR", "https://a.example")
+    expected = _pydicom_bytes(copy.deepcopy(ds))
+    assert encode_part10(ds) == expected
