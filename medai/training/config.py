@@ -30,7 +30,7 @@ seed, dataset caching, and how the model is evaluated and gated for promotion::
     lr_schedule = "cosine"
 
     [evaluation]
-    n_bootstrap = 1000
+    n_bootstrap = 2000
     threshold = "youden"
     min_auroc_ci_low = 0.7          # promotion gate, per label
 
@@ -191,7 +191,7 @@ class EvaluationConfig(_Strict):
         every label before a version may become ``champion``.
     """
 
-    n_bootstrap: int = Field(default=1000, ge=10)
+    n_bootstrap: int = Field(default=2000, ge=10)
     confidence: float = Field(default=0.95, gt=0.0, lt=1.0)
     threshold: Literal["youden", "sensitivity"] = "youden"
     target_sensitivity: float = Field(default=0.9, gt=0.0, le=1.0)

@@ -1,4 +1,8 @@
-"""Discrimination of one label's scores: AUROC with bootstrap CIs, ROC curve, operating point."""
+"""Discrimination of one label's scores: (weighted) AUROC, ROC curve, operating point.
+
+Intervals are in :mod:`~medai.training.evaluation.bootstrap` and
+:mod:`~medai.training.evaluation.intervals`.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +16,10 @@ __all__ = [
     "Array",
     "as_binary",
     "auroc",
-    "bootstrap_auroc_ci",
     "choose_threshold",
     "roc_curve",
     "sensitivity_specificity",
+    "weighted_auroc",
 ]
 
 Array = npt.NDArray[np.float64]
@@ -32,21 +36,26 @@ def as_binary(y_true: npt.ArrayLike, y_score: npt.ArrayLike) -> tuple[Array, Arr
     return y, s
 
 
-def _weighted_auroc(y: Array, s: Array, weights: Array) -> Array:
+def weighted_auroc(y: Array, s: Array, weights: Array) -> Array:
     """AUROC of one sample under each row of ``weights`` (shape ``(B, n)``), ties counted half.
 
     A bootstrap resample is the original sample with each item counted as often as it
-    was drawn, so every resample's AUROC comes from the same sort: per distinct score,
-    the (weighted) positives times the negatives below it, plus half those tied with it.
+    was drawn, so every resample's AUROC comes from the same sort: each positive pairs
+    with the (weighted) negatives scored below it, and half those tied with it, read off
+    the negatives' cumulative weights at positions found once.
     """
-    order = np.argsort(s, kind="mergesort")
-    s_sorted, y_sorted, w = s[order], y[order], weights[:, order]
-    starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
-    pos = np.add.reduceat(w * y_sorted, starts, axis=1)
-    neg = np.add.reduceat(w * (1.0 - y_sorted), starts, axis=1)
-    neg_below = np.cumsum(neg, axis=1) - neg
-    pairs = (pos * (neg_below + 0.5 * neg)).sum(axis=1)
-    total = pos.sum(axis=1) * neg.sum(axis=1)
+    positive = y == 1
+    neg_scores = np.sort(s[~positive], kind="mergesort")
+    order = np.argsort(s[~positive], kind="mergesort")
+    pos_scores = s[positive]
+    below = np.searchsorted(neg_scores, pos_scores, side="left")
+    not_above = np.searchsorted(neg_scores, pos_scores, side="right")
+    w_pos, w_neg = weights[:, positive], weights[:, ~positive][:, order]
+    cumulative = np.zeros((weights.shape[0], neg_scores.size + 1))
+    np.cumsum(w_neg, axis=1, out=cumulative[:, 1:])
+    under = cumulative[:, below] + 0.5 * (cumulative[:, not_above] - cumulative[:, below])
+    pairs = (w_pos * under).sum(axis=1)
+    total = w_pos.sum(axis=1) * cumulative[:, -1]
     with np.errstate(invalid="ignore", divide="ignore"):
         result: Array = np.where(total > 0, pairs / np.where(total > 0, total, 1.0), np.nan)
     return result
@@ -70,58 +79,7 @@ def auroc(y_true: npt.ArrayLike, y_score: npt.ArrayLike) -> float:
     y, s = as_binary(y_true, y_score)
     if y.size == 0:
         return math.nan
-    return float(_weighted_auroc(y, s, np.ones((1, y.size)))[0])
-
-
-def bootstrap_auroc_ci(
-    y_true: npt.ArrayLike,
-    y_score: npt.ArrayLike,
-    *,
-    n_bootstrap: int = 1000,
-    confidence: float = 0.95,
-    seed: int = 0,
-    chunk: int = 200,
-) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of the AUROC.
-
-    Parameters
-    ----------
-    y_true, y_score
-        As in :func:`auroc`.
-    n_bootstrap
-        Number of resamples (with replacement, of the same size).
-    confidence
-        Coverage of the interval.
-    seed
-        Seed of the resampling; the same seed gives the same interval.
-    chunk
-        Resamples computed at once (bounds memory to ``chunk * n`` floats).
-
-    Returns
-    -------
-    tuple of float
-        ``(low, high)``; NaN when only one class is present. Resamples that happen to
-        hold one class only are left out.
-    """
-    y, s = as_binary(y_true, y_score)
-    n = y.size
-    if n == 0 or y.min() == y.max():
-        return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    values: list[Array] = []
-    for start in range(0, n_bootstrap, chunk):
-        size = min(chunk, n_bootstrap - start)
-        draws = rng.integers(0, n, size=(size, n))
-        counts = np.zeros((size, n))
-        np.add.at(counts, (np.arange(size)[:, None], draws), 1.0)
-        values.append(_weighted_auroc(y, s, counts))
-    aucs = np.concatenate(values)
-    aucs = aucs[~np.isnan(aucs)]
-    if aucs.size == 0:
-        return math.nan, math.nan
-    tail = (1.0 - confidence) / 2.0 * 100.0
-    low, high = np.percentile(aucs, [tail, 100.0 - tail])
-    return float(low), float(high)
+    return float(weighted_auroc(y, s, np.ones((1, y.size)))[0])
 
 
 def choose_threshold(
