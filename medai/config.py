@@ -39,6 +39,26 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = Field(
         default=None, description="MLflow tracking URI; default sqlite:///<home>/mlflow.db."
     )
+    gate_margin: float = Field(
+        default=0.02,
+        ge=0.0,
+        le=1.0,
+        description="Promotion gate: a candidate's AUROC minus the champion's, on their shared "
+        "test cases, must have a lower confidence bound above -margin for every label.",
+    )
+    gate_site_min_positives: int = Field(
+        default=10,
+        ge=1,
+        description="Promotion gate: a site's floor is checked where its test set has at least "
+        "this many positive cases of a label.",
+    )
+    gate_site_floor: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="Promotion gate: the lower AUROC confidence bound each such site must reach "
+        "(never above the run's own gate).",
+    )
     quarantine_retention_days: int = Field(default=90, ge=1)
     max_instance_bytes: int = Field(
         default=2 * 1024**3,

@@ -47,6 +47,7 @@ __all__ = [
     "TruncatedDicom",
     "UndecodableTransferSyntax",
     "UnknownSite",
+    "UnlabelledSnapshot",
     "UnreadableStudy",
     "UnsupportedMediaType",
     "UnsupportedObject",
@@ -217,20 +218,41 @@ class WeightsError(MedaiError):
 
 @dataclass(frozen=True)
 class GateFailure:
-    """One label that failed the promotion gate (``ci_low`` NaN: not measured).
+    """One check of the promotion gate that a label failed (``ci_low`` NaN: not measured).
 
+    ``kind`` says which check: ``"auroc"`` (the lower AUROC bound on the whole test set),
+    ``"site"`` (the lower bound at ``site``, a site with enough positives), or
+    ``"champion"`` (the lower bound of the AUROC difference to the champion version
+    ``champion`` on ``cases`` shared test cases; ``required`` is minus the margin).
     A value, not an error: :class:`PromotionRefused` carries a list of them.
     """
 
     label: str
     ci_low: float
     required: float
+    kind: str = "auroc"
+    site: str | None = None
+    champion: str | None = None
+    cases: int = 0
 
     def __str__(self) -> str:
+        if self.kind == "champion":
+            if math.isnan(self.ci_low):
+                return (
+                    f"{self.label}: cannot be compared with champion version {self.champion} "
+                    f"on the same test cases ({self.cases} shared, one class only or no "
+                    "per-case predictions)"
+                )
+            return (
+                f"{self.label}: AUROC minus champion version {self.champion}'s on {self.cases} "
+                f"shared test cases has a lower CI bound {self.ci_low:+.3f} < "
+                f"{self.required:+.3f} (worse beyond the margin)"
+            )
+        where = f"{self.label} at {self.site}" if self.kind == "site" else self.label
         if math.isnan(self.ci_low):
-            return f"{self.label}: no test AUROC confidence interval was logged (one class only?)"
+            return f"{where}: no test AUROC confidence interval was logged (one class only?)"
         return (
-            f"{self.label}: lower CI bound of AUROC {self.ci_low:.3f} < {self.required:.3f} "
+            f"{where}: lower CI bound of AUROC {self.ci_low:.3f} < {self.required:.3f} "
             f"(short by {self.required - self.ci_low:.3f})"
         )
 
@@ -254,6 +276,10 @@ class SnapshotExists(SnapshotError):
 
 class SnapshotNotFound(SnapshotError):
     """No snapshot of that name."""
+
+
+class UnlabelledSnapshot(SnapshotError):
+    """A snapshot lacks labels for findings a model is configured to learn."""
 
 
 class SnapshotTampered(SnapshotError):

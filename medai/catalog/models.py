@@ -463,3 +463,6 @@ class Snapshot(Base):
     counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     content_hash: Mapped[str] = mapped_column(String(64))
     manifest_path: Mapped[str] = mapped_column(String(255))
+    # The locked test set (medai.snapshots.locked_test): its id, its patients' hash, and what
+    # it shares with the latest earlier snapshot of that set; NULL before migration 0007.
+    test_set: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True, default=None)

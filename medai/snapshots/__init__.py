@@ -12,10 +12,12 @@ chosen findings (every finding of the campaign unless narrowed). A label flagged
 conflict (:attr:`StudyLabel.conflict`) is not usable: it is treated as missing, since a
 steward has not decided which of the disagreeing values is right.
 
-Splits are patient-level, so no patient is in two splits, and stratified: see
-:func:`assign_splits`. The content hash (:func:`content_hash`) covers the manifest's
-column names, logical types and values, not the parquet bytes, which differ between
-library versions; the same catalog, query and seed always give the same hash.
+Splits are patient-level, so no patient is in two splits, and keyed per patient, so they
+stay put as data grows and snapshots of one seed and test fraction share a locked test set:
+see :func:`assign_splits` and :mod:`medai.snapshots.locked_test`. The content hash
+(:func:`content_hash`) covers the manifest's column names, logical types and values, not
+the parquet bytes, which differ between library versions; the same catalog, query and
+seed always give the same hash.
 
 Everything read here is already de-identified (store and catalog); the quarantine is never
 read.

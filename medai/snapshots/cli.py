@@ -86,18 +86,23 @@ def create_command(
             "conflicts count as missing.",
         ),
     ] = True,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the patient split.")] = 0,
+    seed: Annotated[
+        int,
+        typer.Option("--seed", help="Key of the patient split (keep it for a locked test set)."),
+    ] = 0,
     split: Annotated[
         str,
         typer.Option("--split", help="Train,val,test fractions of patients (sum 1)."),
     ] = "0.7,0.15,0.15",
     as_json: JsonFlag = False,
 ) -> None:
-    """Freeze a dataset: a parquet manifest, patient-level stratified splits and a content hash.
+    """Freeze a dataset: a parquet manifest, keyed patient-level splits and a content hash.
 
     One manifest row per de-identified instance (pseudonymized ids, store key, site,
     normalized metadata, one 0/1/<NA> column per finding, split). No patient is in two
-    splits; splits are stratified by site and positive findings. The same catalog, query and
+    splits; a patient's split is a keyed hash of its pseudonym under the seed, so it never
+    moves as data arrives, and snapshots of one seed and test fraction share a locked test
+    set (shown with what it shares with the earlier snapshot). The same catalog, query and
     seed always give the same content hash. Snapshots are immutable.
     """
     from medai.errors import SnapshotError
@@ -213,6 +218,8 @@ def _print_info(info: SnapshotInfo) -> None:
     out.print(plain(f"Query: {json.dumps(info.query, sort_keys=True)}"), soft_wrap=True)
     fractions = ", ".join(f"{k} {v:g}" for k, v in info.fractions.items())
     out.print(plain(f"Seed {info.seed}; split fractions: {fractions}"))
+    if info.test_set is not None:
+        out.print(plain(_test_set_line(info.test_set)), soft_wrap=True)
     findings = list(info.query.get("findings", []))
     table = Table(title="Counts")
     for column in ("Split", "Patients", "Studies", "Instances", *findings):
@@ -231,3 +238,17 @@ def _print_info(info: SnapshotInfo) -> None:
     out.print(table)
     if findings:
         out.print(plain("Finding columns count positive studies.", "dim"))
+
+
+def _test_set_line(test_set: dict[str, Any]) -> str:
+    """One line: the locked test set and what it shares with the earlier snapshot of it."""
+    line = f"Locked test set {test_set['id']}: {test_set['patients']} test patients"
+    earlier = test_set.get("earlier")
+    if not earlier:
+        return line + " (the first snapshot of this test set)"
+    if earlier.get("unreadable"):
+        return line + f"; the manifest of {earlier['snapshot']} could not be read to compare"
+    return line + (
+        f"; holds {earlier['present']} of the {earlier['test_patients']} test patients of "
+        f"{earlier['snapshot']}, {earlier['still_test']} still in test, {earlier['moved']} moved"
+    )

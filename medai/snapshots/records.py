@@ -19,6 +19,7 @@ from medai.catalog.db import create_engine_for, session_factory
 from medai.catalog.models import Snapshot
 from medai.config import Settings, get_settings
 from medai.errors import SnapshotError, SnapshotExists, SnapshotNotFound
+from medai.snapshots.locked_test import describe_test_set
 from medai.snapshots.manifest import (
     SNAPSHOT_DIR,
     content_hash,
@@ -36,7 +37,6 @@ from medai.snapshots.splits import (
     assign_splits,
     check_fractions,
     merge_resends,
-    patient_strata,
 )
 
 if TYPE_CHECKING:
@@ -69,6 +69,7 @@ class SnapshotInfo:
     counts: dict[str, Any]
     content_hash: str
     manifest: Path
+    test_set: dict[str, Any] | None = None
 
     @classmethod
     def from_row(cls, row: Snapshot, settings: Settings) -> SnapshotInfo:
@@ -82,6 +83,7 @@ class SnapshotInfo:
             counts=dict(row.counts),
             content_hash=row.content_hash,
             manifest=settings.resolved_home / row.manifest_path,
+            test_set=None if row.test_set is None else dict(row.test_set),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -95,6 +97,7 @@ class SnapshotInfo:
             "counts": self.counts,
             "content_hash": self.content_hash,
             "manifest": str(self.manifest),
+            "test_set": self.test_set,
         }
 
 
@@ -166,10 +169,12 @@ def create_snapshot(
                 )
             # A re-sent image is listed once, and its patients share a split.
             rows, linked = merge_resends(rows)
-            strata = patient_strata(rows, resolved.findings)
-            splits = assign_splits(strata, split_fractions, seed, linked)
+            splits = assign_splits({row["patient"] for row in rows}, split_fractions, seed, linked)
             for row in rows:
                 row["split"] = splits[row["patient"]]
+            test_set = describe_test_set(
+                session, home, rows, seed=seed, test_fraction=split_fractions[2]
+            )
             table = manifest_table(rows, resolved.findings)
             digest = content_hash(table)
             counts = manifest_counts(rows, resolved.findings)
@@ -182,6 +187,7 @@ def create_snapshot(
                 counts=counts,
                 content_hash=digest,
                 manifest_path=relpath,
+                test_set=test_set,
             )
             session.add(snapshot)
             session.flush()  # a concurrent creator of the same name waits or fails here
@@ -190,7 +196,12 @@ def create_snapshot(
                 actor=actor,
                 action="snapshot.create",
                 subject=name,
-                details={"content_hash": digest, "seed": seed, "counts": counts["total"]},
+                details={
+                    "content_hash": digest,
+                    "seed": seed,
+                    "counts": counts["total"],
+                    "test_set": test_set,
+                },
             )
             write_manifest(table, home / relpath, home / SNAPSHOT_DIR / ".tmp")
             info = SnapshotInfo.from_row(snapshot, settings)

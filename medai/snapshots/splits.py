@@ -1,14 +1,29 @@
-"""Patient-level, stratified train/val/test splits, and the fractions they follow.
+"""Patient-level train/val/test splits that stay put as data grows, and their fractions.
+
+A patient's split is a keyed function of the patient alone: the HMAC-SHA256 of its
+pseudonym under the split key (derived from the snapshot seed), read as a number in
+[0, 1) and cut at the fractions, test first (``[0, test)``), then validation, then
+training. Adding studies or patients never moves a patient already assigned, and the test
+set depends only on the seed and the test fraction (:func:`locked_test_set_id`): every snapshot
+with the same seed and test fraction shares one locked test set. Pseudonyms are already
+keyed hashes under the campaign key, so positions cannot be steered without that key.
 
 The split unit is a group of linked patients: patients who share an image (the same pixels,
-re-sent under another MRN) are one person as far as leakage goes, so they share a split.
+re-sent under another MRN) are one person as far as leakage goes, so they share a split,
+the split of the group's first pseudonym in sort order. That is the one way a patient can
+move: a later re-send that links it to a patient of another split.
+
+Splits are not stratified: stratification depends on who else is in the snapshot, which
+would move patients as data arrives. Over many patients each site and finding falls into the
+splits close to the fractions (binomially); a small snapshot may miss a class in a split.
 """
 
 from __future__ import annotations
 
-import random
-from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+import hashlib
+import hmac
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from medai.errors import SnapshotError
@@ -20,11 +35,15 @@ __all__ = [
     "check_fractions",
     "merge_resends",
     "parse_fractions",
-    "patient_strata",
+    "patient_set_hash",
+    "split_position",
+    "locked_test_set_id",
 ]
 
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
+# Part of every position: a change of the derivation must change the test set's id too.
+_SPLIT_LABEL = "medai/split/v1"
 
 
 def parse_fractions(text: str) -> tuple[float, float, float]:
@@ -59,34 +78,52 @@ def check_fractions(values: Sequence[float]) -> tuple[float, float, float]:
     return (float(values[0]), float(values[1]), float(values[2]))
 
 
+def _split_key(seed: int) -> bytes:
+    return hashlib.sha256(f"{_SPLIT_LABEL}/key/{seed}".encode()).digest()
+
+
+def split_position(unit: str, seed: int = 0) -> float:
+    """Where the split unit ``unit`` (a pseudonym) falls in [0, 1) under the key of ``seed``."""
+    mac = hmac.new(_split_key(seed), unit.encode("utf-8"), hashlib.sha256).digest()
+    return int.from_bytes(mac[:8], "big") / 2**64
+
+
+def locked_test_set_id(seed: int, test_fraction: float) -> str:
+    """The locked test set's id: every snapshot with this seed and test fraction shares it.
+
+    A short sha256 of the derivation, the seed and the test fraction (rounded to 1e-9,
+    so ``0.15`` written two ways is one set).
+    """
+    text = f"{_SPLIT_LABEL}/test/{seed}/{round(float(test_fraction), 9)!r}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def patient_set_hash(patients: Iterable[str]) -> str:
+    """The sha256 of a set of pseudonyms (sorted, one per line): a set named without listing it."""
+    text = "".join(f"{patient}\n" for patient in sorted(set(patients)))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def assign_splits(
-    patients: Mapping[str, tuple[str, tuple[str, ...]]],
+    patients: Iterable[str],
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     seed: int = 0,
     groups: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """Assign each patient to ``train``, ``val`` or ``test``, stratified by site and labels.
+    """Assign each patient to ``train``, ``val`` or ``test`` by its keyed position.
 
-    Linked patients (``groups``) are assigned as one unit, with the first site and all the
-    positive findings of its members; without links each patient is its own unit.
-
-    Patients are grouped into strata by their key (site, sorted positive findings). The
-    strata are visited in a seeded random order and each stratum's patients in a seeded
-    random order; each patient goes to the split with the largest deficit, where the
-    deficit of split *i* after *k* patients is ``fraction_i * (k + 1) - count_i``, summed
-    over the patient's stratum and over all patients so far. The stratum term spreads
-    every stratum with enough patients across the splits in proportion; the global term
-    keeps the overall fractions right when there are many small strata. Ties go to the
-    earlier split (train first).
+    Linked patients (``groups``) take the split of their group's name (its first member
+    in sort order); without links each patient is its own unit. A patient's split depends
+    only on its unit, the seed and the fractions, never on the other patients.
 
     Parameters
     ----------
     patients
-        ``{patient pseudonym: (site, positive findings)}``.
+        Patient pseudonyms (a mapping contributes its keys).
     fractions
         Train, val and test fractions (summing to 1).
     seed
-        The shuffle's seed: the same input and seed always give the same assignment.
+        The split key's seed: the same unit and seed always give the same position.
     groups
         ``{patient: its group's name}`` for linked patients (see :func:`merge_resends`);
         a patient not in it is a group of its own.
@@ -96,41 +133,18 @@ def assign_splits(
     dict
         ``{patient pseudonym: split}``.
     """
-    fractions = check_fractions(fractions)
-    units: dict[str, tuple[str, tuple[str, ...]]] = {}
-    members_of: dict[str, list[str]] = defaultdict(list)
-    for patient in sorted(patients):
-        unit = (groups or {}).get(patient, patient)
-        members_of[unit].append(patient)
-        site, positives = patients[patient]
-        if unit in units:
-            known_site, known = units[unit]
-            site, positives = min(site, known_site), (*known, *positives)
-        units[unit] = (site, tuple(sorted(set(positives))))
-    strata: dict[tuple[str, tuple[str, ...]], list[str]] = defaultdict(list)
-    for unit in sorted(units):
-        strata[units[unit]].append(unit)
-    rng = random.Random(seed)
-    order = sorted(strata)
-    rng.shuffle(order)
-    total = [0, 0, 0]
-    assigned = 0
+    train, val, test = check_fractions(fractions)
     result: dict[str, str] = {}
-    for key in order:
-        members = strata[key]
-        rng.shuffle(members)
-        local = [0, 0, 0]
-        for k, patient in enumerate(members):
-            scores = [
-                (fractions[i] * (k + 1) - local[i]) + (fractions[i] * (assigned + 1) - total[i])
-                for i in range(3)
-            ]
-            best = max(range(3), key=lambda i: (scores[i], -i) if fractions[i] > 0 else (-1e9, 0))
-            local[best] += 1
-            total[best] += 1
-            assigned += 1
-            for member in members_of[patient]:
-                result[member] = SPLITS[best]
+    for patient in patients:
+        position = split_position((groups or {}).get(patient, patient), seed)
+        # Test first: its membership depends on the test fraction alone, so a change of
+        # the train/val balance never touches the locked test set.
+        if position < test:
+            result[patient] = "test"
+        elif position < test + val:
+            result[patient] = "val"
+        else:
+            result[patient] = "train"
     return result
 
 
@@ -172,16 +186,3 @@ def merge_resends(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]],
     roots = {patient: find(patient) for patient in parent}
     sizes = Counter(roots.values())
     return kept, {patient: root for patient, root in roots.items() if sizes[root] > 1}
-
-
-def patient_strata(
-    rows: Sequence[Mapping[str, Any]], findings: Sequence[str]
-) -> dict[str, tuple[str, tuple[str, ...]]]:
-    """``{patient: (site, positive findings)}``; a patient seen at several sites takes the
-    first site id in sort order."""
-    sites: dict[str, set[str]] = defaultdict(set)
-    positives: dict[str, set[str]] = defaultdict(set)
-    for row in rows:
-        sites[row["patient"]].add(row["site"])
-        positives[row["patient"]].update(f for f in findings if row[f] == 1)
-    return {p: (min(sites[p]), tuple(sorted(positives[p]))) for p in sites}

@@ -135,11 +135,35 @@ def promote_command(
     version: Annotated[str, typer.Argument(help="Model version to promote.")],
     min_auroc_ci_low: Annotated[
         float | None,
-        typer.Option(help="Gate override; default: the run's evaluation.min_auroc_ci_low."),
+        typer.Option(
+            help="A stricter absolute gate than the run's evaluation.min_auroc_ci_low "
+            "(a lower one is refused: lowering the bar is an override)."
+        ),
+    ] = None,
+    override_gate: Annotated[
+        bool,
+        typer.Option(
+            "--override-gate",
+            help="Promote even though the gate refuses; needs --reason. Audited, and tagged "
+            "on the version (shown by GET /v1/models).",
+        ),
+    ] = False,
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Why the gate is overridden (on the record).")
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Move the `champion` alias to VERSION if every label's lower AUROC CI bound passes."""
+    """Move the `champion` alias to VERSION if it passes the gate.
+
+    The gate: every label's lower AUROC CI bound at least the run's configured gate, per-site
+    floors where a site has enough positives, and not significantly worse than the current
+    champion on the test cases both predicted (MEDAI_GATE_MARGIN). Refused: exit 1 with
+    each failed check; `--override-gate --reason TEXT` promotes anyway, on the record.
+    """
+    if override_gate and not (reason or "").strip():
+        raise fail("--override-gate needs --reason TEXT: why the gate is overridden")
+    if reason and not override_gate:
+        raise fail("--reason goes with --override-gate")
     # Promotions are audited in the catalog the model's snapshot came from.
     require_campaign()
 
@@ -149,9 +173,19 @@ def promote_command(
     from medai.training.registry import promote
 
     try:
-        result = promote(name, version, min_auroc_ci_low=min_auroc_ci_low)
+        result = promote(
+            name,
+            version,
+            min_auroc_ci_low=min_auroc_ci_low,
+            override_gate=override_gate,
+            reason=reason,
+        )
     except PromotionRefused as exc:
-        raise fail(exc, code=EXIT_PROBLEM) from None
+        raise fail(
+            exc,
+            "`--override-gate --reason TEXT` promotes it anyway, on the record",
+            code=EXIT_PROBLEM,
+        ) from None
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             raise fail(
@@ -162,12 +196,16 @@ def promote_command(
     except MedaiError as exc:
         raise fail(exc) from None
     if as_json:
-        print_json({**jsonable(result), "overridden": result.overridden})
+        print_json(jsonable(result))
         return
     lows = ", ".join(f"{label} {low:.3f}" for label, low in result.ci_low.items())
     previous = f" (was version {result.previous})" if result.previous else ""
+    how = (
+        f"the gate was OVERRIDDEN (reason: {result.reason})"
+        if result.overridden
+        else f"lower AUROC CI bounds {lows} >= {result.required:.3f}"
+    )
     console().print(
-        f"{name} version {result.version} is now champion{previous}; "
-        f"lower AUROC CI bounds {lows} >= {result.required:.3f}",
+        plain(f"{name} version {result.version} is now champion{previous}; {how}"),
         soft_wrap=True,
     )

@@ -282,7 +282,7 @@ def test_cli(catalog: Settings, tmp_path: Path) -> None:
     assert refused.exit_code == 2 and "not an empty directory" in refused.output
 
 
-def test_splits_stratified_on_a_larger_set() -> None:
+def test_splits_spread_in_proportion_on_a_larger_set() -> None:
     rng = random.Random(0)
     patients = {
         f"P{i:05d}": (
@@ -296,9 +296,11 @@ def test_splits_stratified_on_a_larger_set() -> None:
     assert splits.keys() == patients.keys()  # each patient exactly once
     assert splits == assign_splits(dict(reversed(patients.items())), fractions, seed=1)
     assert splits != assign_splits(patients, fractions, seed=2)
+    # Keyed per patient, not stratified: sizes and strata follow the fractions binomially
+    # (within 3 standard deviations).
     sizes = Counter(splits.values())
     for split, fraction in zip(("train", "val", "test"), fractions, strict=True):
-        assert abs(sizes[split] / len(patients) - fraction) < 0.01, sizes
+        assert abs(sizes[split] / len(patients) - fraction) < 0.035, sizes
     strata: dict[tuple[str, tuple[str, ...]], Counter[str]] = {}
     for patient, key in patients.items():
         strata.setdefault(key, Counter())[splits[patient]] += 1
@@ -306,7 +308,8 @@ def test_splits_stratified_on_a_larger_set() -> None:
         n = sum(counts.values())
         if n >= 20:  # every large stratum is spread in proportion
             for split, fraction in zip(("train", "val", "test"), fractions, strict=True):
-                assert abs(counts[split] - fraction * n) <= 2, (key, counts)
+                spread = 3 * (n * fraction * (1 - fraction)) ** 0.5 + 1
+                assert abs(counts[split] - fraction * n) <= spread, (key, counts)
     for site in ("site-a", "site-b", "site-c"):
         assert {splits[p] for p, (s, _) in patients.items() if s == site} == {
             "train",

@@ -17,11 +17,14 @@ from medai.audit import actors, verify_audit_chain
 from medai.catalog.db import create_engine_for, session_factory
 from medai.catalog.models import AuditRecord
 from medai.config import Settings, get_settings
-from medai.errors import CampaignNotSetUp, PromotionRefused
+from medai.errors import CampaignNotSetUp, MedaiError, PromotionRefused
 from medai.training.config import load_model_config
 from medai.training.registry import (
     CANDIDATE_ALIAS,
     CHAMPION_ALIAS,
+    GATE_OVERRIDE_AT_TAG,
+    GATE_OVERRIDE_BY_TAG,
+    GATE_OVERRIDE_REASON_TAG,
     GATE_OVERRIDE_TAG,
     PROMOTE_ACTION,
     REGISTER_ACTION,
@@ -86,31 +89,49 @@ def test_registration_promotion_and_gate_override_are_audited(
         promote(MODEL, run.model_version, settings)
     assert _records(settings, PROMOTE_ACTION) == []
 
+    # A bare lower threshold no longer walks around the gate, nor an override without a reason.
+    with pytest.raises(MedaiError, match="lower bar is a gate override"):
+        promote(MODEL, run.model_version, settings, min_auroc_ci_low=0.0)
+    with pytest.raises(MedaiError, match="needs a reason"):
+        promote(MODEL, run.model_version, settings, override_gate=True, reason="  ")
+    assert _records(settings, PROMOTE_ACTION) == []
+
     # Without a catalog to record it in, the promotion is refused before the alias moves.
     elsewhere = settings.model_copy(
         update={"database_url": f"sqlite:///{tmp_path / 'nowhere' / 'catalog.db'}"}
     )
     with pytest.raises(CampaignNotSetUp, match="medai campaign init"):
-        promote(MODEL, run.model_version, elsewhere, min_auroc_ci_low=0.0)
+        promote(MODEL, run.model_version, elsewhere, override_gate=True, reason="pilot")
     client = MlflowClient(settings.resolved_mlflow_tracking_uri)
     with pytest.raises(mlflow.exceptions.MlflowException):
         client.get_model_version_by_alias(MODEL, CHAMPION_ALIAS)
 
-    # A lower threshold overrides the gate, on the record and on the version.
-    result = promote(MODEL, run.model_version, settings, min_auroc_ci_low=0.0)
-    assert result.overridden and (result.configured, result.required) == (0.999, 0.0)
+    # An override with a reason promotes it, on the record and on the version.
+    reason = "pilot site visit: the clinicians review every output"
+    result = promote(MODEL, run.model_version, settings, override_gate=True, reason=reason)
+    assert result.overridden and (result.configured, result.required) == (0.999, 0.999)
+    assert result.reason == reason
     champion = client.get_model_version_by_alias(MODEL, CHAMPION_ALIAS)
     assert str(champion.version) == run.model_version
     override = json.loads(champion.tags[GATE_OVERRIDE_TAG])
-    assert override == {"configured": 0.999, "used": 0.0, "by": actors.operator()}
+    assert (override["by"], override["reason"]) == (actors.operator(), reason)
+    assert any("lower CI bound of AUROC" in failure for failure in override["failures"])
+    assert champion.tags[GATE_OVERRIDE_REASON_TAG] == reason
+    assert champion.tags[GATE_OVERRIDE_BY_TAG] == actors.operator()
+    assert champion.tags[GATE_OVERRIDE_AT_TAG] == override["at"]
     [promoted] = _records(settings, PROMOTE_ACTION)
     assert (promoted.actor, promoted.subject) == (actors.operator(), subject)
-    assert promoted.details["gate"] == {"configured": 0.999, "used": 0.0, "overridden": True}
+    gate = promoted.details["gate"]
+    assert (gate["configured"], gate["used"], gate["overridden"]) == (0.999, 0.999, True)
+    assert (gate["passed"], gate["reason"]) == (False, reason)
+    assert gate["failures"] == override["failures"]
     assert promoted.details["previous"] is None
     assert promoted.details["ci_low"] == pytest.approx(result.ci_low)
 
     # Each promotion is its own record, naming the champion it replaced.
-    again = promote(MODEL, run.model_version, settings, min_auroc_ci_low=0.0, actor="user:bo")
+    again = promote(
+        MODEL, run.model_version, settings, override_gate=True, reason="again", actor="user:bo"
+    )
     assert again.previous == run.model_version
     second = _records(settings, PROMOTE_ACTION)[-1]
     assert second.actor == "user:bo" and second.details["previous"] == run.model_version

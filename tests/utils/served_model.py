@@ -73,8 +73,11 @@ class Champion:
         return tracked.model_version
 
     def promote(self, version: str) -> None:
-        """Move ``champion`` to ``version``."""
-        promote(self.name, version, self.settings)
+        """Move ``champion`` to ``version`` (on a tiny test set no version beats another
+        significantly, so the gate's comparison with the champion is overridden)."""
+        promote(
+            self.name, version, self.settings, override_gate=True, reason="test: switch versions"
+        )
 
 
 @contextmanager

@@ -134,4 +134,5 @@ def model_out(model: ServedModel) -> ServedModelOut:
         device=str(model.device),
         loaded_at=model.loaded_at,
         model_card=model.card,
+        tags=dict(model.tags),
     )

@@ -172,6 +172,11 @@ def _gate(facts: CardFacts, pooled: Sequence[EvaluationRow]) -> str:
         return verdict
     try:
         override = json.loads(facts.gate_override)
+        if "reason" in override:  # medai since issue 13: an override always has a reason
+            return (
+                f"{verdict} It was promoted with a gate override by {override['by']} "
+                f"({override.get('at', '?')}), reason: {override['reason']}."
+            )
         used, by = float(override["used"]), str(override["by"])
     except (ValueError, TypeError, KeyError):
         return f"{verdict} It was promoted with a gate override ({facts.gate_override})."

@@ -6,7 +6,8 @@ downloads what the run logged for this: ``config/resolved.json`` (the
 loaded with ``weights_only=True``: no pickled code runs). The network is rebuilt with
 :func:`medai.training.networks.build_network`, not loaded from the exported program,
 because Grad-CAM needs its layers. Each label's operating threshold is the run's
-``test/threshold/<label>`` metric (chosen on the validation split during training).
+``val/threshold/<label>`` metric (chosen on the validation split during training; runs of
+an older medai named it ``test/threshold/<label>``).
 
 The model card served with it is the card's text with its metrics section rendered from
 that run (:mod:`medai.serving.inference.card`).
@@ -62,7 +63,9 @@ logger = logging.getLogger(__name__)
 
 CONFIG_ARTIFACT = "config/resolved.json"
 WEIGHTS_ARTIFACT = "weights/best.pt"
-THRESHOLD_METRIC = "test/threshold/{label}"
+THRESHOLD_METRIC = "val/threshold/{label}"
+# What medai before issue 13 logged the same validation-chosen threshold as.
+_LEGACY_THRESHOLD_METRIC = "test/threshold/{label}"
 
 
 def choose_device(setting: str | None) -> torch.device:
@@ -93,6 +96,9 @@ class ServedModel:
     card
         The model card (``<models_dir>/<name>/MODEL_CARD.md``) with its metrics section
         generated from ``run_id``, if there is a card.
+    tags
+        The version's ``medai.*`` registry tags (snapshot hash, labels, and a gate
+        override with its reason, who and when), as ``GET /v1/models`` shows them.
     """
 
     name: str
@@ -106,6 +112,7 @@ class ServedModel:
     card: str | None
     loaded_at: dt.datetime
     _chain: Any = field(repr=False)
+    tags: dict[str, str] = field(default_factory=dict)
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -191,7 +198,12 @@ def resolve_version(settings: Settings, name: str, alias: str) -> tuple[str, str
 def _thresholds(metrics: dict[str, float], labels: Sequence[str], what: str) -> tuple[float, ...]:
     values = []
     for label in labels:
-        value = float(metrics.get(THRESHOLD_METRIC.format(label=label), math.nan))
+        value = float(
+            metrics.get(
+                THRESHOLD_METRIC.format(label=label),
+                metrics.get(_LEGACY_THRESHOLD_METRIC.format(label=label), math.nan),
+            )
+        )
         if not math.isfinite(value):
             # Without it there is no positive/negative to report, only a bare score.
             raise ModelUnavailable(
@@ -350,4 +362,5 @@ def load_served_model(
         card=card,
         loaded_at=dt.datetime.now(dt.UTC),
         _chain=build_transforms(config.transforms, train=False),
+        tags={k: str(v) for k, v in sorted(tags.items()) if k.startswith("medai.")},
     )

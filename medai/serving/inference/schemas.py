@@ -137,6 +137,12 @@ class ServedModelOut(BaseModel):
     model_card: str | None = Field(
         description="The model card (Markdown): intended use, data, evaluation, limits."
     )
+    tags: dict[str, str] = Field(
+        default_factory=dict,
+        description="The version's medai.* registry tags: medai.snapshot_hash, medai.labels, "
+        "and after a gate override medai.gate_override (JSON: by, at, reason, failures), "
+        "medai.gate_override_reason, medai.gate_override_by, medai.gate_override_at.",
+    )
 
 
 class ModelsOut(BaseModel):
