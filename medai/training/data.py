@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from monai.data.dataloader import DataLoader
 from monai.data.dataset import CacheDataset, Dataset, PersistentDataset
@@ -51,7 +52,9 @@ from medai.config import Settings, get_settings
 from medai.snapshots import SPLITS, load_snapshot
 from medai.store import ObjectStore
 from medai.training import distributed
+from medai.training.case_predictions import case_index
 from medai.training.config import ModelConfig
+from medai.training.label_check import require_labels
 from medai.training.reader import LoadDicomFromStore, records_from_manifest
 from medai.training.transforms import build_transforms
 
@@ -85,11 +88,19 @@ class TrainingData:
     loaders
         ``train`` (shuffled, augmented), ``val`` and ``test`` (in manifest order,
         deterministic transforms).
+    test_cases
+        The test split's manifest row numbers, case ids (SOPInstanceUID), studies,
+        patients and sites, in manifest order.
     """
 
     snapshot: dict[str, Any]
     records: dict[str, list[dict[str, Any]]]
     loaders: dict[str, DataLoader] = field(default_factory=dict)
+    # The test rows' ids in manifest order (:func:`medai.training.case_predictions.case_index`),
+    # for the per-case predictions a run logs; None when built without a manifest.
+    test_cases: pd.DataFrame | None = None
+    # The validation rows' ids, for study-level thresholds (chosen on study-level scores).
+    val_cases: pd.DataFrame | None = None
 
 
 def split_records(
@@ -191,6 +202,8 @@ def build_training_data(config: ModelConfig, settings: Settings | None = None) -
     ------
     medai.errors.SnapshotNotFound, SnapshotTampered
         From :func:`medai.snapshots.load_snapshot`.
+    medai.errors.UnlabelledSnapshot
+        A configured label has no known value in the train or test split.
     KeyError
         A configured label is not a column of the manifest.
     ValueError
@@ -206,6 +219,7 @@ def build_training_data(config: ModelConfig, settings: Settings | None = None) -
             f"snapshot {config.data.snapshot!r} has no instances in the split(s) "
             f"{', '.join(empty)}: training needs train, val and test"
         )
+    require_labels(manifest, config.data.labels, config.data.snapshot)
     store = ObjectStore(settings.resolved_store_dir)
     loader = LoadDicomFromStore(IMAGE_KEY, store)
     cache_dir = (
@@ -214,7 +228,12 @@ def build_training_data(config: ModelConfig, settings: Settings | None = None) -
         / str(snapshot["content_hash"])[:16]
         / _transform_hash(config)
     )
-    data = TrainingData(snapshot=snapshot, records=records)
+    data = TrainingData(
+        snapshot=snapshot,
+        records=records,
+        test_cases=case_index(manifest),
+        val_cases=case_index(manifest, "val"),
+    )
     threaded = config.data.cache == "memory"
     rank, world = distributed.rank(), distributed.world_size()
     for split in SPLITS:

@@ -11,10 +11,10 @@ masked loss and the evaluation settings are :mod:`medai.training.prediction`.
 - AdamW, cosine annealing over the configured epochs (or a constant rate).
 - Mixed precision (float16 autocast with a gradient scaler) on CUDA only; on the CPU it
   would be slower and change the numbers.
-- After each epoch: validation loss and macro AUROC (mean over labels with both classes in
-  the validation set). Early stopping watches the validation AUROC; when no label has
-  both classes there, it watches the validation loss instead. The best epoch's weights are
-  saved and restored.
+- After each epoch: validation loss, each label's AUROC and their macro mean (over the
+  labels with both classes in the validation set). Early stopping watches the macro
+  AUROC; when no label has both classes there, it watches the validation loss instead.
+  The best epoch's weights are saved and restored.
 - Finally :func:`medai.training.evaluation.evaluate` on the best weights: thresholds from
   validation, test AUROC with bootstrap CIs, pooled and per site, with plots.
 - Under ``torchrun`` (a process group, :mod:`medai.training.distributed`) the network is
@@ -32,13 +32,14 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -46,6 +47,7 @@ from torch.utils.data import DistributedSampler
 
 from medai.config import Settings
 from medai.training import distributed
+from medai.training.case_predictions import case_predictions
 from medai.training.config import ModelConfig
 from medai.training.data import (
     IMAGE_KEY,
@@ -58,7 +60,7 @@ from medai.training.networks import build_network
 from medai.training.prediction import (
     autocast,
     evaluate_predictions,
-    macro_auroc,
+    label_aurocs,
     masked_bce_with_logits,
     predict,
 )
@@ -73,7 +75,11 @@ CHECKPOINT_NAME = "best.pt"
 
 @dataclass(frozen=True)
 class EpochResult:
-    """What one epoch gave (``val_auroc`` is NaN when no label has both classes)."""
+    """What one epoch gave.
+
+    ``val_auroc`` is the macro mean of ``val_label_auroc`` (each label's validation AUROC,
+    NaN for a label without both classes); NaN when no label has both classes.
+    """
 
     epoch: int
     train_loss: float
@@ -82,17 +88,36 @@ class EpochResult:
     lr: float
     seconds: float
     best: bool
+    val_label_auroc: Mapping[str, float] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
-        """``{name: value}`` for ``mlflow.log_metrics(..., step=epoch)`` (NaNs left out)."""
+        """``{name: value}`` for ``mlflow.log_metrics(..., step=epoch)`` (NaNs left out).
+
+        ``val/auroc/<label>`` per label beside ``val/auroc/macro``: a macro mean that
+        holds still can hide one label improving while another degrades.
+        """
         values = {
             "train/loss": self.train_loss,
             "val/loss": self.val_loss,
             "val/auroc/macro": self.val_auroc,
+            **{f"val/auroc/{label}": v for label, v in self.val_label_auroc.items()},
             "lr": self.lr,
             "epoch_seconds": self.seconds,
         }
         return {k: v for k, v in values.items() if not math.isnan(v)}
+
+    def row(self) -> dict[str, float | int | bool]:
+        """One flat row of the epoch history table (``val_auroc_<label>`` per label)."""
+        return {
+            "epoch": self.epoch,
+            "train_loss": self.train_loss,
+            "val_loss": self.val_loss,
+            "val_auroc": self.val_auroc,
+            **{f"val_auroc_{label}": v for label, v in self.val_label_auroc.items()},
+            "lr": self.lr,
+            "seconds": self.seconds,
+            "best": self.best,
+        }
 
 
 @dataclass
@@ -122,6 +147,9 @@ class TrainResult:
         The snapshot's catalog record (name, content hash, counts).
     example_input
         The model's input example: two noise images, ``(2, 1, H, W)`` float32 in [0, 1].
+    test_cases
+        Per-case test predictions keyed by manifest row
+        (:func:`medai.training.case_predictions.case_predictions`); None without the ids.
     """
 
     config: ModelConfig
@@ -136,6 +164,7 @@ class TrainResult:
     snapshot: dict[str, Any]
     example_input: npt.NDArray[np.float32]
     device: str = "cpu"
+    test_cases: pd.DataFrame | None = None
 
 
 def _has_both_classes(records: list[dict[str, Any]], n_labels: int) -> bool:
@@ -258,7 +287,9 @@ def train(
         val_true, val_prob, _, val_loss = predict(
             net, data.loaders["val"], target, n_labels=len(labels)
         )
-        val_auc = macro_auroc(val_true, val_prob)
+        by_label = dict(zip(labels, label_aurocs(val_true, val_prob), strict=True))
+        known = [v for v in by_label.values() if not math.isnan(v)]
+        val_auc = float(np.mean(known)) if known else math.nan  # as macro_auroc
         score = val_auc if monitor == "val/auroc/macro" else -val_loss
         # NaN (e.g. an empty batch of known labels) never counts as an improvement.
         improved = distributed.broadcast_object(
@@ -277,6 +308,7 @@ def train(
             lr=lr,
             seconds=time.perf_counter() - started,
             best=improved,
+            val_label_auroc=by_label,
         )
         history.append(result)
         if progress is not None and main:
@@ -295,8 +327,19 @@ def train(
     test_true, test_prob, test_sites, _ = predict(
         net, data.loaders["test"], target, n_labels=len(labels)
     )
+    tests, vals = data.test_cases, data.val_cases
     evaluation = evaluate_predictions(
-        config, val_true, val_prob, test_true, test_prob, test_sites, out_dir / "plots"
+        config,
+        val_true,
+        val_prob,
+        test_true,
+        test_prob,
+        test_sites,
+        out_dir / "plots",
+        # Patients for the patient-level bootstrap, studies for the study-level headline.
+        test_patients=None if tests is None else tests["patient"].tolist(),
+        test_studies=None if tests is None else tests["study_uid"].tolist(),
+        val_studies=None if vals is None else vals["study_uid"].tolist(),
     )
     # The input example MLflow stores with the model: noise of the input's shape and range,
     # never a real image (pixels can carry burned-in identifiers). Two images, not one:
@@ -318,4 +361,9 @@ def train(
         snapshot=data.snapshot,
         example_input=example,
         device=str(target),
+        test_cases=(
+            None
+            if data.test_cases is None
+            else case_predictions(data.test_cases, labels, test_true, test_prob)
+        ),
     )

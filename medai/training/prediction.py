@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from medai.training.evaluation import EvaluationResult, auroc, evaluate
 __all__ = [
     "autocast",
     "evaluate_predictions",
+    "label_aurocs",
     "macro_auroc",
     "masked_bce_with_logits",
     "predict",
@@ -38,14 +40,20 @@ def masked_bce_with_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch
     return (losses * known).sum() / known.sum().clamp(min=1)
 
 
-def macro_auroc(y_true: npt.NDArray[np.float64], y_prob: npt.NDArray[np.float64]) -> float:
-    """Mean AUROC over the labels with both classes among the known values; NaN if none."""
+def label_aurocs(y_true: npt.NDArray[np.float64], y_prob: npt.NDArray[np.float64]) -> list[float]:
+    """Each label's AUROC over its known values; NaN where it lacks one of the classes."""
     values = []
     for column in range(y_true.shape[1]):
         known = ~np.isnan(y_true[:, column])
         y = y_true[known, column]
-        if y.size and 0 < y.sum() < y.size:
-            values.append(auroc(y, y_prob[known, column]))
+        both = bool(y.size) and 0 < y.sum() < y.size
+        values.append(auroc(y, y_prob[known, column]) if both else math.nan)
+    return values
+
+
+def macro_auroc(y_true: npt.NDArray[np.float64], y_prob: npt.NDArray[np.float64]) -> float:
+    """Mean AUROC over the labels with both classes among the known values; NaN if none."""
+    values = [v for v in label_aurocs(y_true, y_prob) if not math.isnan(v)]
     return float(np.mean(values)) if values else math.nan
 
 
@@ -126,6 +134,10 @@ def evaluate_predictions(
     test_prob: npt.NDArray[np.float64],
     test_sites: list[str],
     plot_dir: Path | None = None,
+    *,
+    test_patients: Sequence[str] | None = None,
+    test_studies: Sequence[str] | None = None,
+    val_studies: Sequence[str] | None = None,
 ) -> EvaluationResult:
     """:func:`~medai.training.evaluation.evaluate` with the settings of ``config.evaluation``.
 
@@ -137,6 +149,10 @@ def evaluate_predictions(
         As :func:`predict` gives them for the validation and test splits.
     plot_dir
         Where the ROC and reliability plots go; none are drawn if None.
+    test_patients, test_studies, val_studies
+        Each row's patient (the bootstrap resamples patients) and study (the headline is
+        then study-level, as the service scores); see
+        :func:`~medai.training.evaluation.evaluate`.
 
     In a process group every rank must call it with the same (gathered) arrays: rank 0
     evaluates, since the bootstrap and the plots are the costly part, and the others
@@ -152,6 +168,9 @@ def evaluate_predictions(
         test_true,
         test_prob,
         test_sites=test_sites,
+        test_patients=test_patients,
+        test_studies=test_studies,
+        val_studies=val_studies,
         threshold_method=ev.threshold,
         target_sensitivity=ev.target_sensitivity,
         n_bootstrap=ev.n_bootstrap,

@@ -3,22 +3,38 @@
 :func:`train_tracked` runs :func:`medai.training.loop.train` inside an MLflow run of the
 experiment named after the model and logs:
 
+- provenance (:mod:`medai.training.provenance`): tags ``medai.version`` and, run from a
+  git checkout, ``medai.git_commit`` / ``medai.git_dirty``; the snapshot's splits as MLflow
+  dataset inputs (contexts ``training``, ``validation``, ``test``; digest: the manifest
+  hash), so MLflow's Datasets view shows what the run read;
 - parameters: the flattened configuration (``schedule.epochs``...), the snapshot's name,
   content hash and split sizes; tags ``medai.snapshot`` / ``medai.snapshot_hash``;
-- the configuration file (``config/config.toml``) and the resolved configuration
-  (``config/resolved.json``) as artifacts;
-- per-epoch ``train/loss``, ``val/loss``, ``val/auroc/macro``, ``lr`` with ``step=epoch``;
+- the configuration the run was trained with, after any override by a notebook or the
+  command line, as the run's one configuration artifact (``config/resolved.json``): the
+  file it was read from is not logged, since an override would make it disagree;
+- per-epoch ``train/loss``, ``val/loss``, ``val/auroc/<label>``, ``val/auroc/macro``,
+  ``lr`` with ``step=epoch``;
+- each label's operating threshold, chosen on the validation split, as
+  ``val/threshold/<label>``;
 - the evaluation's metrics (``test/auroc/<label>``, ``test/auroc_low/<label>``...,
-  :meth:`EvaluationResult.metrics`), its table (``evaluation/test.csv``) and plots
-  (``plots/*.png``), and the epoch history (``evaluation/history.csv``);
+  :meth:`EvaluationResult.metrics`, without its thresholds: they are validation's), its
+  table (``evaluation/test.csv``, per study as the service scores, with the per-image one
+  in ``evaluation/test_images.csv`` and the interval warnings in
+  ``evaluation/warnings.json``) and plots (``plots/*.png``), and the epoch history
+  (``evaluation/history.csv``, with a ``val_auroc_<label>`` column per label), and the
+  per-case test predictions keyed by manifest row (``evaluation/test_cases.csv``,
+  :mod:`medai.training.case_predictions`), on which the gate compares it with the champion;
 - the best weights as a state dict (``weights/best.pt``), from which the inference service
   rebuilds the network with ``config/resolved.json``;
-- the best network with :func:`mlflow.pytorch.log_model` as a ``torch.export`` program
-  (``pt2``: loading it executes no pickled code), with a signature whose batch dimension is
-  dynamic (``-1``) and an input example of two images (``torch.export`` would fix a batch
-  dimension of 1 in the example to a constant), registered as a new version of the registered
-  model ``config.name`` with the alias ``candidate``, and audited (``model.register``) in the
-  catalog the snapshot came from (:mod:`medai.training.registry`).
+- the best network as a ``torch.export`` program (``pt2``: loading it executes no pickled
+  code) with two flavors (:mod:`medai.training.pyfunc`): ``pytorch`` returns logits,
+  ``python_function`` a probability column per label and, asked, the positives at the
+  validation thresholds; with a signature whose batch dimension is dynamic (``-1``) and an
+  input example of two images (``torch.export`` would fix a batch dimension of 1 in the
+  example to a constant), registered as a new version of the registered model
+  ``config.name`` with the alias ``candidate`` (tagged with the snapshot hash, labels,
+  medai version and commit), and audited (``model.register``) in the catalog the snapshot
+  came from (:mod:`medai.training.registry`).
 
 Nothing identifying is logged: the snapshot holds pseudonymized data only, and what goes
 to MLflow is aggregated (counts, metrics, plots of pooled results) or configuration; the
@@ -41,26 +57,33 @@ whatever directory the command ran in.
 from __future__ import annotations
 
 import json
+import math
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-import mlflow.pytorch
 import monai
 import numpy as np
 import pandas as pd
 import torch
-from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from medai.audit import actors
 from medai.config import Settings, get_settings
-from medai.training import distributed
+from medai.snapshots import load_snapshot
+from medai.training import distributed, pyfunc
 from medai.training.config import ModelConfig, flatten
 from medai.training.data import TrainingData, build_training_data
+from medai.training.evaluation import ALL_SITES, EvaluationResult
 from medai.training.loop import EpochResult, TrainResult, train
+from medai.training.provenance import (
+    GIT_COMMIT_TAG,
+    VERSION_TAG,
+    log_snapshot_inputs,
+    source_tags,
+)
 from medai.training.registry import (
     CANDIDATE_ALIAS,
     CHAMPION_ALIAS,
@@ -83,10 +106,13 @@ __all__ = [
     "load_registered",
     "promote",
     "train_tracked",
+    "validation_thresholds",
 ]
 
 MODEL_ARTIFACT = "model"
 WEIGHTS_ARTIFACT_DIR = "weights"  # holds best.pt (medai.training.loop.CHECKPOINT_NAME)
+CONFIG_ARTIFACT = "config/resolved.json"  # the one configuration artifact of a run
+THRESHOLD_METRIC = "val/threshold/{label}"
 
 
 @dataclass(frozen=True)
@@ -147,6 +173,23 @@ def _pip_requirements() -> list[str]:
 
 def _log_epoch(result: EpochResult) -> None:
     mlflow.log_metrics(result.metrics(), step=result.epoch)
+
+
+def validation_thresholds(evaluation: EvaluationResult, labels: Sequence[str]) -> list[float]:
+    """Each label's operating threshold (chosen on validation), NaN where there is none."""
+    table = evaluation.table
+    pooled = table[table["site"] == ALL_SITES] if "site" in table else table.iloc[0:0]
+    values = []
+    for label in labels:
+        rows = pooled[pooled["label"] == label]
+        values.append(float(rows["threshold"].iloc[0]) if len(rows) else math.nan)
+    return values
+
+
+def _test_metrics(evaluation: EvaluationResult) -> dict[str, float]:
+    # The thresholds in the evaluation's metrics were chosen on validation, not test: they
+    # are logged once, as val/threshold/<label>.
+    return {k: v for k, v in evaluation.metrics("test").items() if "/threshold/" not in k}
 
 
 def train_tracked(
@@ -223,12 +266,22 @@ def _train_logged(
         with mlflow.start_run(experiment_id=experiment_id) as run:
             run_id = run.info.run_id
             mlflow.log_params(flatten(config))
-            mlflow.set_tags({"medai.model": config.name, "medai.snapshot": config.data.snapshot})
-            if config.source is not None and config.source.is_file():
-                mlflow.log_artifact(str(config.source), artifact_path="config")
-            resolved = work / "resolved.json"
+            provenance = source_tags()
+            mlflow.set_tags(
+                {
+                    "medai.model": config.name,
+                    "medai.snapshot": config.data.snapshot,
+                    **provenance,
+                }
+            )
+            # The manifest again (hash-checked): the training data keeps only its records.
+            log_snapshot_inputs(
+                load_snapshot(config.data.snapshot, settings=settings), data.snapshot
+            )
+            # ``config`` as trained, overrides included; never the file it came from.
+            resolved = work / Path(CONFIG_ARTIFACT).name
             resolved.write_text(json.dumps(config.model_dump(mode="json"), indent=2) + "\n")
-            mlflow.log_artifact(str(resolved), artifact_path="config")
+            mlflow.log_artifact(str(resolved), artifact_path=str(Path(CONFIG_ARTIFACT).parent))
 
             result = train(
                 config, settings, on_epoch, device=device, run_dir=work / "run", data=data
@@ -250,17 +303,30 @@ def _train_logged(
                 }
             )
             mlflow.set_tag("medai.snapshot_hash", snapshot["content_hash"])
+            labels = config.data.labels
+            thresholds = validation_thresholds(result.evaluation, labels)
             mlflow.log_metrics(
                 {
                     "best_epoch": float(result.best_epoch),
                     "epochs_run": float(len(result.history)),
-                    **result.evaluation.metrics("test"),
+                    **{
+                        THRESHOLD_METRIC.format(label=label): value
+                        for label, value in zip(labels, thresholds, strict=True)
+                        if not math.isnan(value)
+                    },
+                    **_test_metrics(result.evaluation),
                 }
             )
             tables = work / "evaluation"
             tables.mkdir()
             result.evaluation.table.to_csv(tables / "test.csv", index=False)
-            pd.DataFrame([vars(epoch) for epoch in result.history]).to_csv(
+            if len(result.evaluation.image_table):  # test.csv is then per study
+                result.evaluation.image_table.to_csv(tables / "test_images.csv", index=False)
+            # Why an interval may not be trusted (few positives, zero width): with the table.
+            (tables / "warnings.json").write_text(json.dumps(result.evaluation.warnings, indent=1))
+            if result.test_cases is not None:  # the gate compares runs on these, case by case
+                result.test_cases.to_csv(tables / "test_cases.csv", index=False)
+            pd.DataFrame([epoch.row() for epoch in result.history]).to_csv(
                 tables / "history.csv", index=False
             )
             mlflow.log_artifacts(str(tables), artifact_path="evaluation")
@@ -271,30 +337,22 @@ def _train_logged(
             # since Grad-CAM needs the module's layers, which the exported program flattens.
             mlflow.log_artifact(str(result.checkpoint), artifact_path=WEIGHTS_ARTIFACT_DIR)
 
-            example = result.example_input
-            with torch.no_grad():
-                output = result.model(torch.from_numpy(example)).numpy()
-            info = mlflow.pytorch.log_model(
+            info = pyfunc.log_model(
                 result.model,
                 name=MODEL_ARTIFACT,
-                signature=infer_signature(example, output),
-                input_example=example,
+                labels=labels,
+                thresholds=thresholds,
+                input_example=result.example_input,
                 registered_model_name=config.name,
-                # torch.export's program (MLflow's default outside Databricks): loading it
-                # runs no pickled code, unlike the "pickle" format.
-                serialization_format="pt2",
                 pip_requirements=_pip_requirements(),
-                metadata={
-                    "outputs": "logits; apply a sigmoid per label",
-                    "labels": list(config.data.labels),
-                },
             )
             version = str(info.registered_model_version)
             client.set_registered_model_alias(config.name, CANDIDATE_ALIAS, version)
-            client.set_model_version_tag(
-                config.name, version, "medai.snapshot_hash", snapshot["content_hash"]
-            )
-            client.set_model_version_tag(
-                config.name, version, "medai.labels", ",".join(config.data.labels)
-            )
+            version_tags = {
+                "medai.snapshot_hash": snapshot["content_hash"],
+                "medai.labels": ",".join(labels),
+                **{k: v for k, v in provenance.items() if k in (VERSION_TAG, GIT_COMMIT_TAG)},
+            }
+            for key, value in version_tags.items():
+                client.set_model_version_tag(config.name, version, key, value)
     return TrackedRun.registered(config, run_id, experiment_id, version, result)

@@ -99,7 +99,7 @@ def served(campaign: Settings, champion: Champion, tmp_path: Path) -> Iterator[S
 def _thresholds(champion: Champion, version: str = "1") -> dict[str, float]:
     client = MlflowClient(tracking_uri=champion.tracking_uri, registry_uri=champion.tracking_uri)
     run = client.get_run(client.get_model_version(champion.name, version).run_id)
-    return {label: run.data.metrics[f"test/threshold/{label}"] for label in LABELS}
+    return {label: run.data.metrics[f"val/threshold/{label}"] for label in LABELS}
 
 
 def _probabilities(body: dict[str, object]) -> list[float]:
@@ -344,7 +344,7 @@ def test_models_lists_labels_thresholds_and_the_model_card(
             if f"test/auroc_low/{label}" in metrics
             else "n/a"
         )
-        threshold = f"{metrics[f'test/threshold/{label}']:.3f}"
+        threshold = f"{metrics[f'val/threshold/{label}']:.3f}"
         row = next(line for line in card.splitlines() if line.startswith(f"| {label} |"))
         cells = [cell.strip() for cell in row.strip("|").split("|")]
         assert (cells[3], cells[4], cells[5]) == (shown, ci, threshold), row

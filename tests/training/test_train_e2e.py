@@ -107,7 +107,7 @@ def test_train_track_register_load_and_promote(trained: Trained) -> None:
         for folder in ("config", "evaluation", "plots")
         for f in client.list_artifacts(tracked.run_id, folder)
     }
-    assert {"config/config.toml", "config/resolved.json", "evaluation/test.csv"} <= artifacts
+    assert {"config/resolved.json", "evaluation/test.csv"} <= artifacts
     assert {f"plots/roc_{label}.png" for label in LABELS} <= artifacts
     assert (settings.resolved_home / "mlartifacts" / MODEL).is_dir()  # not ./mlruns
 
