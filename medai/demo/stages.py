@@ -105,6 +105,17 @@ class DemoSites:
     incoming: Path
 
 
+def demo_difficulty(image_size: int) -> str:
+    """The synthetic campaign's difficulty for ``image_size``.
+
+    Below 64 pixels (the README's tiny demo runs at 32) a 6 mm nodule or a blunted
+    costophrenic angle is less than a pixel: the task would be unlearnable rather than
+    hard. Those runs use the ``tiny`` difficulty, a different, easier task (see
+    :mod:`medai.dicom.synth.difficulty`), and are gated on it at the same bar.
+    """
+    return "tiny" if image_size < 64 else "hard"
+
+
 def generate_sites(
     settings: Settings,
     campaign: DemoCampaign,
@@ -131,6 +142,7 @@ def generate_sites(
             image_size=image_size,
             ct_slices=4,
             progress=lambda done, total: bar.update(task, completed=done),
+            difficulty=demo_difficulty(image_size),
         )
     plans = plans_by_site(synth, day=campaign.day, paces=PACES)  # type: ignore[arg-type]
     console.print(

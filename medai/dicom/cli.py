@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-__all__ = ["register", "synth_command"]
+__all__ = ["DifficultyName", "register", "synth_command"]
+
+
+class DifficultyName(StrEnum):
+    """The presets of :mod:`medai.dicom.synth.difficulty` (named here: ``--help`` stays light)."""
+
+    hard = "hard"
+    moderate = "moderate"
+    tiny = "tiny"
 
 
 def synth_command(
@@ -33,6 +42,14 @@ def synth_command(
     ct_slices: Annotated[
         int, typer.Option("--ct-slices", min=0, help="Slices per CT series (0: no CT).")
     ] = 8,
+    difficulty: Annotated[
+        DifficultyName,
+        typer.Option(
+            "--difficulty",
+            help="How hard the findings are: hard (default; ideal AUROC about 0.9), moderate, "
+            "or tiny (for 32-48 px images). OUT_DIR/labels/ground_truth.json has the ceiling.",
+        ),
+    ] = DifficultyName.hard,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the result as one JSON document on stdout.")
     ] = False,
@@ -42,7 +59,10 @@ def synth_command(
     Chest radiographs (CR/DX) with drawn-in findings (nodule, effusion,
     cardiomegaly) and small CT series, each site in its own vendor dialect
     and transfer syntaxes. OUT_DIR/labels/<site>.csv lists the findings of
-    the site's chest studies. Every file holds (fake) PHI, like a real one.
+    the site's chest studies (radiologists' reads, with the site's label
+    noise); OUT_DIR/labels/ground_truth.json the ideal observer's AUROC per
+    finding and each study's latent values. Every file holds (fake) PHI,
+    like a real one.
     """
     # Heavy imports here, so that `medai --help` stays instant.
     # The rich helpers of medai.cli_support sit above the catalog, which dicom sits below:
@@ -77,6 +97,7 @@ def synth_command(
             image_size=size,
             ct_slices=ct_slices,
             progress=lambda done, total: progress.update(task, completed=done),
+            difficulty=difficulty.value,
         )
     syntaxes = sorted(UID(t).name for t in result.transfer_syntaxes)
     if as_json:
@@ -88,6 +109,8 @@ def synth_command(
             "files": len(result.files),
             "label_sheets": {site: str(path) for site, path in result.label_sheets.items()},
             "transfer_syntaxes": syntaxes,
+            "difficulty": result.difficulty,
+            "ground_truth": str(result.ground_truth),
         }
         typer.echo(json.dumps(document, sort_keys=True))
         return
@@ -104,6 +127,7 @@ def synth_command(
         f"instances in {len(result.files)} files, {len(result.label_sheets)} label sheets; "
         f"transfer syntaxes: {', '.join(syntaxes)}"
     )
+    out.print(f"difficulty {result.difficulty}; ground truth in {result.ground_truth}")
 
 
 def register(app: typer.Typer) -> None:

@@ -18,7 +18,15 @@ from typer.testing import CliRunner
 
 from medai.dicom.cli import register
 from medai.dicom.read import parse_instance
-from medai.dicom.synth import LABEL_COLUMNS, SynthResult, generate, make_ct_slice, render_chest
+from medai.dicom.synth import (
+    LABEL_COLUMNS,
+    PROFILES,
+    SynthResult,
+    draw_chest,
+    generate,
+    make_ct_slice,
+    render_chest,
+)
 
 SITES = ("site-a", "site-b", "site-c")
 SIZE = 48
@@ -223,9 +231,13 @@ def test_label_sheets_agree_with_the_drawn_findings(synth: SynthResult) -> None:
         assert {row[finding] for row, _ in rows} == {"0", "1"}, finding
     for row, record in rows:
         flags = {f: row[f] == "1" for f in ("nodule", "effusion", "cardiomegaly")}
+        assert flags == {f: getattr(record, f) for f in flags}
         pixels = pydicom.dcmread(record.files[0]).pixel_array
-        # Lossless syntaxes: the stored image is exactly the one drawn with these labels.
-        expected = render_chest(SIZE, seed=record.image_seed, **flags)
+        # Lossless syntaxes: the stored image is exactly the one drawn from the study's
+        # latent state (the sheet's labels are a noisy read of it: test_synth_ceiling.py).
+        assert record.latent is not None
+        acquisition = PROFILES[SITES.index(record.site)].acquisition
+        expected = draw_chest(SIZE, record.latent, seed=record.image_seed, acquisition=acquisition)
         assert np.array_equal(pixels, expected), record.accession_number
         words = {"nodule": "nodul", "effusion": "effusion", "cardiomegaly": "heart"}
         report = row["report_text"].lower()

@@ -16,7 +16,14 @@ from pydicom.pixels.utils import pack_bits
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, RLELossless
 
-from medai.dicom.synth.images import CHEST_MAX, ct_slice_hu, marker_overlay, render_chest
+from medai.dicom.synth.images import (
+    CHEST_MAX,
+    ct_slice_hu,
+    draw_chest,
+    marker_overlay,
+    render_chest,
+)
+from medai.dicom.synth.latent import ChestLatent
 from medai.dicom.synth.phi import FakePatient, PhiRecord, Staff
 from medai.dicom.synth.profiles import SiteProfile
 
@@ -66,6 +73,7 @@ class StudyPlan:
     cardiomegaly: bool
     image_seed: int
     overlay: bool
+    latent: ChestLatent | None = None  # a chest film's truth (see synth.latent)
 
     @property
     def study_instance_uid(self) -> UID:
@@ -328,13 +336,18 @@ def chest_instance(plan: StudyPlan, phi: PhiRecord, size: int) -> Dataset:
         ds.add_new(0x60000100, "US", 1)
         ds.add_new(0x60000102, "US", 0)
         ds.add_new(0x60003000, "OW", pack_bits(plane))
-    pixels = render_chest(
-        size,
-        seed=plan.image_seed,
-        nodule=plan.nodule,
-        effusion=plan.effusion,
-        cardiomegaly=plan.cardiomegaly,
-    )
+    if plan.latent is not None:
+        pixels = draw_chest(
+            size, plan.latent, seed=plan.image_seed, acquisition=profile.acquisition
+        )
+    else:
+        pixels = render_chest(
+            size,
+            seed=plan.image_seed,
+            nodule=plan.nodule,
+            effusion=plan.effusion,
+            cardiomegaly=plan.cardiomegaly,
+        )
     _set_pixels(ds, pixels, plan.transfer_syntax)
     return ds
 

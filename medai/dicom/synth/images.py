@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["CHEST_MAX", "ct_slice_hu", "marker_overlay", "render_chest"]
+from medai.dicom.synth.latent import (
+    Anatomy,
+    ChestLatent,
+    NoduleState,
+    PatientState,
+    nodule_centre,
+)
+
+__all__ = [
+    "CHEST_MAX",
+    "Acquisition",
+    "ct_slice_hu",
+    "draw_chest",
+    "marker_overlay",
+    "render_chest",
+]
 
 CHEST_MAX = 4095  # radiographs are stored with 12 bits
+# The heart is far from the detector on an AP film, so its shadow is wider.
+_AP_MAGNIFICATION = 1.08
 
 _Grid = tuple[NDArray[np.float32], NDArray[np.float32]]
 
@@ -42,27 +61,42 @@ def _blur(image: NDArray[np.float32], radius: int) -> NDArray[np.float32]:
     return padded[radius:-radius, radius:-radius].astype(np.float32)
 
 
-def render_chest(
-    size: int, *, seed: int, nodule: bool, effusion: bool, cardiomegaly: bool
+@dataclass(frozen=True)
+class Acquisition:
+    """How a site's detector renders a film: noise, contrast curve and resolution.
+
+    ``noise`` is the standard deviation of the quantum noise (fraction of full scale),
+    ``gamma`` bends the contrast curve (above 1: darker mid-tones, flatter lungs), and
+    ``blur`` scales the scatter blur (above 1: a softer, lower-resolution detector).
+    """
+
+    noise: float = 0.018
+    gamma: float = 1.0
+    blur: float = 1.0
+
+
+def draw_chest(
+    size: int, latent: ChestLatent, *, seed: int, acquisition: Acquisition = Acquisition()
 ) -> NDArray[np.uint16]:
-    """Draw a frontal chest radiograph (MONOCHROME2, 12 bits stored).
+    """Draw the frontal chest radiograph of ``latent`` (MONOCHROME2, 12 bits stored).
 
-    Anatomy: torso, two lungs with diaphragm domes, mediastinum and spine, heart,
-    ribs and clavicles, plus noise. Findings: ``nodule`` is a bright round blob in a
-    lung, ``effusion`` a fluid opacity with a meniscus filling one costophrenic
-    angle, ``cardiomegaly`` a heart shadow about 1.5 times as wide.
-
-    Every random parameter is drawn whatever the finding flags, so two calls with
-    the same ``seed`` differ exactly by the findings toggled.
+    Anatomy: torso, two lungs with diaphragm domes, mediastinum and spine, heart, ribs
+    and clavicles. The heart's width is the latent cardiothoracic ratio times the thorax
+    width (magnified on an AP film); a nodule is a disc whose size and contrast are
+    the latent ones (on a rib when it lies behind one); an effusion fills the
+    costophrenic angle to a height and density that grow with its degree, with a
+    meniscus. Portable AP films are noisier and show the clavicles higher.
 
     Parameters
     ----------
     size : int
         Rows and columns of the square image.
+    latent : ChestLatent
+        The patient's state and the study's view and positioning.
     seed : int
-        Seed of the anatomy, the finding positions and the noise.
-    nodule, effusion, cardiomegaly : bool
-        Which findings to draw.
+        Seed of the gain and the noise.
+    acquisition : Acquisition
+        The site's detector.
 
     Returns
     -------
@@ -70,24 +104,18 @@ def render_chest(
         ``(size, size)`` uint16 array with values in ``0..4095``.
     """
     rng = np.random.default_rng(seed)
+    state, anatomy = latent.state, latent.state.anatomy
+    portable = latent.view == "AP"
     grid = _grid(size, size)
     y, x = grid
-    shift_x, shift_y = rng.normal(0.0, 0.015, 2)
-    lung_ry, lung_rx = rng.uniform(0.26, 0.31), rng.uniform(0.13, 0.16)
-    heart_rx = rng.uniform(0.14, 0.16)
-    heart_ry = rng.uniform(0.10, 0.12)
-    tissue, lung_level, bone = rng.uniform(0.50, 0.58), rng.uniform(0.14, 0.22), 0.82
-    rib_phase = rng.uniform(0.0, 0.02)
-    nodule_side, nodule_u, nodule_v = (
-        rng.integers(2),
-        rng.uniform(-0.6, 0.6),
-        rng.uniform(-0.55, 0.35),
-    )
-    nodule_sigma = rng.uniform(0.022, 0.032)
-    effusion_side, effusion_height = rng.integers(2), rng.uniform(0.11, 0.16)
-    gain, noise = rng.uniform(0.85, 1.0), rng.normal(0.0, 0.018, (size, size))
+    gain = rng.uniform(0.85, 1.0)
+    noise_sd = acquisition.noise * (1.3 if portable else 1.0)
+    noise = rng.normal(0.0, noise_sd, (size, size))
+    tissue, lung_level, bone = anatomy.tissue, anatomy.lung_level, 0.82
+    lung_ry, lung_rx = anatomy.lung_ry, anatomy.lung_rx
 
-    cx, cy = 0.5 + shift_x, 0.5 + shift_y
+    cx = 0.5 + anatomy.shift_x + latent.offset_x
+    cy = 0.5 + anatomy.shift_y + latent.offset_y
     image = np.zeros((size, size), np.float32) + 0.04  # air beside the body
     body = _ellipse(grid, cy + 0.08, cx, 0.58, 0.45)
     image[body] = tissue
@@ -103,51 +131,121 @@ def render_chest(
 
     thorax = body & (y < cy + lung_ry + 0.02) & (np.abs(x - cx) < 0.19 + lung_rx + 0.04)
     for k in range(9):  # posterior ribs: arcs running down and out from the spine
-        y0 = cy - lung_ry - 0.02 + rib_phase + k * 0.06
+        y0 = cy - lung_ry - 0.02 + anatomy.rib_phase + k * 0.06
         for side in (-1.0, 1.0):
             lateral = (x - cx) * side
             arc = y0 + 1.1 * (lateral - 0.08) ** 2
             rib = (np.abs(y - arc) < 0.010) & (lateral > 0.04) & thorax
             image[rib] += 0.09
-    for side in (-1.0, 1.0):  # clavicles
-        clav = (np.abs(y - (cy - lung_ry - 0.01 + 0.15 * (x - cx) * side)) < 0.013) & (
+    # On an AP film the beam is angled from the front: the clavicles project higher.
+    clavicle_y = cy - lung_ry - (0.05 if portable else 0.01)
+    for side in (-1.0, 1.0):
+        clav = (np.abs(y - (clavicle_y + 0.15 * (x - cx) * side)) < 0.013) & (
             np.abs(x - cx - side * 0.14) < 0.13
         )
         image[clav] = bone * 0.85
     spine = (np.abs(x - cx) < 0.035) & body
     image[spine] = np.maximum(image[spine], tissue + 0.12)
 
-    width = heart_rx * (1.55 if cardiomegaly else 1.0)
-    # The heart sits left of the midline (image right in the radiological convention).
+    # The ratio is heart width over thorax width; the heart sits left of the midline
+    # (image right in the radiological convention) and enlarges mostly to that side.
+    half_thorax = 0.19 + lung_rx
+    magnification = _AP_MAGNIFICATION if portable else 1.0
+    width = state.ctr * half_thorax * magnification
+    normal = 0.45 * half_thorax
     heart = _ellipse(
         grid,
         cy + lung_ry * 0.45,
-        cx + 0.04 + (width - heart_rx) * 0.45,
-        heart_ry * (1.15 if cardiomegaly else 1.0),
+        cx + 0.04 + (width - normal) * 0.45,
+        anatomy.heart_ry * max(width / normal, 0.8) ** 0.35,
         width,
     )
     image[heart] = np.maximum(image[heart], tissue + 0.08)
 
-    if effusion:
-        lung = lungs[int(effusion_side)]
-        lung_cx = centres[int(effusion_side)]
+    if state.effusion > 0.0:
+        side = state.effusion_side
+        lung = lungs[side]
+        lung_cx = centres[side]
         bottom = float(y[lung].max()) if lung.any() else cy + lung_ry
         lateral = np.clip(np.abs(x - lung_cx) / lung_rx, 0.0, 1.0)
-        # Meniscus sign: the fluid climbs higher laterally.
-        level = bottom - effusion_height - 0.07 * lateral
+        # Meniscus sign: the fluid climbs higher laterally; a small one only blunts the angle.
+        level = bottom - (0.005 + 0.1 * state.effusion) - 0.07 * lateral
         fluid = lung & (y > level)
-        image[fluid] = np.maximum(image[fluid], tissue + 0.04)
-    if nodule:
-        lung_cx = centres[int(nodule_side)]
-        ny = cy - 0.04 + nodule_v * lung_ry
-        nx = lung_cx + nodule_u * lung_rx
-        blob = np.exp(-((y - ny) ** 2 + (x - nx) ** 2) / (2 * nodule_sigma**2))
-        image += (0.45 * blob).astype(np.float32)
+        opacity = min(1.0, 0.45 + 0.55 * state.effusion)
+        density = lung_level + (tissue + 0.04 - lung_level) * opacity
+        image[fluid] = np.maximum(image[fluid], density)
+    if state.nodule is not None:
+        ny, nx = nodule_centre(anatomy, state.nodule, cx, cy)
+        # A solid nodule: a disc of the latent diameter (the field is 430 mm wide) whose
+        # rim fades over about a pixel, not a glow that melts into the lung.
+        radius = state.nodule.diameter_mm / 860.0
+        distance = np.sqrt((y - ny) ** 2 + (x - nx) ** 2)
+        rim = max(1.0 / size, 0.004)
+        blob = np.clip((radius - distance) / rim + 0.5, 0.0, 1.0)
+        image += (state.nodule.contrast * blob).astype(np.float32)
 
-    image = _blur(image, max(1, size // 128)) + noise.astype(np.float32)
-    scaled = np.clip(image * gain, 0.0, 1.0) * CHEST_MAX
-    result: NDArray[np.uint16] = np.round(scaled).astype(np.uint16)
+    radius = max(1, round(size / 128 * acquisition.blur))
+    image = _blur(image, radius) + noise.astype(np.float32)
+    image = np.clip(image * gain, 0.0, 1.0) ** acquisition.gamma
+    result: NDArray[np.uint16] = np.round(image * CHEST_MAX).astype(np.uint16)
     return result
+
+
+def render_chest(
+    size: int, *, seed: int, nodule: bool, effusion: bool, cardiomegaly: bool
+) -> NDArray[np.uint16]:
+    """Draw a chest radiograph with conspicuous findings switched on or off.
+
+    A fixed, easy rendition for tests and examples: ``nodule`` is a large bright blob in
+    a lung, ``effusion`` a large fluid opacity with a meniscus, ``cardiomegaly`` a heart
+    about 1.5 times as wide. Every random value is drawn whatever the flags, so two calls
+    with the same ``seed`` differ exactly by the findings toggled. Campaigns use
+    :func:`draw_chest` on their latent state instead.
+
+    Parameters
+    ----------
+    size : int
+        Rows and columns of the square image.
+    seed : int
+        Seed of the anatomy, the finding positions and the noise.
+    nodule, effusion, cardiomegaly : bool
+        Which findings to draw.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(size, size)`` uint16 array with values in ``0..4095``.
+    """
+    rng = np.random.default_rng([seed, 1])
+    anatomy = Anatomy(
+        shift_x=float(rng.normal(0.0, 0.015)),
+        shift_y=float(rng.normal(0.0, 0.015)),
+        lung_ry=float(rng.uniform(0.26, 0.31)),
+        lung_rx=float(rng.uniform(0.13, 0.16)),
+        heart_ry=float(rng.uniform(0.10, 0.12)),
+        tissue=float(rng.uniform(0.50, 0.58)),
+        lung_level=float(rng.uniform(0.14, 0.22)),
+        rib_phase=float(rng.uniform(0.0, 0.02)),
+    )
+    ctr = float(rng.uniform(0.42, 0.46))
+    lump = NoduleState(
+        side=int(rng.integers(2)),
+        u=float(rng.uniform(-0.6, 0.6)),
+        v=float(rng.uniform(-0.55, 0.35)),
+        diameter_mm=float(rng.uniform(19.0, 27.0)),
+        contrast=0.45,
+        behind_rib=False,
+    )
+    state = PatientState(
+        anatomy=anatomy,
+        ctr=ctr * 1.55 if cardiomegaly else ctr,
+        ctr_trend=0.0,
+        nodule=lump if nodule else None,
+        effusion=float(rng.uniform(1.0, 1.4)) if effusion else 0.0,
+        effusion_side=int(rng.integers(2)),
+    )
+    latent = ChestLatent(state, "PA", 0.0, 0.0, read={})
+    return draw_chest(size, latent, seed=seed)
 
 
 def ct_slice_hu(rows: int, columns: int, *, seed: int, z: float) -> NDArray[np.int16]:

@@ -13,6 +13,8 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from medai.dicom.synth.images import Acquisition
+
 __all__ = ["INSTITUTIONS", "PROFILES", "SiteProfile", "profile_for"]
 
 
@@ -22,7 +24,11 @@ class SiteProfile:
 
     ``chest_transfer_syntaxes`` and ``ct_transfer_syntaxes`` are used in turn, study
     after study, so each site hands over a mix. ``ct_manufacturer`` is ``None`` for
-    a site without a CT scanner.
+    a site without a CT scanner. ``acquisition`` is how its chest detector renders a
+    film (noise, contrast curve, resolution): a model that sees one site only meets
+    another detector at the next. Which films are portable AP ones is decided by the
+    campaign's difficulty (:mod:`medai.dicom.synth.difficulty`: portable films follow
+    the patients, not the vendor); ``view_positions`` lists the spellings of the views.
     """
 
     chest_modality: str  # "CR" or "DX"
@@ -38,6 +44,7 @@ class SiteProfile:
     ct_bits_stored: int
     ct_rescale_intercept: int
     ct_transfer_syntaxes: tuple[UID, ...]
+    acquisition: Acquisition = Acquisition()
 
 
 PROFILES: tuple[SiteProfile, ...] = (
@@ -55,6 +62,7 @@ PROFILES: tuple[SiteProfile, ...] = (
         ct_bits_stored=16,
         ct_rescale_intercept=-1024,
         ct_transfer_syntaxes=(ImplicitVRLittleEndian,),
+        acquisition=Acquisition(noise=0.02, gamma=1.0, blur=1.0),
     ),
     SiteProfile(
         chest_modality="DX",
@@ -70,6 +78,7 @@ PROFILES: tuple[SiteProfile, ...] = (
         ct_bits_stored=12,
         ct_rescale_intercept=-1024,
         ct_transfer_syntaxes=(ExplicitVRLittleEndian, RLELossless),
+        acquisition=Acquisition(noise=0.012, gamma=0.85, blur=0.7),
     ),
     SiteProfile(
         chest_modality="DX",
@@ -85,6 +94,7 @@ PROFILES: tuple[SiteProfile, ...] = (
         ct_bits_stored=16,
         ct_rescale_intercept=0,
         ct_transfer_syntaxes=(ExplicitVRLittleEndian,),
+        acquisition=Acquisition(noise=0.03, gamma=1.2, blur=1.8),
     ),
     SiteProfile(
         chest_modality="CR",
@@ -100,6 +110,7 @@ PROFILES: tuple[SiteProfile, ...] = (
         ct_bits_stored=16,
         ct_rescale_intercept=0,
         ct_transfer_syntaxes=(JPEG2000Lossless,),
+        acquisition=Acquisition(noise=0.025, gamma=1.1, blur=1.3),
     ),
 )
 

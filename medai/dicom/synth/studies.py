@@ -20,7 +20,19 @@ from medai.dicom.synth.datasets import (
     ct_instance,
     usable_transfer_syntax,
 )
+from medai.dicom.synth.difficulty import Difficulty, difficulty_for
+from medai.dicom.synth.ideal_observer import GroundTruthStudy, write_ground_truth
 from medai.dicom.synth.labels import write_label_sheet
+from medai.dicom.synth.latent import (
+    FINDINGS,
+    ChestLatent,
+    PatientState,
+    advance,
+    first_state,
+    make_evident,
+    sheet_label,
+    study_latent,
+)
 from medai.dicom.synth.phi import FakePatient, PhiRecord, make_patient, make_staff
 from medai.dicom.synth.profiles import INSTITUTIONS, PROFILES, profile_for
 
@@ -28,13 +40,17 @@ __all__ = ["SynthResult", "SynthStudy", "generate", "make_ct_slice"]
 
 logger = logging.getLogger(__name__)
 
-FINDING_RATES = {"nodule": 0.3, "effusion": 0.25, "cardiomegaly": 0.3}
 _FIRST_DAY = datetime.date(2022, 1, 3)
 
 
 @dataclass(frozen=True)
 class SynthStudy:
-    """What was generated for one study (original, identifying values)."""
+    """What was generated for one study (original, identifying values).
+
+    ``nodule``, ``effusion`` and ``cardiomegaly`` are what the site's label sheet says (the
+    radiologist's read after the site's label noise); ``latent`` is the truth the film was
+    drawn from (``None`` for CT).
+    """
 
     site: str
     patient_id: str
@@ -50,6 +66,7 @@ class SynthStudy:
     cardiomegaly: bool
     image_seed: int
     files: tuple[Path, ...]
+    latent: ChestLatent | None = None
 
 
 @dataclass(frozen=True)
@@ -61,7 +78,9 @@ class SynthResult:
     which may survive de-identification. ``device_identity_values`` (station names,
     device serial numbers) are kept apart: the Retain Device Identity option keeps
     them. ``uid_values`` are the original Study, Series, SOP Instance and Frame of
-    Reference UIDs. Dates are in ``study_records``.
+    Reference UIDs. Dates are in ``study_records``. ``ground_truth`` is the JSON file
+    of the ideal observer's AUROC per finding and every chest study's latent values
+    (see :mod:`medai.dicom.synth.ideal_observer`).
     """
 
     files: list[Path]
@@ -75,6 +94,8 @@ class SynthResult:
     phi_by_attribute: dict[str, frozenset[str]] = field(default_factory=dict)
     study_records: list[SynthStudy] = field(default_factory=list)
     transfer_syntaxes: frozenset[str] = frozenset()
+    ground_truth: Path | None = None
+    difficulty: str = "hard"
 
 
 def _unique(rng: np.random.Generator, taken: set[str], prefix: str, digits: int) -> str:
@@ -86,7 +107,30 @@ def _unique(rng: np.random.Generator, taken: set[str], prefix: str, digits: int)
             return value
 
 
-def _plan(studies: int, seed: int, sites: Sequence[str], ct_slices: int) -> list[StudyPlan]:
+def _findings(
+    seed: int,
+    difficulty: Difficulty,
+    states: dict[int, PatientState],
+    patient: int,
+    years: float | None,
+    site_index: int,
+    study: int,
+) -> PatientState:
+    """The patient's state at this study: new, or the last one ``years`` on."""
+    # Own generators per patient and per study, so the findings never shift the IDs,
+    # dates and UIDs drawn from the planner's generator.
+    if years is None:
+        state = first_state(np.random.default_rng([seed, 10, patient]), difficulty, site_index)
+    else:
+        rng = np.random.default_rng([seed, 11, study])
+        state = advance(rng, difficulty, states[patient], years)
+    states[patient] = state
+    return state
+
+
+def _plan(
+    studies: int, seed: int, sites: Sequence[str], ct_slices: int, difficulty: Difficulty
+) -> tuple[list[StudyPlan], list[GroundTruthStudy]]:
     rng = np.random.default_rng([seed, 1])
     staff = [make_staff(np.random.default_rng([seed, 2, i])) for i in range(len(sites))]
     taken: set[str] = set()
@@ -97,6 +141,8 @@ def _plan(studies: int, seed: int, sites: Sequence[str], ct_slices: int) -> list
     counters: dict[tuple[int, str], int] = {}
     chest_studies = 0
     plans = []
+    truths: list[GroundTruthStudy] = []
+    states: dict[int, PatientState] = {}
     for i in range(studies):
         site_index = i % len(sites)
         profile = profile_for(site_index)
@@ -128,21 +174,39 @@ def _plan(studies: int, seed: int, sites: Sequence[str], ct_slices: int) -> list
         turn = counters.get((site_index, modality), 0)
         counters[site_index, modality] = turn + 1
 
+        years: float | None = None
         if chosen in last_date:
             study_date = last_date[chosen] + datetime.timedelta(days=int(rng.integers(14, 300)))
+            years = (study_date - last_date[chosen]).days / 365.25
         else:
             study_date = _FIRST_DAY + datetime.timedelta(days=int(rng.integers(0, 540)))
         last_date[chosen] = study_date
+        state = _findings(seed, difficulty, states, chosen, years, site_index, i)
         minutes = int(rng.integers(7 * 60, 19 * 60))
         study_time = datetime.time(minutes // 60, minutes % 60, int(rng.integers(60)))
-        findings = {name: bool(rng.random() < rate) for name, rate in FINDING_RATES.items()}
+        rng.random(len(FINDINGS))  # where findings were drawn once: a seed keeps its IDs
+        findings = dict.fromkeys(FINDINGS, False)
+        latent = None
         if not ct:
-            if chest_studies < len(FINDING_RATES):
-                # The first chest studies carry one finding each for sure: tiny runs
-                # (tests, demos) then still hold every finding.
-                findings[list(FINDING_RATES)[chest_studies]] = True
+            forced = FINDINGS[chest_studies] if chest_studies < len(FINDINGS) else None
+            if forced is not None:
+                # The first chest studies carry one evident finding each: tiny runs
+                # (tests, demos) then still hold every finding, in the sheet too.
+                state = make_evident(difficulty, state, forced)
+                states[chosen] = state
+            study_rng = np.random.default_rng([seed, 12, i])
+            latent = study_latent(study_rng, difficulty, state, site_index)
+            for name in FINDINGS:
+                findings[name] = name == forced or sheet_label(
+                    study_rng, difficulty, latent.read[name], site_index
+                )
             chest_studies += 1
         accession = _unique(rng, taken, f"{code}{study_date:%y}", 6)
+        # A chest film's view comes with the patient (portable AP films for the sick);
+        # the draw stays so that a seed keeps its other values.
+        view = profile.view_positions[int(rng.integers(len(profile.view_positions)))]
+        if latent is not None:
+            view = latent.view
         plans.append(
             StudyPlan(
                 uid_root=f"medai-synth/{seed}/{sites[site_index]}",
@@ -158,15 +222,26 @@ def _plan(studies: int, seed: int, sites: Sequence[str], ct_slices: int) -> list
                 study_id=str(k + 1),
                 modality=modality,
                 transfer_syntax=usable_transfer_syntax(syntaxes[turn % len(syntaxes)]),
-                view_position=profile.view_positions[
-                    int(rng.integers(len(profile.view_positions)))
-                ],
+                view_position=view,
                 image_seed=int(rng.integers(0, 2**31)),
                 overlay=not ct and bool(rng.random() < 0.3),
+                latent=latent,
                 **findings,
             )
         )
-    return plans
+        if latent is not None:
+            truths.append(
+                GroundTruthStudy(
+                    study_instance_uid=str(plans[-1].study_instance_uid),
+                    patient=f"P{chosen:05d}",
+                    site=sites[site_index],
+                    site_index=site_index,
+                    study_date=study_date,
+                    latent=latent,
+                    labels=findings,
+                )
+            )
+    return plans, truths
 
 
 def _write(ds: Dataset, path: Path) -> None:
@@ -185,13 +260,20 @@ def generate(
     image_size: int = 128,
     ct_slices: int = 8,
     progress: Callable[[int, int], None] | None = None,
+    difficulty: str | Difficulty = "hard",
 ) -> SynthResult:
     """Write synthetic studies, as the sites would hand them over, and their label sheets.
 
     Studies go to the sites in turn. Files are
     ``out_dir/<site>/<PatientID>/<AccessionNumber>/S<series>/<instance>.dcm``
     and each site's label sheet (chest studies only) is ``out_dir/labels/<site>.csv``,
-    beside the image folders rather than inside them.
+    beside the image folders rather than inside them, with the campaign's ground truth
+    ``out_dir/labels/ground_truth.json``: the ideal observer's AUROC per finding (the
+    ceiling a model is measured against), prevalence and label-noise rates per site,
+    and every chest study's latent values keyed by its original StudyInstanceUID.
+    A patient's anatomy and findings carry over from study to study; the sheets hold the
+    radiologists' reads with each site's label noise (see
+    :mod:`medai.dicom.synth.difficulty`).
     The same arguments always give byte-identical files: every UID, date and pixel
     derives from ``seed``.
 
@@ -212,6 +294,9 @@ def generate(
         Slices per CT series; 0 for no CT.
     progress : callable, optional
         Called as ``progress(done, total)`` after each study.
+    difficulty : str or Difficulty
+        ``"hard"`` (default), ``"moderate"``, ``"tiny"`` (for 32-48 px images) or a
+        :class:`~medai.dicom.synth.difficulty.Difficulty` of one's own.
 
     Returns
     -------
@@ -221,7 +306,8 @@ def generate(
         raise ValueError("studies and ct_slices must be >= 0 and image_size >= 16")
     if not sites or len(set(sites)) != len(sites):
         raise ValueError("sites must be distinct and at least one")
-    plans = _plan(studies, seed, sites, ct_slices)
+    chosen = difficulty_for(difficulty) if isinstance(difficulty, str) else difficulty
+    plans, truths = _plan(studies, seed, sites, ct_slices, chosen)
     phi = PhiRecord()
     files: list[Path] = []
     records: list[SynthStudy] = []
@@ -254,6 +340,7 @@ def generate(
                 cardiomegaly=plan.cardiomegaly,
                 image_seed=plan.image_seed,
                 files=tuple(written),
+                latent=plan.latent,
             )
         )
         if progress is not None:
@@ -264,6 +351,8 @@ def generate(
         write_label_sheet(
             label_sheets[site], (p for p in plans if p.site == site and p.modality != "CT")
         )
+    ground_truth = out_dir / "labels" / "ground_truth.json"
+    write_ground_truth(ground_truth, chosen, sites, truths)
     logger.info("wrote %d synthetic instances in %d studies", len(files), len(plans))
     return SynthResult(
         files=files,
@@ -277,6 +366,8 @@ def generate(
         phi_by_attribute={k: frozenset(v) for k, v in sorted(phi.by_attribute.items())},
         study_records=records,
         transfer_syntaxes=frozenset(r.transfer_syntax_uid for r in records),
+        ground_truth=ground_truth,
+        difficulty=chosen.name,
     )
 
 
