@@ -54,9 +54,12 @@ from tests.utils.campaign import init_example_campaign
 from tests.utils.research import LABELS, build_tiny_catalog, tiny_model_config
 
 MODEL = "gate-triage"
-# The configured absolute gate of the integration test's model: what 10 epochs on 32 px of
-# the generator's "tiny" difficulty clear with a margin on a test set of about 16 studies.
-GATE = 0.3
+# The configured absolute gate of the integration test's model. About 16 test studies give
+# honest 95 % intervals too wide for any useful absolute bar (a good tiny model's nodule lower
+# bound is about 0.2), so this test is about the comparison with the champion and the
+# override (0.05, so that `--min-auroc-ci-low 0.0` is a lower bar); the absolute bound and
+# the site floors are tested on simulated cases above.
+GATE = 0.05
 
 # -- the gate's checks on simulated per-case predictions ------------------------------------
 
