@@ -63,9 +63,13 @@ def demo_command(
     epochs: Annotated[
         int | None, typer.Option("--epochs", min=1, help="Training epochs (default: the config).")
     ] = None,
-    min_auroc_ci_low: Annotated[
-        float | None,
-        typer.Option(help="Promotion gate override (default: the model config's gate)."),
+    override_gate_reason: Annotated[
+        str | None,
+        typer.Option(
+            "--override-gate-reason",
+            help="Promote even if the gate refuses, with this reason: audited and tagged on "
+            "the version, as `medai models promote --override-gate --reason` does.",
+        ),
     ] = None,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Import worker processes.")] = 0,
     serve_port: Annotated[int, typer.Option("--serve-port", help="Port of `medai serve`.")] = 8000,
@@ -93,7 +97,7 @@ def demo_command(
             seed=seed,
             image_size=image_size,
             epochs=epochs,
-            min_auroc_ci_low=min_auroc_ci_low,
+            override_gate_reason=override_gate_reason,
             workers=workers,
             serve_port=serve_port,
             mlflow_port=mlflow_port,
@@ -158,7 +162,10 @@ def _run(settings: Any, servers: list[Any], **options: Any) -> list[tuple[str, s
     results += [
         ("snapshot", model.snapshot_summary),
         ("training", model.summary),
-        ("promotion", model_stages.promote_model(model, options["min_auroc_ci_low"], step, out)),
+        (
+            "promotion",
+            model_stages.promote_model(model, options["override_gate_reason"], step, out),
+        ),
     ]
     service = model_stages.serve_and_predict(
         settings, model, sites, servers, options["serve_port"], step, out

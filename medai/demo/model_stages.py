@@ -113,9 +113,10 @@ def train_model(
 
 
 def promote_model(
-    model: DemoModel, min_auroc_ci_low: float | None, step: Step, console: Console
+    model: DemoModel, override_gate_reason: str | None, step: Step, console: Console
 ) -> str:
-    """``medai models promote NAME VERSION``: champion only through the AUROC gate."""
+    """``medai models promote NAME VERSION``: champion only through the gate, or through an
+    override with a reason (audited and tagged on the version)."""
     from medai.errors import PromotionRefused
     from medai.training.tracking import promote
 
@@ -124,15 +125,23 @@ def promote_model(
     try:
         result = promote(
             tracked.model_name, tracked.model_version, model.settings,
-            min_auroc_ci_low=min_auroc_ci_low, actor=DEMO_ACTOR,
+            override_gate=override_gate_reason is not None, reason=override_gate_reason,
+            actor=DEMO_ACTOR,
         )  # fmt: skip
     except PromotionRefused as exc:
         raise RuntimeError(
             f"{exc}\nthe demo model did not pass its gate: train longer (--epochs) or on "
-            "more studies (--studies)"
+            "more studies (--studies), or promote it anyway on the record with "
+            "--override-gate-reason TEXT"
         ) from exc
     lows = ", ".join(f"{label} {low:.3f}" for label, low in result.ci_low.items())
-    line = f"version {result.version} is champion (lower CI bounds {lows} >= {result.required})"
+    if result.overridden:
+        line = (
+            f"version {result.version} is champion by a GATE OVERRIDE (lower CI bounds {lows}; "
+            f"gate {result.required}), audited and tagged on the version"
+        )
+    else:
+        line = f"version {result.version} is champion (lower CI bounds {lows} >= {result.required})"
     console.print(line)
     return line
 

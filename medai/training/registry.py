@@ -232,7 +232,7 @@ def promote(
         The registered model and version.
     settings
         Where the tracking server and the catalog are; also the gate's margin and site
-        floor (``MEDAI_GATE_*``).
+        floor (``MEDAI_GATE_MARGIN``, ``MEDAI_GATE_SITE_FLOOR``).
     min_auroc_ci_low
         A stricter absolute gate than the run's ``evaluation.min_auroc_ci_low``; a lower
         one is refused (lowering the bar is an override: ``override_gate`` and ``reason``).

@@ -18,6 +18,7 @@ from medai.dicom.synth import SynthResult, generate
 from medai.snapshots import SnapshotQuery, create_snapshot, load_snapshot
 from medai.snapshots.splits import assign_splits, locked_test_set_id, patient_set_hash
 from tests.utils.campaign import init_example_campaign
+from tests.utils.research import CAMPAIGN_KEY
 
 FRACTIONS = (0.5, 0.25, 0.25)
 
@@ -42,6 +43,12 @@ def test_adding_40_studies_moves_no_patient_and_keeps_the_test_set(
     settings: Settings, tmp_path: Path
 ) -> None:
     synth = generate(tmp_path / "synth", studies=60, seed=11, image_size=32, ct_slices=0)
+    # A fixed campaign key: the same pseudonyms, hence the same keyed splits, every run (with
+    # a random key, the first 20 studies' few patients could miss a split by chance).
+    key = settings.resolved_key_file
+    key.parent.mkdir(parents=True, exist_ok=True)
+    key.write_text(CAMPAIGN_KEY + "\n", encoding="ascii")
+    key.chmod(0o600)
     init_example_campaign(settings)
     _ingest(settings, synth, slice(0, 20))
     query = SnapshotQuery(labelled_only=False)

@@ -245,7 +245,10 @@ def test_training_refuses_a_snapshot_without_labels(campaign: Campaign) -> None:
     message = str(refused.value)
     assert all(label in message for label in LABELS)
     assert "medai labels import" in message and "create a new snapshot" in message
-    client = MlflowClient(settings.resolved_mlflow_tracking_uri)
+    uri = settings.resolved_mlflow_tracking_uri
+    # The registry named explicitly: an earlier test in this process may have set MLflow's
+    # global registry URI to its own store.
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     assert client.search_registered_models() == []  # nothing registered, no run logged
     out = CliRunner().invoke(app, ["train", str(root / "models" / MODEL), "--device", "cpu"])
     assert out.exit_code != 0 and "has no labels for the configured finding(s)" in out.output

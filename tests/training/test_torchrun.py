@@ -112,9 +112,14 @@ def test_torchrun_two_processes_log_one_run(
     val_true, val_prob, _, _ = predict(net, data.loaders["val"], cpu)
     test_true, test_prob, test_sites, _ = predict(net, data.loaders["test"], cpu)
     assert len(test_true) == len(data.records["test"])
+    tests, vals = data.test_cases, data.val_cases
+    assert tests is not None and vals is not None
     expected = evaluate_predictions(
-        config, val_true, val_prob, test_true, test_prob, test_sites
-    ).table
+        config, val_true, val_prob, test_true, test_prob, test_sites,
+        test_patients=tests["patient"].tolist(),
+        test_studies=tests["study_uid"].tolist(),
+        val_studies=vals["study_uid"].tolist(),
+    ).table  # fmt: skip
     table = mlflow.artifacts.download_artifacts(
         run_id=run.info.run_id, artifact_path="evaluation/test.csv", dst_path=str(tmp_path / "e")
     )

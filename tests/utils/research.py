@@ -21,8 +21,8 @@ FRACTIONS = (0.5, 0.25, 0.25)
 
 
 def tiny_synth(directory: Path) -> SynthResult:
-    """20 radiograph studies of 32 px (seed 1), with their label sheets."""
-    return generate(directory, studies=20, seed=1, image_size=32, ct_slices=0)
+    """30 radiograph studies of 32 px (seed 1, the "tiny" difficulty), with their label sheets."""
+    return generate(directory, studies=30, seed=1, image_size=32, ct_slices=0, difficulty="tiny")
 
 
 def build_tiny_catalog(settings: Settings, synth: SynthResult, snapshot: str = "tiny") -> None:

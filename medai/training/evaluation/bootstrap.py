@@ -184,7 +184,11 @@ def bootstrap_auroc(
     tail = (1.0 - confidence) / 2.0 * 100.0
     p_low, p_high = (float(v) for v in np.percentile(values, [tail, 100.0 - tail]))
     deff = _design_effect(y, s, resampler, float(values.var()), rng, n_bootstrap)
-    low, high = auroc_score_interval(estimate, n_pos / deff, n_neg / deff, confidence)
+    # One design effect for both classes, but a class's effective size is never below its
+    # number of patients (fully correlated images of a patient still count as one case).
+    effective_pos = max(n_pos / deff, float(resampler.n_positive_patients))
+    effective_neg = max(n_neg / deff, float(resampler.n_negative_patients))
+    low, high = auroc_score_interval(estimate, effective_pos, effective_neg, confidence)
     return AurocInterval(
         estimate, low, high, p_low, p_high, n_pos, n_neg,
         resampler.n_positive_patients, resampler.n_negative_patients, deff, n_bootstrap,
