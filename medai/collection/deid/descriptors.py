@@ -58,6 +58,9 @@ class _Atom:
     keep: bool = False
 
 
+_MEMO_SIZE = 256  # distinct texts remembered per cleaner
+
+
 class DescriptorCleaner:
     """Keeps the clinical words of free text and nothing else, deterministically.
 
@@ -83,6 +86,9 @@ class DescriptorCleaner:
         self._vocabulary = vocabulary
         self._names = frozenset(names)
         self._identifiers = frozenset(identifiers)
+        # The instances of a series repeat their descriptions, and one cleaner serves a
+        # series (see cleaner_for): each distinct text is cleaned once. Bounded.
+        self._cleaned: dict[str, str] = {}
 
     def clean(self, text: str) -> str:
         """``text`` reduced to its clinical words, single spaces between them.
@@ -97,6 +103,14 @@ class DescriptorCleaner:
         str
             Possibly empty.
         """
+        cleaned = self._cleaned.get(text)
+        if cleaned is None:
+            cleaned = self._clean(text)
+            if len(self._cleaned) < _MEMO_SIZE:
+                self._cleaned[text] = cleaned
+        return cleaned
+
+    def _clean(self, text: str) -> str:
         if _UTC_OFFSET.fullmatch(text.strip()):
             return text.strip()
         text = scrub(unicodedata.normalize("NFC", text))
