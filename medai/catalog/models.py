@@ -21,6 +21,7 @@ from sqlalchemy import (
     Boolean,
     Date,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -334,6 +335,9 @@ class ApiKey(Base):
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, nullable=True)
     last_used_at: Mapped[dt.datetime | None] = mapped_column(Timestamp, nullable=True)
+    # The site an ``edge`` key speaks for (its gateway may send that site's instances only);
+    # NULL for every other role.
+    site_id: Mapped[str | None] = mapped_column(ForeignKey("sites.id"), nullable=True)
 
 
 class ProgressCount(Base):
@@ -466,3 +470,41 @@ class Snapshot(Base):
     # The locked test set (medai.snapshots.locked_test): its id, its patients' hash, and what
     # it shares with the latest earlier snapshot of that set; NULL before migration 0007.
     test_set: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True, default=None)
+
+
+class SiteHeartbeat(Base):
+    """The latest heartbeat of a site's edge gateway (one row per site, replaced each time).
+
+    ``receipts`` is the edge's own account, per receipt day (``YYYY-MM-DD``), of what it
+    de-identified: ``{"count": n, "hash": sha256 of the sorted pseudonymized SOP Instance
+    UIDs}``, compared with :class:`EdgeReceipt` rows by reconciliation.
+    """
+
+    __tablename__ = "site_heartbeats"
+
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"), primary_key=True)
+    received_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    edge_version: Mapped[str] = mapped_column(String(64))
+    # The edge's clock minus the centre's when the heartbeat arrived, in seconds.
+    clock_skew_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    outbox_depth: Mapped[int] = mapped_column(BigInteger, default=0)
+    oldest_unsent_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    received_today: Mapped[int] = mapped_column(BigInteger, default=0)
+    forwarded_today: Mapped[int] = mapped_column(BigInteger, default=0)
+    quarantined_today: Mapped[int] = mapped_column(BigInteger, default=0)
+    receipts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class EdgeReceipt(Base):
+    """The day a site's edge received an instance the centre holds (for reconciliation).
+
+    Written when an instance forwarded by an ``edge`` key is stored or found a duplicate, so
+    the centre can group a site's instances by the edge's receipt day, as the edge does.
+    """
+
+    __tablename__ = "edge_receipts"
+    __table_args__ = (Index("ix_edge_receipts_site_day", "site_id", "receipt_day"),)
+
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id"), primary_key=True)
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"))
+    receipt_day: Mapped[dt.date] = mapped_column(Date)
