@@ -18,7 +18,14 @@ from rich.text import Text
 
 from medai.config import Settings
 from medai.demo.services import Server, medai_command, server_env, wait_for_http
-from medai.demo.stages import DEMO_ACTOR, SNAPSHOT_PREFIX, DemoSites, Step, progress_bar
+from medai.demo.stages import (
+    DEMO_ACTOR,
+    SNAPSHOT_PREFIX,
+    DemoSites,
+    Step,
+    demo_fractions,
+    progress_bar,
+)
 
 if TYPE_CHECKING:
     from medai.training.tracking import TrackedRun
@@ -82,7 +89,7 @@ def train_model(
     step(9, f"`medai snapshot create --name {name}` and `medai train {model_dir}`")
     info = create_snapshot(
         name, SnapshotQuery(modalities=("CR", "DX"), body_part="CHEST"), settings=settings,
-        actor=DEMO_ACTOR,
+        actor=DEMO_ACTOR, fractions=demo_fractions(image_size),
     )  # fmt: skip
     counts = info.counts
     splits = ", ".join(

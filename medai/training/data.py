@@ -54,7 +54,7 @@ from medai.store import ObjectStore
 from medai.training import distributed
 from medai.training.case_predictions import case_index
 from medai.training.config import ModelConfig
-from medai.training.label_check import require_labels
+from medai.training.label_check import one_class_splits, require_labels
 from medai.training.reader import LoadDicomFromStore, records_from_manifest
 from medai.training.transforms import build_transforms
 
@@ -220,6 +220,7 @@ def build_training_data(config: ModelConfig, settings: Settings | None = None) -
             f"{', '.join(empty)}: training needs train, val and test"
         )
     require_labels(manifest, config.data.labels, config.data.snapshot)
+    one_class_splits(manifest, config.data.labels)
     store = ObjectStore(settings.resolved_store_dir)
     loader = LoadDicomFromStore(IMAGE_KEY, store)
     cache_dir = (

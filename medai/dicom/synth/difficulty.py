@@ -18,7 +18,7 @@ Three presets:
     Clearer findings, less reading and label noise (ideal AUROC about 0.95-0.98).
 ``tiny``
     For images of 32-48 pixels (the tiny demo): every finding is large and far from its
-    threshold, readers are exact, sheets carry no label noise and there is no shortcut, so the
+    threshold (a nodule is 60-75 mm, four to six pixels at 32), readers are exact, sheets carry no label noise and there is no shortcut, so the
     ideal AUROC is 1. It is a different task, not a lower bar: a model still has to see it.
 """
 
@@ -177,8 +177,8 @@ TINY = Difficulty(
     ctr_jitter=0.0,
     ctr_gap=0.06,
     nodule_rate=(0.3,),
-    nodule_diameter_mm=(40.0, 50.0),
-    nodule_contrast=(0.35, 0.45),
+    nodule_diameter_mm=(60.0, 75.0),
+    nodule_contrast=(0.45, 0.55),
     nodule_behind_rib=0.0,
     nodule_growth_per_year=0.0,
     effusion_rate=(0.25,),
