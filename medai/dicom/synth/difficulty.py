@@ -18,8 +18,9 @@ Three presets:
     Clearer findings, less reading and label noise (ideal AUROC about 0.95-0.98).
 ``tiny``
     For images of 32-48 pixels (the tiny demo): every finding is large and far from its
-    threshold (a nodule is 60-75 mm, four to six pixels at 32), readers are exact, sheets carry no label noise and there is no shortcut, so the
-    ideal AUROC is 1. It is a different task, not a lower bar: a model still has to see it.
+    threshold (a nodule is 60-75 mm, four to six pixels at 32), readers are exact, sheets
+    carry no label noise and there is no shortcut, so the ideal AUROC is 1. It is a
+    different task, not a lower bar: a model still has to see it.
 """
 
 from __future__ import annotations
