@@ -25,7 +25,7 @@ LONG_ID = "northgate-community-imaging-clinic-east"
 LONG_NAME = "Northgate Community Imaging Clinic, East Campus (outpatient radiology)"
 BRACKETED_NAME = "St. Mary General [north wing]"
 # Commands that report nothing a script would read: they run until stopped or write files.
-WITHOUT_JSON = {"collect listen", "serve", "demo", "campaign export"}
+WITHOUT_JSON = {"collect listen", "edge run", "serve", "demo", "campaign export"}
 
 
 @pytest.fixture

@@ -7,6 +7,15 @@ counts. Request metrics are labelled by the route's path template
 would make a label value per request. With ``--workers N`` each worker process counts
 its own requests; scrape each worker or run one worker per port.
 
+Each scrape also reads the campaign's site statuses from the catalog
+(:func:`~medai.collection.campaign.progress.compute_progress`, from its counters) and
+exposes them per site (:class:`SiteGauges`): ``medai_site_status`` (1 for the site's status,
+0 for the others, one series per status), ``medai_site_last_seen_age_seconds`` (+Inf when
+never heard from), ``medai_site_outbox_depth`` and ``medai_site_oldest_unsent_seconds``
+(sites with an edge), ``medai_site_progress_ratio`` and ``medai_campaign_silent_sites``;
+an alert on ``medai_site_status{status="silent"} == 1`` names the silent sites. Without a
+campaign, or with the catalog out of reach, the site series are left out.
+
 ``/metrics`` is not open (only ``/healthz`` and ``/readyz`` are): Prometheus sends a key
 with ``authorization: {type: Bearer, credentials_file: ...}``. Any valid key is taken,
 so the operator can give the scraper the key of whichever role is least useful to
@@ -15,7 +24,12 @@ someone who steals it at their site.
 
 from __future__ import annotations
 
+import logging
+import math
+import threading
 import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -27,15 +41,96 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from medai.serving.deps import CallerDep
 
-__all__ = ["MetricsMiddleware", "ServiceMetrics", "router"]
+if TYPE_CHECKING:
+    from medai.collection.campaign.report import CampaignProgress
+    from medai.serving.context import Service
+
+__all__ = ["MetricsMiddleware", "ServiceMetrics", "SiteGauges", "router"]
+
+_log = logging.getLogger(__name__)
 
 _SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256, 512, 1024)
 _UNMATCHED = "<unmatched>"
+
+
+class SiteGauges(Collector):
+    """Per-site gauges from the latest campaign report given to :meth:`update`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._report: CampaignProgress | None = None
+
+    def update(self, report: CampaignProgress | None) -> None:
+        """Expose ``report``'s sites (None: none); ages count up to its ``generated_at``."""
+        with self._lock:
+            self._report = report
+
+    def describe(self) -> list[Metric]:
+        """Nothing to check at registration (the series come and go with the sites)."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """The gauges of the latest report's sites."""
+        from medai.collection.campaign.report import STATUS_ORDER
+
+        with self._lock:
+            report = self._report
+        if report is None:
+            return
+        at = report.generated_at
+        status = GaugeMetricFamily(
+            "medai_site_status",
+            "1 for the site's campaign status, 0 for the other statuses (see the status rule "
+            "of `medai campaign status --help`).",
+            labels=["site", "status"],
+        )
+        age = GaugeMetricFamily(
+            "medai_site_last_seen_age_seconds",
+            "Seconds since anything was heard from the site (its last instance or its edge's "
+            "heartbeat); +Inf when never.",
+            labels=["site"],
+        )
+        depth = GaugeMetricFamily(
+            "medai_site_outbox_depth",
+            "Instances waiting in the site's edge outbox, from its latest heartbeat.",
+            labels=["site"],
+        )
+        oldest = GaugeMetricFamily(
+            "medai_site_oldest_unsent_seconds",
+            "Age of the oldest instance waiting in the site's edge outbox (latest heartbeat).",
+            labels=["site"],
+        )
+        progress = GaugeMetricFamily(
+            "medai_site_progress_ratio",
+            "The site's progress: mean over its targets of min(1, collected/target).",
+            labels=["site"],
+        )
+        for site in report.sites:
+            for name in STATUS_ORDER:
+                status.add_metric([site.site, name], 1.0 if site.status == name else 0.0)
+            seen = site.last_seen
+            age.add_metric(
+                [site.site], math.inf if seen is None else max(0.0, (at - seen).total_seconds())
+            )
+            if site.edge is not None:
+                depth.add_metric([site.site], float(site.edge.outbox_depth))
+                if site.edge.oldest_unsent_seconds is not None:
+                    oldest.add_metric([site.site], site.edge.oldest_unsent_seconds)
+            if site.progress is not None:
+                progress.add_metric([site.site], site.progress)
+        silent = GaugeMetricFamily(
+            "medai_campaign_silent_sites",
+            "Sites of the campaign whose status is silent.",
+            value=float(len(report.silent_sites)),
+        )
+        yield from (status, age, depth, oldest, progress, silent)
 
 
 class ServiceMetrics:
@@ -96,6 +191,8 @@ class ServiceMetrics:
             "Failed attempts to load the served model or a new version of it.",
             registry=r,
         )
+        self.sites = SiteGauges()
+        r.register(self.sites)
 
     def observe_batch(self, size: int, queue_s: float, inference_s: float) -> None:
         """Record one forward pass of the micro-batcher."""
@@ -174,6 +271,26 @@ router = APIRouter(tags=["ops"])
     },
 )
 def metrics(request: Request, caller: CallerDep) -> Response:
-    """Request counts and latencies by route, batch sizes, forward-pass times, model version."""
+    """Request counts and latencies by route, batch sizes, forward-pass times, model version,
+    and each site's status, last seen and edge outbox."""
     registry: ServiceMetrics = request.app.state.metrics
+    registry.sites.update(_site_report(request.app.state.service))
     return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _site_report(service: Service) -> CampaignProgress | None:
+    """The campaign's progress now, or None without a campaign or a reachable catalog."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from medai.catalog.db import session_factory
+    from medai.collection.campaign.progress import compute_progress
+    from medai.errors import MedaiError
+
+    reader = session_factory(service.engine.execution_options(sqlite_begin="DEFERRED"))
+    try:
+        with reader() as session:
+            return compute_progress(session, quiet_hours=service.settings.site_quiet_hours)
+    except (MedaiError, SQLAlchemyError) as exc:
+        # /metrics still answers the request metrics; the site series are left out.
+        _log.debug("no site metrics: %s", type(exc).__name__)
+        return None

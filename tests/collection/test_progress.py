@@ -1,4 +1,4 @@
-"""Campaign KPIs on a hand-built timeline: late, at risk, on track and finished sites."""
+"""Campaign KPIs on a hand-built timeline: silent, late, at risk, on track and finished sites."""
 
 from __future__ import annotations
 
@@ -11,28 +11,25 @@ import sys
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert
-from sqlalchemy.orm import Session
 
 from medai.catalog.db import create_engine_for, session_factory
 from medai.catalog.models import (
     LabelCount,
     LabelImport,
     LabelRow,
-    Patient,
-    ProgressCount,
     QuarantineEntry,
     Study,
     StudyLabel,
 )
 from medai.collection.campaign.definition import CampaignDefinition
 from medai.collection.campaign.progress import compute_progress
-from medai.collection.campaign.report import CampaignProgress
+from medai.collection.campaign.report import STATUS_RULE, CampaignProgress
 from medai.collection.campaign.setup import init_campaign
 from medai.collection.outcomes import Offer
 from medai.collection.pipeline import IngestPipeline
 from medai.config import Settings
 from medai.dicom.synth import generate
+from tests.collection.timeline_data import add_heartbeat, add_studies, arrival_time
 from tests.utils.campaign import init_example_campaign
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,12 +54,16 @@ DEFINITION = CampaignDefinition.model_validate(
         "sites": [
             # 1 study a day since day 1: 45/80 done, finishing well before the end.
             _site("steady", {"modality": "DX", "body_part": "CHEST", "studies": 80}),
-            # 20 studies in the first ten days, then silence: 22 % against a plan of 50 %.
+            # 20 studies in the first ten days, then nothing heard: silent.
             _site("late", {"modality": "DX", "studies": 90}),
-            # 40 in the first ten days, then silence: 44 % against 50 % (89 % of the plan).
+            # 30 on day 2, then 2 a day in the last week: 49 % against a plan of 50 %, but
+            # projected on day 68 of 90: at risk.
             _site("behind", {"modality": "DX", "studies": 90}),
-            # Ahead of the plan (56 %) but nothing for weeks: the rate cannot finish in time.
+            # Ahead of the plan (56 %) but nothing for weeks while its edge still reports:
+            # no projection, late.
             _site("stalled", {"modality": "DX", "studies": 90}),
+            # 1 a day: 45 % of its 100, projected on day 100 of 90: late.
+            _site("slow", {"modality": "DX", "studies": 100}),
             # Targets met: 100 DX studies and 5 labelled nodules.
             _site(
                 "finished",
@@ -75,49 +76,18 @@ DEFINITION = CampaignDefinition.model_validate(
 )
 
 
-def _add_studies(session: Session, site: str, per_day: dict[int, int], key: list[int]) -> None:
-    """Studies of one patient each, received on the given campaign days (1 = START)."""
-    for day, count in per_day.items():
-        when = dt.datetime.combine(START + dt.timedelta(days=day - 1), dt.time(12), dt.UTC)
-        for _ in range(count):
-            key[0] += 1
-            patient = Patient(pseudonym=f"P{key[0]:016d}")
-            session.add(patient)
-            session.flush()
-            session.add(
-                Study(
-                    study_uid=f"2.25.{key[0]}",
-                    patient_id=patient.id,
-                    site_id=site,
-                    modality="DX",
-                    body_part="CHEST",
-                    first_received_at=when,
-                )
-            )
-        session.execute(
-            insert(ProgressCount).values(
-                site_id=site,
-                day=when.date(),
-                modality="DX",
-                body_part="CHEST",
-                studies=count,
-                instances=count * 2,
-                bytes=count * 1000,
-            )
-        )
-
-
 @pytest.fixture
 def timeline(settings: Settings) -> Settings:
     init_campaign(DEFINITION, settings)
     engine = create_engine_for(settings.resolved_database_url)
-    key = [0]
     with session_factory(engine).begin() as session:
-        _add_studies(session, "steady", dict.fromkeys(range(1, 46), 1), key)
-        _add_studies(session, "late", dict.fromkeys(range(1, 11), 2), key)
-        _add_studies(session, "behind", dict.fromkeys(range(1, 11), 4), key)
-        _add_studies(session, "stalled", {3: 50}, key)
-        _add_studies(session, "finished", {20: 60, 40: 40}, key)
+        add_studies(session, "steady", START, dict.fromkeys(range(1, 46), 1))
+        add_studies(session, "late", START, dict.fromkeys(range(1, 11), 2))
+        add_studies(session, "behind", START, {2: 30} | dict.fromkeys(range(39, 46), 2))
+        add_studies(session, "stalled", START, {3: 50})
+        add_studies(session, "slow", START, dict.fromkeys(range(1, 46), 1))
+        add_studies(session, "finished", START, {20: 60, 40: 40})
+        add_heartbeat(session, "stalled", arrival_time(START, 45), outbox_depth=0)
         sheet = LabelImport(site_id="finished", sheet_sha256="0" * 64, rows=6, actor="test")
         session.add(sheet)
         session.flush()
@@ -187,17 +157,53 @@ def test_status_rules_on_a_hand_built_timeline(timeline: Settings) -> None:
     sites = {s.site: s for s in report.sites}
     assert report.day == 45 and report.days_left == 45
     assert report.expected_progress == pytest.approx(0.5)
-    assert {name: s.status for name, s in sites.items()} == {
-        "steady": "on track",
-        "late": "late",
-        "behind": "at risk",
-        "stalled": "at risk",
+    assert {name: s.status_code for name, s in sites.items()} == {
+        "steady": "on-track",
+        "late": "silent",
+        "behind": "at-risk-behind",
+        "stalled": "late-stalled",
+        "slow": "late-projected",
         "finished": "complete",
-        "idle": "no targets",
+        "idle": "no-targets",
     }
-    # Late sites first, then at risk, on track, complete.
-    assert [s.site for s in report.sites][:1] == ["late"]
-    assert report.late_sites == ["late"]
+    # Silent sites first, then late, at risk, on track, complete, no targets.
+    assert [s.site for s in report.sites] == [
+        "late",
+        "slow",
+        "stalled",
+        "behind",
+        "steady",
+        "finished",
+        "idle",
+    ]
+    assert report.silent_sites == ["late"] and report.late_sites == ["slow", "stalled"]
+    # On track by its own figures, but never better than its sites warrant.
+    assert report.status_code == "at-risk-sites" and report.status == "at risk"
+    assert report.status_args["sites"] == "late, slow, stalled, behind"
+    assert report.status_reason.endswith(
+        "but 4 sites are not: late (silent), slow (late), stalled (late), behind (at risk)."
+    )
+
+    behind = sites["behind"]
+    assert behind.progress == pytest.approx(44 / 90, rel=1e-5)
+    assert behind.projected_completion == START + dt.timedelta(days=67)
+    assert behind.status_reason == (
+        "49% against a plan of 50%, projected 2026-03-09, before the end 2026-03-31."
+    )
+    assert behind.status_args == {
+        "progress": 0.4889,
+        "expected": 0.5,
+        "end": "2026-03-31",
+        "projected": "2026-03-09",
+    }
+    assert sites["slow"].status_reason == (
+        "45% against a plan of 50%; projected 2026-04-10, after the end 2026-03-31."
+    )
+    assert sites["stalled"].edge is not None and sites["stalled"].edge.outbox_depth == 0
+    assert sites["stalled"].last_seen == arrival_time(START, 45)
+    assert "no projection" in sites["stalled"].status_reason
+    assert sites["late"].last_seen == arrival_time(START, 10)
+    assert sites["late"].status_args["hours"] == 35 * 24 + 12.0
 
     steady = sites["steady"]
     assert steady.progress == pytest.approx(45 / 80)
@@ -221,7 +227,7 @@ def test_status_rules_on_a_hand_built_timeline(timeline: Settings) -> None:
     assert late.rejection_rate == pytest.approx(3 / (40 + 3), abs=1e-6)
     assert late.last_received == START + dt.timedelta(days=9)
 
-    assert report.studies == 45 + 20 + 40 + 50 + 100
+    assert report.studies == 45 + 20 + 44 + 50 + 45 + 100
     assert report.instances == 2 * report.studies
     assert report.quarantine_reasons == {"burned-in-annotation": 1, "not-dicom": 2}
 
@@ -244,10 +250,14 @@ def test_after_the_end_unmet_targets_are_late_and_before_the_start_on_track(
     after = _report(timeline, dt.date(2026, 4, 15))
     statuses = {s.site: s.status for s in after.sites}
     assert statuses["steady"] == "late" and statuses["finished"] == "complete"
+    # After the end nobody is silent: the campaign ended, not the link.
+    assert statuses["late"] == "late" and not after.silent_sites
+    assert {s.site: s.status_code for s in after.sites}["steady"] == "late-ended"
     assert after.days_left == 0 and after.day == 90
     before = _report(timeline, dt.date(2025, 12, 1))
     assert before.day == 0 and before.expected_progress == 0
     assert {s.site: s.status for s in before.sites}["steady"] == "on track"
+    assert before.status_code == "not-started" and not before.silent_sites
 
 
 def test_progress_follows_real_ingest(settings: Settings, tmp_path: Path) -> None:
@@ -279,17 +289,29 @@ def test_status_and_export_commands(timeline: Settings) -> None:
     status = _medai("campaign", "status", "--today", TODAY.isoformat(), "--json")
     assert status.returncode == 0, status.stderr
     document = json.loads(status.stdout)
-    assert document["studies"] == 255 and document["instances"] == 510
-    assert document["late_sites"] == ["late"]
-    assert document["schema_version"] == "1" and "generated_at" in document
+    assert document["studies"] == 304 and document["instances"] == 608
+    assert document["silent_sites"] == ["late"] and document["late_sites"] == ["slow", "stalled"]
+    assert document["schema_version"] == "1.1" and "generated_at" in document
+    assert document["status_rule"] == STATUS_RULE
+    assert document["sites"][0]["status_code"] == "silent"
+    assert document["sites"][0]["last_seen"].startswith("2026-01-10T12:00:00")
 
     table = _medai("campaign", "status", "--today", TODAY.isoformat())
-    assert table.returncode == 0 and "Late: late" in table.stdout
+    assert table.returncode == 0
+    assert "Silent: late" in table.stdout and "Late: slow, stalled" in table.stdout
+    words = " ".join(table.stdout.split())
+    assert "behind: at risk — 49% against a plan of 50%, projected 2026-03-09" in words
+    help_text = " ".join(_medai("campaign", "status", "--help").stdout.split())
+    assert "MEDAI_SITE_QUIET_HOURS" in help_text and "late: the 7-day rate projects" in help_text
 
     exported = _medai("campaign", "export", "--format", "csv", "--today", TODAY.isoformat())
     rows = list(csv.DictReader(io.StringIO(exported.stdout)))
     assert [r["site"] for r in rows][-1] == "*"
-    assert {r["site"]: r["status"] for r in rows}["behind"] == "at risk"
+    by_site = {r["site"]: r for r in rows}
+    assert by_site["behind"]["status"] == "at risk"
+    assert by_site["behind"]["status_code"] == "at-risk-behind"
+    assert by_site["stalled"]["outbox_depth"] == "0" and by_site["behind"]["outbox_depth"] == ""
+    assert by_site["late"]["last_seen"].startswith("2026-01-10T12:00:00")
 
     bad = _medai("campaign", "export", "--format", "xml")
     assert bad.returncode == 2 and "--format json" in bad.stderr

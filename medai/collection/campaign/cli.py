@@ -19,6 +19,7 @@ from medai.cli_support import (
     require_campaign,
     row,
 )
+from medai.collection.campaign.status_rule import STATUS_RULE
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -170,6 +171,7 @@ TodayOption = Annotated[
     ),
 ]
 _STATUS_STYLE = {
+    "silent": "bold magenta",
     "late": "bold red",
     "at risk": "yellow",
     "on track": "green",
@@ -178,8 +180,9 @@ _STATUS_STYLE = {
 }
 _KPI_COLUMNS = (
     "Status",
-    "Progress",
-    "Plan today",
+    "Last seen",
+    "Outbox",
+    "Done (plan)",
     "Studies",
     "Instances",
     "7-day rate",
@@ -189,19 +192,23 @@ _KPI_COLUMNS = (
 )
 
 
-@campaign_app.command("status")
+_STATUS_HELP = (
+    "Show progress per site against its targets, silent and late sites first, with the "
+    "KPIs, when each site was last heard from, its edge's outbox, and why it has its "
+    "status.\n\n"
+    "The JSON form is the same document as `medai campaign export --format json` (totals "
+    "such as `studies` and `instances` at the top level; per site `status_code`, "
+    "`status_reason`, `last_seen`, `edge`).\n\n"
+    "\b\nStatus rule:\n" + STATUS_RULE
+)
+
+
+@campaign_app.command("status", help=_STATUS_HELP)
 def status_command(
     as_json: JsonFlag = False,
     today: TodayOption = None,
 ) -> None:
-    """Show progress per site against its targets: late sites first, with the KPIs.
-
-    Status rule: complete when every target is met; late below 70% of the plan for today
-    (or when the campaign ended unmet); at risk at 70-90% of the plan, or when the 7-day
-    rate finishes after the last day; on track otherwise. The JSON form is the same
-    document as `medai campaign export --format json` (totals such as `studies` and
-    `instances` at the top level).
-    """
+    """Show progress per site against its targets (the help text is ``_STATUS_HELP``)."""
     report = _progress_report(today)
     if as_json:
         typer.echo(report.model_dump_json(indent=2))
@@ -210,7 +217,7 @@ def status_command(
 
 
 def print_status_report(report: CampaignProgress, out: Console) -> None:
-    """The status of ``medai campaign status``: KPIs per site, targets, late sites.
+    """The status of ``medai campaign status``: KPIs per site, why each status, targets.
 
     Tables when the terminal is wide enough for every value in full; otherwise one block
     per site (names and numbers are never cut short to fit, e.g. in 80 columns). Lines
@@ -224,6 +231,7 @@ def print_status_report(report: CampaignProgress, out: Console) -> None:
             (report.status, _STATUS_STYLE[report.status]),
         )
     )
+    out.print(plain(report.status_reason))
     tables = [_kpi_table(report), _targets_table(report)]
     if all(_fits(out, table) for table in tables):
         for table in tables:
@@ -231,11 +239,23 @@ def print_status_report(report: CampaignProgress, out: Console) -> None:
     else:
         for site in report.sites:
             name = Text.assemble((site.site, "bold"), "\n  ", site.name)
-            _print_site_block(out, name, site, site.targets)
-        _print_site_block(out, plain("campaign (all sites)", "bold"), report, [])
+            _print_site_block(out, name, site, site.targets, report.generated_at)
+        campaign = plain("campaign (all sites)", "bold")
+        _print_site_block(out, campaign, report, [], report.generated_at)
     if report.quarantine_reasons:
         reasons = ", ".join(f"{reason} {n}" for reason, n in report.quarantine_reasons.items())
         out.print(plain(f"Quarantined by reason: {reasons}"))
+    out.print(plain("Why:", "bold"))
+    for site in report.sites:
+        out.print(
+            Text.assemble(
+                "  ", (site.site, "bold"), ": ", (site.status, _STATUS_STYLE[site.status]), " — "
+            ),
+            plain(site.status_reason),
+            sep="",
+        )
+    if report.silent_sites:
+        out.print(plain("Silent: " + ", ".join(report.silent_sites), "bold magenta"))
     if report.late_sites:
         out.print(plain("Late: " + ", ".join(report.late_sites), "bold red"))
 
@@ -251,15 +271,19 @@ def _fits(out: Console, renderable: RenderableType) -> bool:
 def _kpi_table(report: CampaignProgress) -> RenderableType:
     from rich.table import Table
 
-    table = Table(title="Progress by site (late first)")
+    # No outer border: the width goes to the values (the site names are never cut).
+    table = Table(title="Progress by site (silent and late first)", show_edge=False, pad_edge=False)
     table.add_column("Site")
     for column in _KPI_COLUMNS:
         justify = "left" if column == "Status" else "right"
         table.add_column(column, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for site in report.sites:
-        table.add_row(Text.assemble(site.site, "\n", (site.name, "dim")), *_kpi_cells(site))
+        table.add_row(
+            Text.assemble(site.site, "\n", (site.name, "dim")),
+            *_kpi_cells(site, report.generated_at),
+        )
     table.add_section()
-    table.add_row(plain("campaign", "bold"), *_kpi_cells(report))
+    table.add_row(plain("campaign", "bold"), *_kpi_cells(report, report.generated_at))
     return table
 
 
@@ -285,7 +309,11 @@ def _target_name(target: Any) -> str:
 
 
 def _print_site_block(
-    out: Console, title: Text, part: SiteProgress | CampaignProgress, targets: list[Any]
+    out: Console,
+    title: Text,
+    part: SiteProgress | CampaignProgress,
+    targets: list[Any],
+    now: dt.datetime,
 ) -> None:
     """One site (or the campaign) as label/value pairs: narrow enough for any terminal."""
     from rich.padding import Padding
@@ -296,30 +324,48 @@ def _print_site_block(
     for _ in range(2):
         grid.add_column(style="dim", no_wrap=True)
         grid.add_column(no_wrap=True)
-    pairs = list(zip(_KPI_COLUMNS, _kpi_cells(part), strict=True))
+    pairs = list(zip(_KPI_COLUMNS, _kpi_cells(part, now), strict=True))
     half = (len(pairs) + 1) // 2
-    for left, right in zip(pairs[:half], [*pairs[half:], ("", "")], strict=True):
+    rights = [*pairs[half:], ("", "")][:half]
+    for left, right in zip(pairs[:half], rights, strict=True):
         grid.add_row(*row(left[0], left[1], right[0], right[1]))
+    # The targets in a grid of their own: their long lines never push the KPIs apart.
+    goals = Table.grid(padding=(0, 2))
+    goals.add_column(style="dim", no_wrap=True)
+    goals.add_column(no_wrap=True)
     for target in targets:
-        grid.add_row(
+        goals.add_row(
             *row(
                 "target",
                 f"{_target_name(target)}: {target.collected} of {target.target} "
                 f"({_percent(target.fraction)})",
-                "",
-                "",
             )
         )
-    out.print(Padding(grid, (0, 0, 1, 2)))
+    out.print(Padding(grid, (0, 0, 0 if targets else 1, 2)))
+    if targets:
+        out.print(Padding(goals, (0, 0, 1, 2)))
 
 
-def _kpi_cells(part: SiteProgress | CampaignProgress) -> list[Text]:
+def _kpi_cells(part: SiteProgress | CampaignProgress, now: dt.datetime) -> list[Text]:
     """The status table's cells after the name, for a site or the whole campaign."""
+    from medai.collection.campaign.report import SiteProgress
+
+    seen, outbox = "", ""
+    if isinstance(part, SiteProgress):
+        seen = _ago(part.last_seen, now)
+        edge = part.edge
+        if edge is None:
+            outbox = "no edge"
+        else:
+            outbox = str(edge.outbox_depth)
+            if edge.outbox_depth and edge.oldest_unsent_seconds is not None:
+                outbox += f" ({_duration(edge.oldest_unsent_seconds)})"
     return [
         plain(part.status, _STATUS_STYLE[part.status]),
         *row(
-            _percent(part.progress),
-            _percent(part.expected_progress),
+            seen,
+            outbox,
+            f"{_percent(part.progress)} ({_percent(part.expected_progress)})",
             part.studies,
             part.instances,
             "-" if part.rate_7d is None else f"{part.rate_7d * 100:.1f}%/day",
@@ -332,6 +378,24 @@ def _kpi_cells(part: SiteProgress | CampaignProgress) -> list[Text]:
 
 def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.0f}%"
+
+
+def _duration(seconds: float) -> str:
+    """A short age: ``45 s``, ``12 min``, ``5.2 h``, ``3 d``."""
+    if seconds < 90:
+        return f"{max(0.0, seconds):.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.0f} d"
+
+
+def _ago(when: dt.datetime | None, now: dt.datetime) -> str:
+    """How long before ``now`` ``when`` was: ``5.2 h ago``; ``never`` for None."""
+    if when is None:
+        return "never"
+    return _duration((now - when).total_seconds()) + " ago"
 
 
 @campaign_app.command("export")

@@ -4,8 +4,11 @@ The figures come from small tables only: :class:`~medai.catalog.models.ProgressC
 (kept by the ingest pipeline in the same transaction as the rows it counts),
 :class:`~medai.catalog.models.LabelCount` (kept likewise by label import) and the
 quarantine rows, so the computation stays fast on a catalog of millions of instances and
-exact while ingest goes on. The KPIs themselves are :mod:`medai.collection.campaign.kpis`;
-the document they fill is :mod:`medai.collection.campaign.report`.
+exact while ingest goes on. A site's ``last_seen`` adds one indexed lookup per site
+(``max(instances.received_at)`` on ``ix_instances_site_received``) and its edge's latest
+heartbeat (:class:`~medai.catalog.models.SiteHeartbeat`, one row per site). The KPIs
+and statuses themselves are :mod:`medai.collection.campaign.kpis`; the document they
+fill is :mod:`medai.collection.campaign.report`.
 """
 
 from __future__ import annotations
@@ -16,20 +19,33 @@ from collections import defaultdict
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from medai.catalog.models import LabelCount, ProgressCount, QuarantineEntry, Site, utcnow
+from medai.catalog.models import (
+    Instance,
+    LabelCount,
+    ProgressCount,
+    QuarantineEntry,
+    Site,
+    SiteHeartbeat,
+    utcnow,
+)
 from medai.collection.campaign.definition import CampaignDefinition
 from medai.collection.campaign.kpis import (
     Daily,
     Findings,
     Timeline,
+    Verdict,
+    campaign_verdict,
     plan_figures,
     ratio,
+    silence_verdict,
     studies_in_window,
     target_series,
 )
 from medai.collection.campaign.report import (
+    STATUS_ORDER,
     BurnupPoint,
     CampaignProgress,
+    EdgeState,
     SiteProgress,
     TargetProgress,
 )
@@ -102,10 +118,47 @@ def _quarantine_reasons(session: Session) -> dict[str, dict[str, int]]:
     return reasons
 
 
-_STATUS_ORDER = {"late": 0, "at risk": 1, "on track": 2, "complete": 3, "no targets": 4}
+def _last_instance(session: Session, site_id: str, until: dt.datetime) -> dt.datetime | None:
+    """When the site's latest instance was received, up to ``until`` (an index lookup)."""
+    latest: dt.datetime | None = session.scalar(
+        select(func.max(Instance.received_at)).where(
+            Instance.site_id == site_id, Instance.received_at <= until
+        )
+    )
+    return latest
 
 
-def compute_progress(session: Session, *, today: dt.date | None = None) -> CampaignProgress:
+def _edges(session: Session, until: dt.datetime) -> dict[str, EdgeState]:
+    """The latest heartbeat of each site's edge, received up to ``until``."""
+    edges: dict[str, EdgeState] = {}
+    for beat in session.scalars(select(SiteHeartbeat).where(SiteHeartbeat.received_at <= until)):
+        edges[beat.site_id] = EdgeState(
+            last_heartbeat=beat.received_at,
+            version=beat.edge_version,
+            outbox_depth=beat.outbox_depth,
+            oldest_unsent_seconds=beat.oldest_unsent_seconds,
+            clock_skew_seconds=beat.clock_skew_seconds,
+            received_today=beat.received_today,
+            forwarded_today=beat.forwarded_today,
+            quarantined_today=beat.quarantined_today,
+        )
+    return edges
+
+
+def _order(site: SiteProgress) -> tuple[int, dt.datetime, float, str]:
+    # Silent sites longest silent first (never heard from before all); others least done first.
+    never = dt.datetime.min.replace(tzinfo=dt.UTC)
+    seen = (site.last_seen or never) if site.status == "silent" else never
+    return (STATUS_ORDER[site.status], seen, site.progress or 0.0, site.site)
+
+
+def compute_progress(
+    session: Session,
+    *,
+    today: dt.date | None = None,
+    now: dt.datetime | None = None,
+    quiet_hours: float | None = None,
+) -> CampaignProgress:
     """Progress and KPIs of the campaign in this catalog, per site and overall.
 
     Parameters
@@ -113,7 +166,13 @@ def compute_progress(session: Session, *, today: dt.date | None = None) -> Campa
     session
         A session on the catalog (read-only use).
     today
-        The day to report for (UTC); default today. Tests pass a fixed day.
+        The day to report for (UTC); default today. Tests pass a fixed day. A day other
+        than today is reported as of its end: what was heard later does not count.
+    now
+        The moment to report for (UTC); default the clock (or the end of ``today``).
+    quiet_hours
+        A running site is silent after this long with nothing heard from it; default
+        the ``MEDAI_SITE_QUIET_HOURS`` setting.
 
     Raises
     ------
@@ -121,8 +180,16 @@ def compute_progress(session: Session, *, today: dt.date | None = None) -> Campa
         When no campaign has been set up in the catalog.
     """
     definition = stored_campaign(session)
-    now = utcnow()
-    timeline = Timeline(definition, today or now.date())
+    generated = now or utcnow()
+    timeline = Timeline(definition, today or generated.date())
+    moment = generated
+    if now is None and timeline.today != generated.date():
+        moment = dt.datetime.combine(timeline.today, dt.time.max, dt.UTC)
+    if quiet_hours is None:
+        from medai.config import get_settings
+
+        quiet_hours = get_settings().site_quiet_hours
+    edges = _edges(session, moment)
     daily = _daily_counts(session)
     findings = _positive_findings(session)
     labelled = _labelled_studies(session)
@@ -148,12 +215,22 @@ def compute_progress(session: Session, *, today: dt.date | None = None) -> Campa
         received = [day for key in keys for day, c in daily[key].items() if c[0]]
         quarantine = reasons.get(site.id, {})
         quarantined = sum(quarantine.values())
-        figures, _ = plan_figures(rows, series, timeline)
+        figures, own, _ = plan_figures(rows, series, timeline)
+        edge = edges.get(site.id)
+        heard = [_last_instance(session, site.id, moment)]
+        heard.append(edge.last_heartbeat if edge else None)
+        last_seen = max((t for t in heard if t is not None), default=None)
+        verdict = silence_verdict(
+            own, timeline, last_seen=last_seen, now=moment, quiet_hours=quiet_hours
+        )
         site_reports.append(
             SiteProgress(
                 site=site.id,
                 name=site.name,
                 **figures,
+                **verdict.report_fields(),
+                last_seen=last_seen,
+                edge=edge,
                 studies=studies,
                 instances=instances,
                 bytes=size,
@@ -167,8 +244,8 @@ def compute_progress(session: Session, *, today: dt.date | None = None) -> Campa
                 targets=rows,
             )
         )
-    site_reports.sort(key=lambda s: (_STATUS_ORDER[s.status], s.progress or 0.0, s.site))
-    return _campaign_report(definition, timeline, now, site_reports, all_rows, all_series)
+    site_reports.sort(key=_order)
+    return _campaign_report(definition, timeline, generated, site_reports, all_rows, all_series)
 
 
 def _campaign_report(
@@ -179,7 +256,11 @@ def _campaign_report(
     rows: list[TargetProgress],
     series: list[dict[dt.date, int]],
 ) -> CampaignProgress:
-    figures, by_day = plan_figures(rows, series, timeline)
+    figures, own, by_day = plan_figures(rows, series, timeline)
+    verdict = campaign_verdict(
+        own,
+        [(s.site, Verdict(s.status_code, s.status_reason, s.status_args)) for s in sites],
+    )
     studies = sum(s.studies for s in sites)
     instances = sum(s.instances for s in sites)
     quarantined = sum(s.quarantined for s in sites)
@@ -205,6 +286,7 @@ def _campaign_report(
         day=timeline.day,
         days_left=max(0, (timeline.end - timeline.today).days),
         **figures,
+        **verdict.report_fields(),
         studies=studies,
         instances=instances,
         bytes=sum(s.bytes for s in sites),
@@ -214,6 +296,7 @@ def _campaign_report(
         quarantine_reasons=dict(sorted(reasons.items())),
         labelled_studies=labelled,
         label_coverage=ratio(labelled, studies),
+        silent_sites=[s.site for s in sites if s.status == "silent"],
         late_sites=[s.site for s in sites if s.status == "late"],
         sites=sites,
         burnup=burnup,
