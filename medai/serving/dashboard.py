@@ -12,6 +12,11 @@
   proxy: ``forwarded_allow_ips``). Only these read-only dashboard pages accept that
   cookie (never the routes that change data, so a cross-site form cannot use it).
   ``POST /dashboard/logout`` deletes it.
+
+The dashboard and its sign-in page speak English or Vietnamese (:mod:`medai.serving.i18n`):
+``?lang=vi|en`` (kept in the ``medai_lang`` cookie for the visit), else the browser's
+``Accept-Language``, else English. The answers say ``Content-Language`` and vary on the
+headers that chose it.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from medai.serving.auth import Caller
 from medai.serving.context import Service
 from medai.serving.dashboard_page import render_dashboard, render_login
 from medai.serving.deps import ServiceDep, StewardDep
+from medai.serving.i18n import LANG_COOKIE, Translator, load_catalogues, negotiate
 from medai.serving.keys import authenticate_key, role_grants
 
 __all__ = ["COOKIE", "cookie_caller", "router"]
@@ -40,13 +46,14 @@ COOKIE = "medai_dashboard_session"
 _OLD_KEY_COOKIE = "medai_dashboard_key"
 _COOKIE_PATH = "/dashboard"
 _LOGIN_BODY_LIMIT = 4096
+load_catalogues()  # the pages' words, read as the service starts
 
 
 def _progress(service: Service, today: dt.date | None = None) -> CampaignProgress:
     # A campaign not set up and a catalog out of reach are answered by medai.serving.errors.
     reader = session_factory(service.engine.execution_options(sqlite_begin="DEFERRED"))
     with reader() as session:
-        return compute_progress(session, today=today)
+        return compute_progress(session, today=today, quiet_hours=service.settings.site_quiet_hours)
 
 
 @router.get(
@@ -62,6 +69,32 @@ def campaign_progress(caller: StewardDep, service: ServiceDep) -> CampaignProgre
     ``schema_version``.
     """
     return _progress(service)
+
+
+def _translator(request: Request) -> tuple[Translator, bool]:
+    """The request's language, and whether ``?lang=`` asked for it (then it is kept)."""
+    language, explicit = negotiate(
+        request.query_params.get("lang"),
+        request.cookies.get(LANG_COOKIE),
+        request.headers.get("accept-language"),
+    )
+    return Translator(language), explicit
+
+
+def _in_language(response: Response, t: Translator, keep: bool, request: Request) -> Response:
+    """``response`` marked with its language; the choice of ``?lang=`` kept in a cookie."""
+    response.headers["Content-Language"] = t.language
+    response.headers["Vary"] = "Accept-Language, Cookie"
+    if keep:
+        response.set_cookie(
+            LANG_COOKIE,
+            t.language,
+            httponly=True,
+            samesite="lax",
+            secure=request.url.scheme == "https",
+            path=_COOKIE_PATH,
+        )
+    return response
 
 
 def cookie_caller(request: Request, service: Service) -> Caller | None:
@@ -81,20 +114,27 @@ def cookie_caller(request: Request, service: Service) -> Caller | None:
 
 @router.get("/dashboard", response_class=HTMLResponse, summary="The campaign dashboard")
 def dashboard(request: Request, service: ServiceDep) -> Response:
-    """The dashboard page; without a valid steward cookie, a redirect to the sign-in page."""
+    """The dashboard page; without a valid steward cookie, a redirect to the sign-in page.
+
+    ``?lang=vi|en`` picks the language (and keeps it), else ``Accept-Language``.
+    """
+    t, keep = _translator(request)
     caller = cookie_caller(request, service)
     if caller is None:
-        return RedirectResponse("/dashboard/login", status_code=303)
-    return HTMLResponse(
-        render_dashboard(_progress(service)),
+        return _in_language(RedirectResponse("/dashboard/login", status_code=303), t, keep, request)
+    page = HTMLResponse(
+        render_dashboard(_progress(service), t),
         headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"},
     )
+    return _in_language(page, t, keep, request)
 
 
 @router.get("/dashboard/login", response_class=HTMLResponse, summary="Dashboard sign-in")
-def login_page() -> HTMLResponse:
+def login_page(request: Request) -> Response:
     """The form asking for a steward key (the page itself holds no data)."""
-    return HTMLResponse(render_login(), headers={"X-Frame-Options": "DENY"})
+    t, keep = _translator(request)
+    page = HTMLResponse(render_login(t), headers={"X-Frame-Options": "DENY"})
+    return _in_language(page, t, keep, request)
 
 
 @router.post(
@@ -110,20 +150,27 @@ def login_page() -> HTMLResponse:
 )
 async def login(request: Request, service: ServiceDep) -> Response:
     """Check the posted key (form field ``key``); on success set the cookie and go on."""
+    t, keep = _translator(request)
+
+    def refused(message: str, status_code: int) -> Response:
+        page = HTMLResponse(render_login(t, message), status_code=status_code)
+        return _in_language(page, t, keep, request)
+
     body = await request.body()
     if len(body) > _LOGIN_BODY_LIMIT:
-        return HTMLResponse(render_login("That is not an API key."), status_code=400)
+        return refused(t._("That is not an API key."), 400)
     key = parse_qs(body.decode("utf-8", "replace")).get("key", [""])[0].strip()
     info = await run_in_threadpool(authenticate_key, service.engine, key) if key else None
     if info is None or info.revoked:
-        return HTMLResponse(
-            render_login("Unknown or revoked key: check that it was copied whole."),
-            status_code=401,
-        )
+        return refused(t._("Unknown or revoked key: check that it was copied whole."), 401)
     if not role_grants(info.role, "steward"):
-        return HTMLResponse(
-            render_login(f"The key {info.name!r} has the {info.role} role: use a steward key."),
-            status_code=403,
+        return refused(
+            t._(
+                "The key %(name)s has the %(role)s role: use a steward key.",
+                name=repr(info.name),
+                role=info.role,
+            ),
+            403,
         )
     sessions = service.dashboard_sessions
     token = await run_in_threadpool(sessions.issue, info)

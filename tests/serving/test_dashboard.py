@@ -12,12 +12,13 @@ import pytest
 
 from medai.catalog.db import create_engine_for, session_factory
 from medai.collection.campaign.progress import compute_progress
-from medai.collection.campaign.report import CampaignProgress
+from medai.collection.campaign.report import SCHEMA_VERSION, CampaignProgress
 from medai.collection.outcomes import Offer
 from medai.collection.pipeline import IngestPipeline
 from medai.config import Settings
 from medai.dicom.synth import generate
 from medai.serving.dashboard import COOKIE
+from tests.serving.browser import chromium
 from tests.serving.helpers import ServeProcess, TestClient, bearer, new_key
 from tests.utils.campaign import bad_inputs
 
@@ -56,7 +57,7 @@ def test_progress_api_needs_a_steward_key_and_matches_the_catalog(
     assert body["studies"] == truth.studies == 6
     assert body["instances"] == truth.instances
     assert body["quarantined"] == 2
-    assert body["schema_version"] == "1"
+    assert body["schema_version"] == SCHEMA_VERSION
     generated = dt.datetime.fromisoformat(body["generated_at"])
     assert abs((dt.datetime.now(dt.UTC) - generated).total_seconds()) < 60
     assert [s["site"] for s in body["sites"]] == [s.site for s in truth.sites]
@@ -86,27 +87,8 @@ def test_dashboard_sign_in_with_a_steward_key_only(collected: Settings, client: 
 
 @pytest.fixture
 def browser() -> Iterator[object]:
-    chromium = shutil.which("chromium")
-    driver_path = shutil.which("chromedriver")
-    if not chromium or not driver_path:
-        if os.environ.get("CI"):
-            pytest.fail("chromium and chromium-driver must be installed (see .ci/run)")
-        pytest.skip(
-            "chromium/chromedriver not installed (apt-get install chromium chromium-driver)"
-        )
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service as ChromeService
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1800"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=ChromeService(driver_path), options=options)
-    driver.set_page_load_timeout(60)
-    try:
+    with chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.mark.slow
@@ -142,6 +124,13 @@ def test_dashboard_in_chromium_shows_the_catalog_numbers(
             assert kpi("instances", row) == str(site.instances)
             status = row.find_element(By.CSS_SELECTOR, "[data-status]")
             assert status.text == site.status
+            # Last seen: the latest arrival, shown as an age ("12s ago"), its time beside it.
+            assert site.last_seen is not None
+            seen = row.find_element(By.CSS_SELECTOR, '[data-kpi="last_seen"]')
+            assert seen.text.endswith(" ago"), seen.text
+            shown = dt.datetime.fromisoformat(str(seen.get_attribute("data-value")))
+            assert shown == site.last_seen.replace(tzinfo=site.last_seen.tzinfo or dt.UTC)
+            assert kpi("outbox", row) == "no edge"
         rows = browser.find_elements(By.CSS_SELECTOR, "tr[data-site]")
         assert [r.get_attribute("data-site") for r in rows] == [s.site for s in truth.sites]
         # Real charts: the burn-up lines and the quarantine bars are drawn.
