@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING
 from sqlalchemy import insert, select, update
 
 from medai.audit import AuditEntry, append_audit_many, audited_transaction
-from medai.catalog.models import IngestEvent, Instance, Patient, QuarantineEntry, Series, Study
+from medai.catalog.models import (
+    EdgeReceipt,
+    IngestEvent,
+    Instance,
+    Patient,
+    QuarantineEntry,
+    Series,
+    Study,
+)
 from medai.catalog.writes import get_or_create_id, insert_ignore
 from medai.collection.counters import ProgressCounters
 from medai.collection.outcomes import Offer, Outcome, OutcomeKind
@@ -60,6 +68,9 @@ class CatalogWriter:
         hashed: list[tuple[str, str, int]] = []
         new_ids: dict[tuple[str, str], int] = {}
         touched_studies: set[int] = set()
+        # (SOPInstanceUID, site, receipt day) of each instance an edge forwarded and the
+        # centre now holds (stored or duplicate): its EdgeReceipt, in this transaction.
+        receipts: list[tuple[str, str, dt.date]] = []
         counters = ProgressCounters(clock().date())
         with audited_transaction(self._sessions) as session:
             events: list[dict[str, object]] = []
@@ -83,6 +94,12 @@ class CatalogWriter:
                         if step.pixel_hash is not None:
                             hashed.append((step.sop_uid, step.pixel_hash, len(audit)))
                 outcomes.append(outcome)
+                if (
+                    offer.edge_receipt_day is not None
+                    and outcome.kind != "quarantined"
+                    and outcome.sop_instance_uid is not None
+                ):
+                    receipts.append((outcome.sop_instance_uid, offer.site, offer.edge_receipt_day))
                 events.append(
                     {
                         "run_id": offer.run_id,
@@ -101,6 +118,8 @@ class CatalogWriter:
                 }
                 if outcome.reason_code:
                     details["reason_code"] = outcome.reason_code
+                if offer.edge_receipt_day is not None:
+                    details["edge_receipt_day"] = offer.edge_receipt_day.isoformat()
                 subject = file.sha256 if isinstance(file, QuarantinedFile) else None
                 audit.append(
                     AuditEntry(
@@ -120,6 +139,7 @@ class CatalogWriter:
                     .values(last_received_at=clock(), completed_at=None)
                 )
             counters.write(session)
+            _record_edge_receipts(session, receipts)
             for index, first in _record_resends(session, hashed).items():
                 entry = audit[index]
                 details = {**(entry.details or {}), "resend_of": first}
@@ -250,6 +270,29 @@ class CatalogWriter:
                 "byte_size": kept.byte_size,
             },
         )
+
+
+def _record_edge_receipts(session: Session, receipts: Sequence[tuple[str, str, dt.date]]) -> None:
+    """Insert-or-ignore an EdgeReceipt for each (SOPInstanceUID, site, receipt day).
+
+    An instance keeps the first receipt recorded for it: a re-send is the same instance.
+    """
+    if not receipts:
+        return
+    ids = {
+        row.sop_instance_uid: row.id
+        for row in session.execute(
+            select(Instance.sop_instance_uid, Instance.id).where(
+                Instance.sop_instance_uid.in_(sorted({uid for uid, _, _ in receipts}))
+            )
+        )
+    }
+    for sop_uid, site, day in receipts:
+        instance_id = ids.get(sop_uid)
+        if instance_id is not None:  # always: stored now, or catalogued before
+            session.execute(
+                insert_ignore(EdgeReceipt, instance_id=instance_id, site_id=site, receipt_day=day)
+            )
 
 
 def _record_resends(session: Session, hashed: Sequence[tuple[str, str, int]]) -> dict[int, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
@@ -25,6 +26,16 @@ class Offer:
     # Set when the receiver itself could not take the input (unreadable, too large): the
     # pipeline quarantines it with this reason instead of parsing it.
     rejected: Rejected | None = None
+    # Set for an instance a site's edge gateway de-identified and forwarded (the day the
+    # edge received it, UTC): the pipeline re-screens it (medai.collection.edge_screen)
+    # instead of de-identifying it again, stores its bytes as they are, and records an
+    # EdgeReceipt for that day.
+    edge_receipt_day: dt.date | None = None
+
+    @property
+    def deidentified_by_edge(self) -> bool:
+        """Whether an edge gateway de-identified this input (see ``edge_receipt_day``)."""
+        return self.edge_receipt_day is not None
 
 
 @dataclass(frozen=True)

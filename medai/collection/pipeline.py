@@ -7,6 +7,12 @@ record). The store write comes before the commit, so a crash leaves at most an
 unreferenced store file (collected by ``medai collect verify --collect``), never
 a row without its file; re-sending anything is harmless.
 
+An instance a site's edge gateway de-identified (an :class:`Offer` with its
+``edge_receipt_day``) is not de-identified again, which would change its UIDs: it is
+re-screened (:mod:`~medai.collection.edge_screen`), quarantined if it lacks medai's
+markers or still looks identified, else stored byte for byte, with an ``EdgeReceipt``
+(:mod:`~medai.collection.edge_receipts`) in the same catalog transaction.
+
 The steps sit beside it: :mod:`~medai.collection.prepare` (parse and de-identify one
 input), :mod:`~medai.collection.catalog_writer` (the batch's catalog transaction, with
 :mod:`~medai.collection.counters`), :mod:`~medai.collection.outcomes` (what receivers
@@ -30,10 +36,15 @@ from medai.catalog.models import Instance, Site, utcnow
 from medai.collection.campaign.sites import get_site, stored_campaign
 from medai.collection.catalog_writer import CatalogWriter
 from medai.collection.deid import Deidentifier
+from medai.collection.edge_screen import EdgeScreen
 from medai.collection.identity import PatientIdentities
 from medai.collection.key_guard import campaign_pseudonymizer
 from medai.collection.outcomes import Offer, Outcome
-from medai.collection.prepare import PreparedInstance, prepare_or_reject
+from medai.collection.prepare import (
+    PreparedInstance,
+    prepare_edge_or_reject,
+    prepare_or_reject,
+)
 from medai.collection.quarantine import Quarantine, QuarantinedFile
 from medai.config import Settings, get_settings
 from medai.dicom.inflate import DEFAULT_MAX_RATIO
@@ -104,6 +115,14 @@ class IngestPipeline:
         self._known_sites: set[str] = set()
         # Which issuer each patient pseudonym keys on (the file's, the site's, or v1).
         self.identities = PatientIdentities(self._read_sessions, deidentifier.pseudonymizer)
+        self._edge_screen: EdgeScreen | None = None
+
+    @property
+    def edge_screen(self) -> EdgeScreen:
+        """The re-screen of instances edge gateways de-identified (built when first needed)."""
+        if self._edge_screen is None:
+            self._edge_screen = EdgeScreen(self.deidentifier.options)
+        return self._edge_screen
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> IngestPipeline:
@@ -182,19 +201,7 @@ class IngestPipeline:
         """
         for offer in offers:
             self.check_site(offer.site)
-        steps: list[PreparedInstance | Rejected] = [
-            offer.rejected
-            if offer.rejected is not None
-            else prepare_or_reject(
-                offer.data,
-                offer.site,
-                self.deidentifier,
-                self.max_instance_bytes,
-                self.identities,
-                max_inflate_ratio=self.max_inflate_ratio,
-            )
-            for offer in offers
-        ]
+        steps = [self._prepare(offer) for offer in offers]
         already = self._catalogued(
             [step.sop_uid for step in steps if isinstance(step, PreparedInstance)]
         )
@@ -243,6 +250,29 @@ class IngestPipeline:
                 get_site(session, site)  # raises UnknownSite naming the campaign's sites
 
     # -- steps ----------------------------------------------------------------------
+
+    def _prepare(self, offer: Offer) -> PreparedInstance | Rejected:
+        """Offer's instance de-identified (or, from an edge, re-screened), or its rejection."""
+        if offer.rejected is not None:
+            return offer.rejected
+        if offer.deidentified_by_edge:
+            # Never de-identified twice: the edge used the campaign's key, so its UIDs
+            # and pseudonyms are already the centre's; only checked (edge_screen).
+            return prepare_edge_or_reject(
+                offer.data,
+                self.edge_screen,
+                self.deidentifier,
+                self.max_instance_bytes,
+                max_inflate_ratio=self.max_inflate_ratio,
+            )
+        return prepare_or_reject(
+            offer.data,
+            offer.site,
+            self.deidentifier,
+            self.max_instance_bytes,
+            self.identities,
+            max_inflate_ratio=self.max_inflate_ratio,
+        )
 
     def _catalogued(self, sop_uids: list[str]) -> set[str]:
         if not sop_uids:

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from medai.collection.deid import Deidentifier
+from medai.collection.edge_screen import EdgeScreen
 from medai.collection.identity import PatientIdentities, patient_id_of
 from medai.collection.pixel_hash import PixelHashStatus, pixel_hash
 from medai.dicom.inflate import DEFAULT_MAX_RATIO
@@ -14,7 +15,7 @@ from medai.dicom.read import parse_instance
 from medai.dicom.write import encode_part10
 from medai.errors import CannotDeidentify, Rejected
 
-__all__ = ["PreparedInstance", "prepare_or_reject"]
+__all__ = ["PreparedInstance", "prepare_edge_or_reject", "prepare_or_reject"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,48 @@ def prepare_or_reject(
         logger.warning("unexpected %s while de-identifying an input", type(exc).__name__)
         return CannotDeidentify(
             f"unexpected {type(exc).__name__} while reading or de-identifying the file"
+        )
+
+
+def prepare_edge_or_reject(
+    data: bytes,
+    screen: EdgeScreen,
+    deidentifier: Deidentifier,
+    max_bytes: int,
+    *,
+    max_inflate_ratio: float = DEFAULT_MAX_RATIO,
+) -> PreparedInstance | Rejected:
+    """An instance an edge gateway de-identified, as received, or why it is rejected.
+
+    Not de-identified again (that would change its UIDs, which are its identity): parsed,
+    re-screened by ``screen`` (:class:`~medai.errors.EdgeNotDeidentified`,
+    :class:`~medai.errors.EdgeIdentified`), and kept byte for byte. Its accession and
+    site patient keys are unknown at the centre (the edge removed what they hash), so
+    label sheets find such studies by their pseudonymized UIDs only. Never raises for a
+    bad input, as :func:`prepare_or_reject`.
+    """
+    try:
+        ds = parse_instance(data, max_bytes=max_bytes, max_inflate_ratio=max_inflate_ratio)
+        screen.screen(ds)
+        digest, status = pixel_hash(ds, deidentifier.pseudonymizer.pixel_hasher())
+        return PreparedInstance(
+            data=data,
+            patient_pseudonym=str(ds.PatientID),
+            study_uid=str(ds.StudyInstanceUID),
+            series_uid=str(ds.SeriesInstanceUID),
+            sop_uid=str(ds.SOPInstanceUID),
+            metadata=normalized_metadata(ds),
+            accession_key=None,
+            patient_key=None,
+            pixel_hash=digest,
+            pixel_hash_status=status,
+        )
+    except Rejected as exc:
+        return exc
+    except Exception as exc:  # as in prepare_or_reject: only the exception's type is kept
+        logger.warning("unexpected %s while screening an edge input", type(exc).__name__)
+        return CannotDeidentify(
+            f"unexpected {type(exc).__name__} while reading or screening the file"
         )
 
 

@@ -22,7 +22,7 @@ from fastapi import APIRouter, FastAPI
 
 from medai import __version__
 from medai.config import Settings, get_settings
-from medai.serving import dashboard, dicomweb, docs, health, metrics
+from medai.serving import dashboard, dicomweb, docs, edge_routes, health, metrics
 from medai.serving.context import Service
 from medai.serving.docs import build_openapi
 from medai.serving.errors import install_error_handlers
@@ -37,6 +37,7 @@ __all__ = ["ROUTERS", "create_app"]
 ROUTERS: tuple[APIRouter, ...] = (
     health.router,
     dicomweb.router,
+    edge_routes.router,
     dashboard.router,
     inference_routes.router,
     metrics.router,
@@ -47,7 +48,10 @@ ROUTERS: tuple[APIRouter, ...] = (
 _DESCRIPTION = """
 Every route but `/healthz` and `/readyz` needs an API key: `Authorization: Bearer <key>`
 (`medai keys create --role clinician|steward|admin`). Clinician keys predict; steward keys
-send studies (STOW-RS) and read campaign progress; admin keys may do everything.
+send studies (STOW-RS) and read campaign progress; admin keys may do everything. A site's
+edge gateway has an `edge` key (`--role edge --site SITE`): it sends that site's
+de-identified instances (STOW-RS with `Medai-Receipt-Day`), its heartbeats
+(`POST /v1/edge/heartbeat`) and reads the site's receipts (`GET /v1/edge/receipts`).
 
 **Inference.** `POST /v1/predict` with one study (`application/dicom`, or several instances
 as `multipart/related; type="application/dicom"`) answers each finding's probability and

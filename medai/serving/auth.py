@@ -2,8 +2,9 @@
 
 Requests send ``Authorization: Bearer <key>``. No key, an unknown key or a revoked one
 is answered 401 with ``WWW-Authenticate: Bearer``; a valid key whose role does not
-grant the route is answered 403. Roles: ``clinician``, ``steward``, ``admin``; an admin
-key is granted every role (:func:`medai.serving.keys.role_grants`).
+grant the route is answered 403. Roles: ``clinician``, ``steward``, ``admin`` and
+``edge``; an admin key is granted every role but ``edge``
+(:func:`medai.serving.keys.role_grants`), and an edge key nothing but its own routes.
 
 Routes do not call this module: they take the typed dependencies of
 :mod:`medai.serving.deps` (``caller: ClinicianDep``), which do. A catalog that cannot
@@ -39,10 +40,12 @@ BEARER_SCHEME = HTTPBearer(
 
 @dataclass(frozen=True)
 class Caller:
-    """Who sent the request: the API key's name and role."""
+    """Who sent the request: the API key's name and role (and an edge key's site)."""
 
     name: str
     role: str
+    # The site an ``edge`` key speaks for; None for every other role.
+    site_id: str | None = None
 
     @property
     def actor(self) -> str:
@@ -79,7 +82,7 @@ def caller_for(engine: Engine, authorization: str) -> Caller:
         raise _unauthorized(
             f"the API key {info.name!r} was revoked: ask an admin for a new one", invalid=True
         )
-    return Caller(info.name, info.role)
+    return Caller(info.name, info.role, info.site_id)
 
 
 def check_role_name(role: str) -> str:

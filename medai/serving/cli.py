@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 __all__ = ["keys_app", "register", "serve_command", "worker_app"]
 
 keys_app = typer.Typer(
-    help="API keys of the web service (roles: clinician, steward, admin; admin may do all).",
+    help="API keys of the web service (roles: clinician, steward, admin; admin may do all; "
+    "edge: a site's edge gateway, bound to that site).",
     no_args_is_help=True,
 )
 
@@ -93,7 +94,10 @@ def serve_command(
 
     STOW-RS: POST /dicomweb/studies or /dicomweb/studies/{study} with a
     steward key, naming the sending site with ?site=<site id> or the
-    header 'Medai-Site: <site id>'.
+    header 'Medai-Site: <site id>'. A site's edge gateway sends with its edge
+    key (`medai keys create --role edge --site SITE`) and the header
+    'Medai-Receipt-Day: YYYY-MM-DD'; it posts heartbeats to /v1/edge/heartbeat
+    and reads its receipts at /v1/edge/receipts.
 
     Request bodies are limited to MEDAI_MAX_REQUEST_BYTES. Stops on Ctrl-C
     or SIGTERM, letting requests in flight finish (up to a minute).
@@ -177,13 +181,19 @@ def _key_dict(info: KeyInfo) -> dict[str, Any]:
         "created_at": info.created_at,
         "last_used_at": info.last_used_at,
         "revoked_at": info.revoked_at,
+        "site": info.site_id,
     }
 
 
 @keys_app.command("create")
 def create_command(
     role: Annotated[
-        str, typer.Option("--role", help="clinician (inference), steward (collection) or admin.")
+        str,
+        typer.Option(
+            "--role",
+            help="clinician (inference), steward (collection), admin, or edge (a site's "
+            "edge gateway; needs --site).",
+        ),
     ],
     name: Annotated[
         str,
@@ -191,6 +201,14 @@ def create_command(
             "--name", help="Unique name, e.g. site-a-pacs; appears in listings and audit records."
         ),
     ],
+    site: Annotated[
+        str | None,
+        typer.Option(
+            "--site",
+            help="The campaign site an edge key speaks for (required with --role edge, "
+            "refused otherwise).",
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Create an API key, printed once, alone on the last line of stdout.
@@ -199,6 +217,9 @@ def create_command(
     holder over a safe channel now. Clients send it in the header
     'Authorization: Bearer <key>'. With --json the last line is a JSON document
     holding the key under "key".
+
+    An edge key (--role edge --site SITE) may only send SITE's de-identified
+    instances (STOW-RS), post its heartbeats and read SITE's receipts.
     """
     from rich.text import Text
 
@@ -207,7 +228,7 @@ def create_command(
 
     engine = _engine()
     try:
-        created = create_key(engine, name=name, role=role)
+        created = create_key(engine, name=name, role=role, site_id=site)
     except ApiKeyError as exc:
         raise fail(exc) from None
     finally:
@@ -220,7 +241,9 @@ def create_command(
         Text.assemble(
             "created API key ",
             (info.name, "bold"),
-            f" (role {info.role}, prefix {info.prefix}). It is shown once, below; "
+            f" (role {info.role}"
+            + (f" for site {info.site_id}" if info.site_id else "")
+            + f", prefix {info.prefix}). It is shown once, below; "
             "medai keeps only its hash.",
         )
     )
@@ -253,7 +276,7 @@ def list_command(as_json: JsonFlag = False) -> None:
         table.add_row(
             *row(
                 key.name,
-                key.role,
+                f"{key.role} ({key.site_id})" if key.site_id else key.role,
                 key.prefix + "...",
                 when(key.created_at),
                 when(key.last_used_at),

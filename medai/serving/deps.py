@@ -7,7 +7,8 @@ A route names what it needs by type and FastAPI provides it::
 
 - :data:`ServiceDep`, :data:`SettingsDep`, :data:`EngineDep`: the app's
   :class:`~medai.serving.context.Service`, its settings and its catalog engine;
-- :data:`CallerDep`: the caller of any valid key; :data:`ClinicianDep`,
+- :data:`CallerDep`: the caller of any valid person's key (an ``edge`` key is refused
+  403); :data:`AnyKeyDep`: of any valid key, edge keys included; :data:`ClinicianDep`,
   :data:`StewardDep`, :data:`AdminDep`: one whose key grants that role (or admin).
 
 The inference service's own dependency (``InferenceDep``) sits with it in
@@ -20,16 +21,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import Depends, Request, Security
+from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy import Engine
 
 from medai.config import Settings
 from medai.serving.auth import BEARER_SCHEME, Caller, caller_for, check_role, check_role_name
 from medai.serving.context import Service
+from medai.serving.keys import EDGE_ROLE
 
 __all__ = [
     "AdminDep",
+    "AnyKeyDep",
     "CallerDep",
     "ClinicianDep",
     "EngineDep",
@@ -37,6 +40,7 @@ __all__ = [
     "SettingsDep",
     "StewardDep",
     "authenticate",
+    "authenticate_any_key",
     "get_service",
     "require_role",
 ]
@@ -63,16 +67,36 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 EngineDep = Annotated[Engine, Depends(_engine)]
 
 
+def authenticate_any_key(
+    request: Request,
+    engine: EngineDep,
+    _scheme: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER_SCHEME)] = None,
+) -> Caller:
+    """The caller of ``request``, from its bearer key (401 otherwise), edge keys included.
+
+    A plain (sync) dependency, so FastAPI runs its catalog query in a worker thread.
+    """
+    return caller_for(engine, request.headers.get("authorization", ""))
+
+
+AnyKeyDep = Annotated[Caller, Depends(authenticate_any_key)]
+
+
 def authenticate(
     request: Request,
     engine: EngineDep,
     _scheme: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER_SCHEME)] = None,
 ) -> Caller:
-    """The caller of ``request``, from its bearer key (401 otherwise).
-
-    A plain (sync) dependency, so FastAPI runs its catalog query in a worker thread.
-    """
-    return caller_for(engine, request.headers.get("authorization", ""))
+    """The caller of ``request`` when their key is a person's (401 otherwise); 403 for an
+    ``edge`` key, which may use the edge routes only (STOW-RS, heartbeat, receipts)."""
+    caller = caller_for(engine, request.headers.get("authorization", ""))
+    if caller.role == EDGE_ROLE:
+        raise HTTPException(
+            403,
+            detail=f"the key {caller.name!r} is a site's edge key: it may only send the "
+            "site's instances (STOW-RS), its heartbeats and read its receipts",
+        )
+    return caller
 
 
 CallerDep = Annotated[Caller, Depends(authenticate)]
@@ -88,8 +112,8 @@ def require_role(role: str) -> Callable[..., Caller]:
     """
     check_role_name(role)
 
-    def dependency(caller: CallerDep) -> Caller:
-        return check_role(caller, role)
+    def dependency(caller: AnyKeyDep) -> Caller:
+        return check_role(caller, role)  # an edge key is granted its own role only
 
     dependency.__name__ = f"require_{role}"
     return dependency

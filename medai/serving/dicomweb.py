@@ -16,6 +16,15 @@ DICOMweb plugin), the header ``Medai-Site: <site id>``. Unknown or missing sites
 refused with 400 naming the campaign's sites. Keys are not bound to sites: one steward
 key may serve a site's several sending systems, or a regional PACS sending for several.
 
+**Edge gateways.** A site's edge gateway sends with its ``edge`` key, which is bound to one
+site: the site named must be the key's (else 403, before the body is read), and the header
+``Medai-Receipt-Day: YYYY-MM-DD`` (the day the edge received the instances, shared by all
+of one request) is required (400 without it). Its instances are not de-identified again
+(their pseudonymized UIDs are their identity): they are re-screened and quarantined with
+``edge-not-deidentified`` / ``edge-identified`` when they do not look exactly like medai's
+output, else stored as they are (source ``edge``) with an ``EdgeReceipt`` for that day.
+Any other key is unaffected by the header.
+
 The body is held in memory only (never spooled to disk: it holds PHI), parsed and
 ingested in worker threads. Each part goes through the ingest pipeline (source
 ``stow-rs``) in one batch; the audit records of the batch name the caller's key
@@ -25,6 +34,7 @@ nothing: sending it again is all a site has to do.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 from typing import Annotated
@@ -37,6 +47,7 @@ from starlette.concurrency import run_in_threadpool
 
 from medai.catalog.db import session_factory
 from medai.catalog.models import Site
+from medai.collection.edge_receipts import parse_receipt_day
 from medai.collection.labels import rematch_labels
 from medai.collection.receivers.stow import (
     RESPONSE_MEDIA_TYPE,
@@ -47,22 +58,27 @@ from medai.collection.receivers.stow import (
 )
 from medai.dicom.multipart import Part, check_content_type, parse_multipart_related
 from medai.errors import CampaignNotSetUp, RequestTooLarge, UnsupportedMediaType
-from medai.serving.auth import Caller
+from medai.serving.auth import Caller, check_role
 from medai.serving.context import Service
-from medai.serving.deps import ServiceDep, StewardDep
+from medai.serving.deps import AnyKeyDep, ServiceDep
+from medai.serving.keys import EDGE_ROLE
 from medai.serving.limits import read_whole_body
 
-__all__ = ["SITE_HEADER", "router"]
+__all__ = ["RECEIPT_DAY_HEADER", "SITE_HEADER", "router"]
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
 
 SITE_HEADER = "Medai-Site"
+RECEIPT_DAY_HEADER = "Medai-Receipt-Day"
 _STOW_RESPONSES: dict[int | str, dict[str, object]] = {
     200: {"description": "Every instance was stored (or was already held)"},
     202: {"description": "Some instances were stored, others failed (FailedSOPSequence)"},
-    400: {"description": "Malformed multipart body, or a missing or unknown site"},
+    400: {
+        "description": "Malformed multipart body, a missing or unknown site, or (edge keys) "
+        "a missing or invalid Medai-Receipt-Day"
+    },
     408: {
         "description": "The upload stalled, or did not arrive whole within "
         "MEDAI_BODY_TIMEOUT: nothing was recorded, send it again"
@@ -119,6 +135,49 @@ def upload_site(
 UploadSite = Annotated[str, Depends(upload_site)]
 
 
+def stow_caller(caller: AnyKeyDep) -> Caller:
+    """A steward (or admin) key, or a site's edge key; 403 for any other."""
+    return caller if caller.role == EDGE_ROLE else check_role(caller, "steward")
+
+
+StowCallerDep = Annotated[Caller, Depends(stow_caller)]
+ReceiptDayHeader = Annotated[
+    str | None,
+    Header(
+        alias=RECEIPT_DAY_HEADER,
+        description="Edge keys only (required): the UTC day YYYY-MM-DD the edge received "
+        "the request's instances.",
+    ),
+]
+
+
+def edge_receipt_day(caller: Caller, site: str, header: str | None) -> dt.date | None:
+    """The receipt day of an edge key's upload (None for any other key); 403/400 otherwise.
+
+    Checked before the body is read: an edge key may send its own site's instances only.
+    """
+    if caller.role != EDGE_ROLE:
+        return None
+    if caller.site_id != site:
+        raise HTTPException(
+            403,
+            detail=f"the edge key {caller.name!r} speaks for site {caller.site_id!r}, not "
+            f"{site!r}: an edge sends its own site's instances only",
+        )
+    if header is None or not header.strip():
+        raise HTTPException(
+            400,
+            detail=f"an edge upload names the day its instances were received with the "
+            f"{RECEIPT_DAY_HEADER}: YYYY-MM-DD header",
+        )
+    try:
+        return parse_receipt_day(header.strip())
+    except ValueError:
+        raise HTTPException(
+            400, detail=f"{RECEIPT_DAY_HEADER} is not a day of the form YYYY-MM-DD"
+        ) from None
+
+
 @router.post(
     "/studies",
     summary="STOW-RS: store instances of any studies",
@@ -126,9 +185,14 @@ UploadSite = Annotated[str, Depends(upload_site)]
     responses=_STOW_RESPONSES,
 )
 async def store_studies(
-    request: Request, caller: StewardDep, site: UploadSite, service: ServiceDep
+    request: Request,
+    caller: StowCallerDep,
+    site: UploadSite,
+    service: ServiceDep,
+    receipt_day: ReceiptDayHeader = None,
 ) -> Response:
-    return await _stow(request, caller, site, service, study=None)
+    day = edge_receipt_day(caller, site, receipt_day)
+    return await _stow(request, caller, site, service, study=None, receipt_day=day)
 
 
 @router.post(
@@ -140,17 +204,25 @@ async def store_studies(
 async def store_study(
     request: Request,
     study: Annotated[str, Path(description="The StudyInstanceUID every instance must have")],
-    caller: StewardDep,
+    caller: StowCallerDep,
     site: UploadSite,
     service: ServiceDep,
+    receipt_day: ReceiptDayHeader = None,
 ) -> Response:
+    day = edge_receipt_day(caller, site, receipt_day)
     if not is_valid_uid(study):
         raise HTTPException(400, detail="the study in the URL is not a valid UID")
-    return await _stow(request, caller, site, service, study=study)
+    return await _stow(request, caller, site, service, study=study, receipt_day=day)
 
 
 async def _stow(
-    request: Request, caller: Caller, site: str, service: Service, *, study: str | None
+    request: Request,
+    caller: Caller,
+    site: str,
+    service: Service,
+    *,
+    study: str | None,
+    receipt_day: dt.date | None = None,
 ) -> Response:
     content_type = request.headers.get("content-type")
     if not content_type:
@@ -176,7 +248,7 @@ async def _stow(
     )
     del body  # the parts hold their own copies: do not keep the PHI twice
 
-    result = await run_in_threadpool(_ingest, service, caller, site, parts, study)
+    result = await run_in_threadpool(_ingest, service, caller, site, parts, study, receipt_day)
     logger.info(
         "STOW-RS from %s by %s: %d stored, %d duplicate, %d failed",
         site,
@@ -198,12 +270,19 @@ async def _stow(
 
 
 def _ingest(
-    service: Service, caller: Caller, site: str, parts: list[Part], study: str | None
+    service: Service,
+    caller: Caller,
+    site: str,
+    parts: list[Part],
+    study: str | None,
+    receipt_day: dt.date | None,
 ) -> StoreResult:
     # Not set up (CampaignError, KeyFileError: 503) and UnknownSite (400) are answered
     # by medai.serving.errors.
     pipeline = service.pipeline(caller.actor)
-    result = store_instances(pipeline, parts, site, study_instance_uid=study)
+    result = store_instances(
+        pipeline, parts, site, study_instance_uid=study, edge_receipt_day=receipt_day
+    )
     try:
         # Label-sheet rows imported before these images can find their studies now.
         with session_factory(pipeline.engine).begin() as session:

@@ -7,8 +7,11 @@ once, when it is created. A presented key is looked up by its hash (one indexed 
 the hash of a 256-bit random token cannot be brute-forced, so no salt is needed) and
 the stored hash is compared again in constant time.
 
-Roles: ``clinician`` (inference), ``steward`` (data collection: STOW-RS, progress) and
-``admin``, which is granted everything the other two are (see :func:`role_grants`).
+Roles: ``clinician`` (inference), ``steward`` (data collection: STOW-RS, progress),
+``admin``, which is granted everything the other two are (see :func:`role_grants`), and
+``edge``: the key of one site's edge gateway (``api_keys.site_id``), which may only STOW
+that site's de-identified instances, post heartbeats and read that site's receipts; it is
+granted nothing else, and admin is not granted it (an admin is not a site's gateway).
 Creating and revoking a key appends an audit record (``apikey.create``,
 ``apikey.revoke``) naming the key, its role and prefix, never the key.
 """
@@ -28,13 +31,14 @@ from sqlalchemy.exc import IntegrityError
 
 from medai.audit import actors, append_audit, audited_transaction
 from medai.catalog.db import session_factory
-from medai.catalog.models import ApiKey, utcnow
+from medai.catalog.models import ApiKey, Site, utcnow
 from medai.errors import ApiKeyError
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
 __all__ = [
+    "EDGE_ROLE",
     "KEY_PREFIX",
     "LAST_USED_RESOLUTION",
     "ROLES",
@@ -50,12 +54,16 @@ __all__ = [
 ]
 
 KEY_PREFIX: Final = "medai_"
-ROLES: Final = ("clinician", "steward", "admin")
-# What each role may do beyond its own name: admin may do everything.
+ROLES: Final = ("clinician", "steward", "admin", "edge")
+# The role of a site's edge gateway: bound to one site (api_keys.site_id).
+EDGE_ROLE: Final = "edge"
+# What each role may do beyond its own name: admin may do everything a person may do;
+# an edge key is granted its own role only, and no other role is granted it.
 _IMPLIED: Final[dict[str, frozenset[str]]] = {
     "clinician": frozenset({"clinician"}),
     "steward": frozenset({"steward"}),
-    "admin": frozenset(ROLES),
+    "admin": frozenset({"clinician", "steward", "admin"}),
+    EDGE_ROLE: frozenset({EDGE_ROLE}),
 }
 # last_used_at is written at most this often per key: a write transaction per request
 # would serialize every request on SQLite's single writer.
@@ -75,6 +83,7 @@ class KeyInfo:
     created_at: dt.datetime
     last_used_at: dt.datetime | None
     revoked_at: dt.datetime | None
+    site_id: str | None = None
 
     @property
     def revoked(self) -> bool:
@@ -95,6 +104,7 @@ class KeyInfo:
             created_at=row.created_at,
             last_used_at=row.last_used_at,
             revoked_at=row.revoked_at,
+            site_id=row.site_id,
         )
 
 
@@ -116,7 +126,14 @@ def role_grants(role: str, wanted: str) -> bool:
     return wanted in _IMPLIED.get(role, frozenset())
 
 
-def create_key(engine: Engine, *, name: str, role: str, actor: str | None = None) -> CreatedKey:
+def create_key(
+    engine: Engine,
+    *,
+    name: str,
+    role: str,
+    site_id: str | None = None,
+    actor: str | None = None,
+) -> CreatedKey:
     """Create a key with ``role`` under the unique ``name``; return it with the secret.
 
     Parameters
@@ -128,29 +145,51 @@ def create_key(engine: Engine, *, name: str, role: str, actor: str | None = None
         digit (e.g. ``site-a-pacs``); names the key in listings and audit records.
     role
         One of :data:`ROLES`.
+    site_id
+        The campaign site an ``edge`` key speaks for: required for that role (the site
+        must exist), refused for every other.
     actor
         Who is recorded in the audit log; :func:`medai.audit.actors.operator` by default.
 
     Raises
     ------
     ApiKeyError
-        For an invalid name or role, or a name already taken (revoked keys keep theirs).
+        For an invalid name or role, a name already taken (revoked keys keep theirs), an
+        edge key without an existing site, or a site given for another role.
     """
     if role not in ROLES:
         raise ApiKeyError(f"unknown role {role!r}: choose one of {', '.join(ROLES)}")
+    if role == EDGE_ROLE and not site_id:
+        raise ApiKeyError("an edge key speaks for one site: name it with --site SITE")
+    if role != EDGE_ROLE and site_id is not None:
+        raise ApiKeyError(
+            f"only edge keys are bound to a site; a {role} key is not (leave --site out)"
+        )
     if not _NAME.fullmatch(name):
         raise ApiKeyError(
             f"invalid key name {name!r}: use 1 to 64 letters, digits and . _ @ -, "
             "starting with a letter or digit"
         )
     key = KEY_PREFIX + secrets.token_urlsafe(32)
-    row = ApiKey(name=name, role=role, key_hash=hash_key(key), prefix=key[:_SHOWN_PREFIX])
+    row = ApiKey(
+        name=name,
+        role=role,
+        key_hash=hash_key(key),
+        prefix=key[:_SHOWN_PREFIX],
+        site_id=site_id,
+    )
     try:
         with audited_transaction(engine) as session:
             if session.scalar(select(ApiKey.id).where(ApiKey.name == name)) is not None:
                 raise ApiKeyError(
                     f"an API key named {name!r} exists already: choose another name "
                     "(`medai keys list` shows them)"
+                )
+            if site_id is not None and session.get(Site, site_id) is None:
+                known = ", ".join(session.scalars(select(Site.id).order_by(Site.id)))
+                raise ApiKeyError(
+                    f"unknown site {site_id!r}; the campaign's sites are: {known or 'none'} "
+                    "(`medai campaign init FILE` sets them up)"
                 )
             session.add(row)
             session.flush()
@@ -159,7 +198,8 @@ def create_key(engine: Engine, *, name: str, role: str, actor: str | None = None
                 actor=actor or actors.operator(),
                 action="apikey.create",
                 subject=name,
-                details={"role": role, "prefix": row.prefix},
+                details={"role": role, "prefix": row.prefix}
+                | ({"site": site_id} if site_id is not None else {}),
             )
     except IntegrityError:  # created concurrently under the same name
         raise ApiKeyError(

@@ -28,11 +28,17 @@ BOUNDARY = "medai-test-7f3a"
 
 
 def new_key(settings: Settings, role: str, name: str | None = None) -> str:
-    """Create an API key with ``role`` in the test catalog; returns the secret."""
+    """Create an API key with ``role`` in the test catalog; returns the secret.
+
+    An ``edge`` key is site-a's (the campaign must be set up).
+    """
     engine = create_engine_for(settings.resolved_database_url)
+    site = "site-a" if role == "edge" else None
     try:
         upgrade(engine)
-        return create_key(engine, name=name or f"{role}-key", role=role, actor="test").key
+        return create_key(
+            engine, name=name or f"{role}-key", role=role, site_id=site, actor="test"
+        ).key
     finally:
         engine.dispose()
 

@@ -17,9 +17,11 @@ from medai.serving.app import create_app
 from medai.serving.dashboard import COOKIE
 from tests.serving.helpers import TestClient, bearer, multipart, new_key
 
-ROLES: Final = ("clinician", "steward", "admin")
+ROLES: Final = ("clinician", "steward", "admin", "edge")
 OPEN: Final = "open"
-ANY_KEY: Final = "any key"
+ANY_KEY: Final = "any key"  # any person's key: not a site's edge key
+STOW: Final = "steward or edge"  # STOW-RS: a steward, or site-a's own edge key
+RECEIPTS: Final = "steward or edge (reads)"
 SIGN_IN: Final = "sign-in"  # takes a steward key in its form (see the last test)
 # (method, path) -> who may use it: a role (admin may use every role's routes), any valid
 # key, or open (health checks; the dashboard's own sign-in pages, which take a key in a form).
@@ -31,8 +33,10 @@ MATRIX: Final[dict[tuple[str, str], str]] = {
     ("GET", "/v1/predictions/{prediction_id}/heatmap.png"): "clinician",
     ("GET", "/v1/models"): "clinician",
     ("POST", "/v1/models/reload"): "admin",
-    ("POST", "/dicomweb/studies"): "steward",
-    ("POST", "/dicomweb/studies/{study}"): "steward",
+    ("POST", "/dicomweb/studies"): STOW,
+    ("POST", "/dicomweb/studies/{study}"): STOW,
+    ("POST", "/v1/edge/heartbeat"): "edge",
+    ("GET", "/v1/edge/receipts"): RECEIPTS,
     ("GET", "/v1/campaign/progress"): "steward",
     ("GET", "/metrics"): ANY_KEY,
     ("GET", "/dashboard"): OPEN,  # without the sign-in cookie: a redirect to sign in
@@ -67,6 +71,12 @@ def _status(client: TestClient, method: str, url: str, headers: dict[str, str]) 
 
 
 def _allowed(rule: str, role: str) -> bool:
+    if rule in (STOW, RECEIPTS):
+        return role in ("steward", "admin", "edge")
+    if rule == "edge":
+        return role == "edge"  # admin is not granted a site's gateway role
+    if role == "edge":
+        return rule == OPEN  # an edge key may use the edge routes only
     return rule in (OPEN, ANY_KEY) or role in (rule, "admin")
 
 
@@ -163,7 +173,7 @@ def test_the_api_browser_takes_the_dashboard_sign_in(
                 headers={"Content-Type": "application/x-www-form-urlencoded"},
                 follow_redirects=False,
             )
-            if role == "clinician":  # the dashboard is for stewards (and admins)
+            if role in ("clinician", "edge"):  # the dashboard is for stewards (and admins)
                 assert signed.status_code == 403
                 continue
             assert signed.status_code == 303 and COOKIE in signed.cookies

@@ -23,6 +23,7 @@ de-identified, under other UIDs).
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import re
 from collections.abc import Sequence
@@ -40,6 +41,7 @@ __all__ = [
     "FAILURE_CODES",
     "REASON_TEXTS",
     "RESPONSE_MEDIA_TYPE",
+    "EDGE_SOURCE",
     "SOURCE",
     "PartIdentity",
     "StoreResult",
@@ -52,6 +54,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SOURCE: Final = "stow-rs"
+# The source of instances a site's edge gateway de-identified and forwarded by STOW-RS.
+EDGE_SOURCE: Final = "edge"
 RESPONSE_MEDIA_TYPE: Final = "application/dicom+json"
 
 # PS3.18 Table 10.5.3-2 (the Failure Reason values, from PS3.4 Annex B), per medai reason.
@@ -72,6 +76,8 @@ FAILURE_CODES: Final[dict[str, int]] = {
     "burned-in-annotation": PROCESSING_FAILURE,
     "cannot-deidentify": PROCESSING_FAILURE,
     "too-large": PROCESSING_FAILURE,
+    "edge-not-deidentified": PROCESSING_FAILURE,
+    "edge-identified": PROCESSING_FAILURE,
 }
 # Not a quarantine reason: the part was refused before ingest (never in medai's custody).
 WRONG_STUDY: Final = "wrong-study"
@@ -89,6 +95,9 @@ REASON_TEXTS: Final[dict[str, str]] = {
     "de-identified; it is held in quarantine for review",
     "cannot-deidentify": "it could not be de-identified; it is held in quarantine for review",
     "too-large": "it is larger than the limit for one instance",
+    "edge-not-deidentified": "it lacks medai's de-identification markers; an edge sends "
+    "only what it de-identified itself; it is held in quarantine for review",
+    "edge-identified": "it still looks identified; it is held in quarantine for review",
     WRONG_STUDY: "it belongs to another study than the one in the request URL; not stored",
     NOT_TAKEN: "nothing could be recorded (catalog or store unavailable); send it again later",
 }
@@ -184,6 +193,7 @@ def store_instances(
     site: str,
     *,
     study_instance_uid: str | None = None,
+    edge_receipt_day: dt.date | None = None,
 ) -> StoreResult:
     """Offer the parts of one request to ``pipeline`` and build the PS3.18 response.
 
@@ -201,6 +211,10 @@ def store_instances(
         readable StudyInstanceUID differs is refused with 0xA900 and not ingested, so
         it stays with its sender. A part whose study cannot be read is offered anyway
         (the pipeline quarantines what it cannot understand).
+    edge_receipt_day
+        Set when a site's edge gateway sends (its ``edge`` key): the day its instances
+        were received there. They are re-screened, not de-identified again, and get an
+        EdgeReceipt (see :class:`~medai.collection.outcomes.Offer`); source ``edge``.
 
     Returns
     -------
@@ -226,7 +240,11 @@ def store_instances(
         and identity.study_instance_uid != study_instance_uid
     }
     offered = [index for index in range(len(parts)) if index not in refused]
-    offers = [Offer(parts[index].data, site, SOURCE) for index in offered]
+    source = SOURCE if edge_receipt_day is None else EDGE_SOURCE
+    offers = [
+        Offer(parts[index].data, site, source, edge_receipt_day=edge_receipt_day)
+        for index in offered
+    ]
     reasons: dict[int, str] = dict.fromkeys(refused, WRONG_STUDY)
     codes: dict[int, int] = dict.fromkeys(refused, DOES_NOT_MATCH)
     accepted: dict[int, str] = {}
