@@ -52,6 +52,7 @@ def _register_subapps() -> None:
     from medai.collection.campaign import cli as campaign_cli
     from medai.collection.labels import cli as labels_cli
     from medai.dicom import cli as dicom_cli
+    from medai.edge import cli as edge_cli
     from medai.serving import cli as serving_cli
     from medai.snapshots import cli as snapshot_cli
     from medai.training import cli as training_cli
@@ -65,6 +66,7 @@ def _register_subapps() -> None:
     snapshot_cli.register(app)
     serving_cli.register(app)
     training_cli.register(app)
+    edge_cli.register(app)  # also adds `campaign site-kit` and `collect reconcile`
 
 
 _register_subapps()

@@ -102,6 +102,12 @@ class Settings(BaseSettings):
         description="A study counts as complete once no new instance arrived for this long "
         "(like Orthanc's StableAge).",
     )
+    site_quiet_hours: float = Field(
+        default=24.0,
+        gt=0,
+        description="A site whose campaign is running is silent once nothing was heard from "
+        "it (no instance received, no edge heartbeat) for this many hours.",
+    )
     max_request_bytes: int = Field(
         default=1024**3,
         ge=1024,
@@ -144,6 +150,47 @@ class Settings(BaseSettings):
         description="Addresses of a TLS-terminating proxy in front of `medai serve` (comma-"
         "separated IPs or networks) whose X-Forwarded-Proto and X-Forwarded-For are believed, "
         "so the dashboard's cookie is Secure behind it; empty: no proxy header is believed.",
+    )
+
+    # -- the hospital-side edge gateway (medai.edge) -------------------------------------
+    edge_batch_instances: int = Field(
+        default=32,
+        ge=1,
+        le=1000,
+        description="Most instances the edge forwards to the centre in one STOW-RS request.",
+    )
+    edge_batch_bytes: int = Field(
+        default=32 * 1024**2,
+        ge=1024,
+        description="Most bytes of instances the edge forwards in one STOW-RS request (a "
+        "larger instance travels alone).",
+    )
+    edge_bandwidth_bytes_per_s: int = Field(
+        default=0,
+        ge=0,
+        description="Upload cap of the edge's forwarder, in bytes per second (0: unlimited).",
+    )
+    edge_windows: str = Field(
+        default="",
+        description='Local times the edge forwards in, e.g. "22:00-06:00" or '
+        '"12:00-13:00,22:00-06:00"; empty: always.',
+    )
+    edge_heartbeat_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often the edge posts its heartbeat (outbox, counts, receipts) to the "
+        "centre.",
+    )
+    edge_backoff_max_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="Longest wait between two attempts of the edge's forwarder after failures "
+        "(exponential backoff with jitter up to this).",
+    )
+    kit_passphrase: SecretStr | None = Field(
+        default=None,
+        description="Passphrase of a site kit, for `medai campaign site-kit` and `medai edge "
+        "init` run by scripts (else --passphrase-file or a hidden prompt).",
     )
 
     # -- the inference service (medai.serving.inference) ---------------------------------

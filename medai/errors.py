@@ -20,6 +20,8 @@ __all__ = [
     "CampaignNotSetUp",
     "CannotDeidentify",
     "DemoFailed",
+    "EdgeIdentified",
+    "EdgeNotDeidentified",
     "GateFailure",
     "IncompleteResponse",
     "KeyEscrowError",
@@ -127,6 +129,26 @@ class UnsupportedObject(Rejected):
 
 class CannotDeidentify(Rejected):
     reason_code = "cannot-deidentify"
+
+
+class EdgeNotDeidentified(Rejected):
+    """An instance sent by a site's edge gateway without medai's de-identification markers.
+
+    PatientIdentityRemoved YES, medai's DeidentificationMethod stamp and 2.25 UIDs are
+    required: the centre stores edge instances as they are and never de-identifies them.
+    """
+
+    reason_code = "edge-not-deidentified"
+
+
+class EdgeIdentified(Rejected):
+    """An instance sent by a site's edge gateway that still looks identified.
+
+    It carries the markers, but something de-identification removes or replaces is
+    there (a name, a private tag, text the allow-list would clean, burned-in text).
+    """
+
+    reason_code = "edge-identified"
 
 
 class UnknownSite(MedaiError):
@@ -359,3 +381,7 @@ class BadAuditAnchor(MedaiError):
 
 class NothingToImport(MedaiError):
     """An import path that yields no regular file to read (an empty folder, a device, a FIFO)."""
+
+
+class EdgeError(MedaiError):
+    """The edge gateway cannot go on: no or a broken site kit or edge.toml, bad windows."""

@@ -47,6 +47,11 @@ ARGUMENTS: dict[str, list[str]] = {
     "snapshot export": ["chest-v1", "{tmp}/export"],
     "train": [str(REPO / "models" / "chest-xray-triage")],
     "models promote": ["chest-xray-triage", "1"],
+    "campaign site-kit": ["site-a", "--out", "{tmp}/site-a.kit"],
+    "edge run": [],
+    "edge status": [],
+    "edge receipts": [],
+    "collect reconcile": ["--site", "site-a"],
 }
 
 # Commands that do their job on a fresh home, and why.
@@ -60,6 +65,7 @@ WORKS_ON_A_FRESH_HOME = {
     "keys create": "migrates the catalog itself",
     "keys list": "migrates the catalog itself",
     "keys revoke": "migrates the catalog itself, then names the keys there are",
+    "edge init": "it is what sets an edge home up (from a site kit)",
 }
 
 INIT_HINT = "run `medai campaign init CAMPAIGN.toml`"
