@@ -10,6 +10,12 @@ centrally, with its reason); any other answer, a cut connection or a time-out ac
 nothing and the batch is sent again after an exponential backoff with jitter (or the
 centre's ``Retry-After``). Re-sending is harmless: the centre dedupes on the pseudonymized
 SOP Instance UID and answers a re-sent instance as referenced.
+
+Once a study's instances are acknowledged, its keys (the keyed hashes of the accession
+number and the site's PatientID, which the edge computed before de-identification removed
+them) are posted to ``<centre>/v1/edge/study-keys``, so that the site's label sheets find
+the study at the centre. The outbox keeps them until the centre answers; a failed post is
+tried again after its own backoff, without holding up the instances.
 """
 
 from __future__ import annotations
@@ -50,6 +56,8 @@ REFERENCED = "00081199"
 FAILED = "00081198"
 _SOP_INSTANCE = "00081155"
 _FAILURE_REASON = "00081197"
+STUDY_KEYS_PATH = "/v1/edge/study-keys"
+STUDY_KEYS_PER_POST = 500
 _WINDOW = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
 
 
@@ -323,6 +331,12 @@ class Forwarder:
         self.idle_seconds = idle_seconds
         self.clock = clock
         self.forwarded = 0
+        self.keys_backoff = Backoff(cap=backoff_max)
+        self._keys_due = 0.0  # time.monotonic() of the next study-keys post
+        # Instances per request now: halved after a link failure, doubled back after a success,
+        # so a link that stays up for seconds at a time still carries whole (small) batches.
+        self.current_batch = batch_instances
+        self.probe_seconds = min(2.0, max(idle_seconds, 0.05))
 
     def send_batch(self, items: list[OutboxItem]) -> BatchResult:
         """Send ``items`` in one STOW-RS request and acknowledge what the centre answers for."""
@@ -376,6 +390,69 @@ class Forwarder:
         error = f"{missing} instance(s) not answered for" if missing else None
         return BatchResult(len(present), acked, response.status_code, error=error)
 
+    def post_study_keys(self) -> BatchResult | None:
+        """Post the keys of acknowledged studies the centre has not received; None: none due.
+
+        The centre records them where its study has none and matches the label rows
+        waiting for those studies. Any error posts nothing (the keys stay pending); posting
+        again is harmless (the centre answers them as unchanged).
+        """
+        import httpx
+
+        pending = self.outbox.pending_study_keys(limit=STUDY_KEYS_PER_POST)
+        if not pending:
+            return None
+        body = {
+            "studies": [
+                {"study_uid": uid, "accession_key": accession, "patient_key": patient}
+                for uid, accession, patient in pending
+            ]
+        }
+        try:
+            response = self.client.post(STUDY_KEYS_PATH, json=body)
+        except (httpx.HTTPError, OSError) as exc:
+            return BatchResult(len(pending), 0, None, error=exc.__class__.__name__)
+        if response.status_code != 200:
+            return BatchResult(
+                len(pending),
+                0,
+                response.status_code,
+                error=f"HTTP {response.status_code}",
+                retry_after=_retry_after(response),
+            )
+        try:
+            answer = response.json()
+        except ValueError:
+            return BatchResult(len(pending), 0, 200, error="unreadable answer")
+        posted = self.outbox.study_keys_posted(uid for uid, _, _ in pending)
+        state = {"posted_at": dt.datetime.now(dt.UTC).isoformat(), "studies": posted}
+        if isinstance(answer, dict):  # counts only (updated, conflicts, labels_matched, ...)
+            state["answer"] = {k: v for k, v in answer.items() if isinstance(v, (int, str))}
+        self.outbox.put_state("study_keys", state)
+        return BatchResult(len(pending), posted, 200)
+
+    def _keys_step(self) -> None:
+        """Post pending study keys when due; a failure waits its own backoff."""
+        if time.monotonic() < self._keys_due:
+            return
+        try:
+            result = self.post_study_keys()
+        except Exception as exc:  # the outbox busy: next loop
+            logger.warning("study keys post failed (%s); retrying", exc.__class__.__name__)
+            result = BatchResult(0, 0, None, error=exc.__class__.__name__)
+        if result is None or result.ok:
+            self.keys_backoff.reset()
+            self._keys_due = 0.0
+            return
+        delay = self.keys_backoff.next_delay(result.retry_after)
+        self._keys_due = time.monotonic() + delay
+        logger.warning(
+            "posting the keys of %d studies to the centre failed (%s); next try in %.1f s",
+            result.sent,
+            result.error,
+            delay,
+        )
+
     def run(self, stop: threading.Event) -> None:
         """Forward until ``stop`` is set; every failure is retried after a backoff."""
         while not stop.is_set():
@@ -388,8 +465,9 @@ class Forwarder:
             if not self.windows.open_at(self.clock()):
                 stop.wait(min(30.0, self.idle_seconds * 5))
                 continue
+            self._keys_step()  # the studies of the batches acknowledged so far
             items = self.outbox.next_batch(
-                max_instances=self.batch_instances, max_bytes=self.batch_bytes
+                max_instances=self.current_batch, max_bytes=self.batch_bytes
             )
             if not items:
                 stop.wait(self.idle_seconds)
@@ -398,15 +476,42 @@ class Forwarder:
             self._record(result)
             if result.ok:
                 self.backoff.reset()
+                self.current_batch = min(self.batch_instances, self.current_batch * 2)
                 continue
             delay = self.backoff.next_delay(result.retry_after)
+            link_failed = result.status is None and result.sent > 0
             logger.warning(
                 "forwarding %d instance(s) to the centre failed (%s); next try in %.1f s",
                 result.sent,
                 result.error,
                 delay,
             )
-            stop.wait(delay)
+            if link_failed:
+                self.current_batch = max(1, self.current_batch // 2)
+                self._wait_for_link(stop, delay)
+            else:
+                stop.wait(delay)  # the centre answered (busy, refusing): its pace, not ours
+
+    def _wait_for_link(self, stop: threading.Event, delay: float) -> None:
+        """Wait up to ``delay`` after a link failure, ending early once the centre answers.
+
+        The backoff protects a centre that is down; a link that was cut and is back should
+        not leave the outbox idle for the rest of a long backoff. A probe is one small GET of
+        ``/healthz`` every ``probe_seconds``; a centre that answers it is reachable again.
+        """
+        import httpx
+
+        deadline = time.monotonic() + delay
+        while not stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or stop.wait(min(self.probe_seconds, remaining)):
+                return
+            try:
+                answer = self.client.get("/healthz", timeout=min(5.0, self.probe_seconds * 2))
+            except (httpx.HTTPError, OSError):
+                continue
+            if answer.status_code == 200:
+                return
 
     def _record(self, result: BatchResult) -> None:
         now = dt.datetime.now(dt.UTC).isoformat()

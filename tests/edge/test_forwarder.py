@@ -7,6 +7,7 @@ import io
 import json
 import random
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -228,3 +229,50 @@ def test_run_forwards_everything_then_idles(
     state = outbox.get_state("forward")
     assert state is not None and state["last_error"] is None
     assert json.dumps(state)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_after_a_cut_the_forwarder_resumes_when_the_link_is_back_not_after_its_backoff(
+    filled: tuple[Settings, Outbox, ObjectStore],
+) -> None:
+    # The link drops the first two uploads, then is back. With a backoff cap of 300 s the
+    # forwarder would sit idle for minutes; probing /healthz it resumes within seconds, and
+    # the batch after a cut is smaller (halved per cut, doubled back per success).
+    _, outbox, store = filled
+    uploads: list[int] = []
+    down_until = [0.0]  # each cut takes the link down for 0.3 s
+    stop = threading.Event()
+
+    def centre(request: httpx.Request) -> httpx.Response:
+        if time.monotonic() < down_until[0]:
+            raise httpx.ConnectError("link down", request=request)
+        if request.url.path == "/healthz":
+            return httpx.Response(200, json={})
+        body = request.read()
+        boundary, _ = check_content_type(request.headers["content-type"])
+        parts = split_multipart(body, boundary)
+        uploads.append(len(parts))
+        if len(uploads) <= 2:
+            down_until[0] = time.monotonic() + 0.3
+            raise httpx.RemoteProtocolError("link cut", request=request)
+        uids = [
+            str(pydicom.dcmread(io.BytesIO(p.data), stop_before_pixels=True).SOPInstanceUID)
+            for p in parts
+        ]
+        if outbox.stats().depth <= len(uids):
+            stop.set()
+        return httpx.Response(200, json=stow_answer(uids))
+
+    client = httpx.Client(base_url="http://centre.test", transport=httpx.MockTransport(centre))
+    forwarder = Forwarder(outbox, store, client, "site-a", batch_instances=4, backoff_max=300.0)
+    forwarder.idle_seconds = forwarder.probe_seconds = 0.05
+    forwarder.backoff.base = 100.0  # every failure alone would wait 50-100 s
+    thread = threading.Thread(target=forwarder.run, args=(stop,))
+    started = time.monotonic()
+    thread.start()
+    thread.join(timeout=30)
+    assert not thread.is_alive(), uploads
+    assert time.monotonic() - started < 10
+    assert outbox.stats().depth == 0
+    assert uploads[:3] == [4, 2, 1]  # halved after each cut
+    assert uploads[3] == 2  # doubled back after a success

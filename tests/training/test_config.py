@@ -37,7 +37,7 @@ def test_demo_config_loads_and_resolves_weights_against_its_directory() -> None:
     assert with_weights.weights_path() == REPO / "models" / "chest-xray-triage" / "w" / "x.pt"
     params = flatten(config)
     assert params["data.labels"] == "nodule,effusion,cardiomegaly"
-    assert params["schedule.epochs"] == "6"
+    assert params["schedule.epochs"] == "30"
     assert params["transforms.augment.flip_prob"] == "0.0"
 
 
