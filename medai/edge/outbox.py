@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from medai.catalog.db import session_factory
-from medai.catalog.models import Instance, QuarantineEntry
+from medai.catalog.models import Instance, QuarantineEntry, Series, Study
 from medai.collection.edge_receipts import receipt_hash
 
 if TYPE_CHECKING:
@@ -71,7 +71,16 @@ CREATE TABLE IF NOT EXISTS state (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS study_keys (
+    study_uid TEXT PRIMARY KEY,
+    accession_key TEXT,
+    patient_key TEXT,
+    posted_at REAL
+);
 """
+# Added with the study keys: the study of each outbox instance (NULL in rows enqueued before).
+_STUDY_COLUMN = "ALTER TABLE outbox ADD COLUMN study_uid TEXT"
+_STUDY_INDEX = "CREATE INDEX IF NOT EXISTS ix_outbox_study ON outbox (study_uid)"
 
 
 def outbox_path(home: Path) -> Path:
@@ -125,6 +134,10 @@ class Outbox:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        if "study_uid" not in columns:
+            self._db.execute(_STUDY_COLUMN)
+        self._db.execute(_STUDY_INDEX)
         self._hash_cache: dict[str, tuple[int, int, str]] = {}
 
     def close(self) -> None:
@@ -175,7 +188,12 @@ class Outbox:
                     Instance.store_key,
                     Instance.byte_size,
                     Instance.received_at,
+                    Study.study_uid,
+                    Study.accession_key,
+                    Study.patient_key,
                 )
+                .join(Series, Series.id == Instance.series_id)
+                .join(Study, Study.id == Series.study_id)
                 .where(Instance.id > since)
                 .order_by(Instance.id)
                 .limit(limit + FILL_LOOKBACK)
@@ -184,7 +202,10 @@ class Outbox:
             return 0
         stamp = time.time() if now is None else now
         values = []
+        keys: dict[str, tuple[str, str | None, str | None]] = {}
         for row in rows:
+            if row.accession_key is not None or row.patient_key is not None:
+                keys[row.study_uid] = (row.study_uid, row.accession_key, row.patient_key)
             received = row.received_at
             if received.tzinfo is None:
                 received = received.replace(tzinfo=dt.UTC)
@@ -198,16 +219,24 @@ class Outbox:
                     received.date().isoformat(),
                     received.timestamp(),
                     stamp,
+                    row.study_uid,
                 )
             )
         with self._write() as db:
             before = db.total_changes
             db.executemany(
                 "INSERT OR IGNORE INTO outbox (instance_id, sop_instance_uid, store_key, "
-                "byte_size, receipt_day, received_at, enqueued_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "byte_size, receipt_day, received_at, enqueued_at, study_uid) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 values,
             )
             added = db.total_changes - before
+            # The study's keys, kept until posted (a study's keys are set when it is created).
+            db.executemany(
+                "INSERT OR IGNORE INTO study_keys (study_uid, accession_key, patient_key) "
+                "VALUES (?, ?, ?)",
+                list(keys.values()),
+            )
         return int(added)
 
     # -- batches ---------------------------------------------------------------------------
@@ -266,6 +295,40 @@ class Outbox:
             )
             changed = db.total_changes - before
         return int(changed)
+
+    # -- study keys: what lets the centre's label sheets find the forwarded studies ---------
+
+    def pending_study_keys(self, *, limit: int = 500) -> list[tuple[str, str | None, str | None]]:
+        """Keys not yet posted of studies the centre holds an instance of.
+
+        ``(study_uid, accession_key, patient_key)``, for studies at least one of whose
+        instances the centre acknowledged as stored or duplicate (a study whose instances it
+        all quarantined is not at the centre).
+        """
+        rows = self._query(
+            "SELECT k.study_uid, k.accession_key, k.patient_key FROM study_keys k "
+            "WHERE k.posted_at IS NULL AND EXISTS (SELECT 1 FROM outbox o "
+            "WHERE o.study_uid = k.study_uid AND o.outcome = 'referenced') "
+            "ORDER BY k.study_uid LIMIT ?",
+            (limit,),
+        )
+        return [(str(uid), accession, patient) for uid, accession, patient in rows]
+
+    def study_keys_posted(self, uids: Iterable[str], *, now: float | None = None) -> int:
+        """Mark the keys of ``uids`` as received by the centre; return how many were pending."""
+        stamp = time.time() if now is None else now
+        with self._write() as db:
+            before = db.total_changes
+            db.executemany(
+                "UPDATE study_keys SET posted_at = ? WHERE study_uid = ? AND posted_at IS NULL",
+                [(stamp, uid) for uid in uids],
+            )
+            changed = db.total_changes - before
+        return int(changed)
+
+    def study_keys_waiting(self) -> int:
+        """Studies whose keys the centre has not received yet (posted or not yet due)."""
+        return int(self._query("SELECT count(*) FROM study_keys WHERE posted_at IS NULL")[0][0])
 
     # -- figures ---------------------------------------------------------------------------
 

@@ -11,6 +11,12 @@
   SOP Instance UIDs), and with ``day`` the sorted UIDs of that day too (what
   ``medai collect reconcile`` compares). An edge key reads its own site only; steward and
   admin keys read any site.
+- ``POST /v1/edge/study-keys`` (an ``edge`` key): the keyed hashes of the accession number
+  and the site's PatientID of studies the centre has acknowledged, which the edge computed
+  before de-identification removed what they hash. The centre records them on the key's
+  site's studies where it has none (never overwriting: conflicts are counted), audits the
+  counts and matches the label rows waiting for those studies
+  (:func:`~medai.collection.edge_study_keys.apply_study_keys`).
 
 Instances themselves arrive by STOW-RS (:mod:`medai.serving.dicomweb`). Nothing here
 holds PHI: pseudonymized UIDs, counts and hashes only.
@@ -33,18 +39,32 @@ from medai.collection.edge_receipts import (
     centre_receipts,
     parse_receipt_day,
 )
+from medai.collection.edge_study_keys import StudyKeys as StudyKeysEntry
+from medai.collection.edge_study_keys import apply_study_keys
 from medai.serving.auth import Caller, check_role
 from medai.serving.context import Service
 from medai.serving.deps import AnyKeyDep, ServiceDep, require_role
 from medai.serving.keys import EDGE_ROLE
 
-__all__ = ["DayReceipt", "Heartbeat", "HeartbeatAnswer", "ReceiptsAnswer", "router"]
+__all__ = [
+    "DayReceipt",
+    "Heartbeat",
+    "HeartbeatAnswer",
+    "ReceiptsAnswer",
+    "StudyKeys",
+    "StudyKeysAnswer",
+    "StudyKeysPost",
+    "router",
+]
 
 router = APIRouter(prefix="/v1/edge", tags=["edge"])
 
 EdgeDep = Annotated[Caller, Depends(require_role(EDGE_ROLE))]
 _MAX_DAYS: Final = 1000  # receipt days in one heartbeat (the campaign is shorter)
 _HASH: Final = r"^[0-9a-f]{64}$"
+_KEY: Final = r"^[0-9a-f]{32,64}$"  # a keyed hash (Pseudonymizer: 32 hex digits)
+_PSEUDO_UID: Final = r"^2\.25\.[0-9]{1,39}$"
+_MAX_STUDIES: Final = 1000
 
 
 class DayReceipt(BaseModel):
@@ -212,3 +232,61 @@ def receipts(
         receipts={key: DayReceipt(**value) for key, value in account.items()},
         sop_instance_uids=uids,
     )
+
+
+class StudyKeys(BaseModel):
+    """One study's keys, as the edge computed them before de-identification."""
+
+    study_uid: str = Field(pattern=_PSEUDO_UID, description="The pseudonymized StudyInstanceUID.")
+    accession_key: str | None = Field(
+        default=None, pattern=_KEY, description="Keyed hash of the site's accession number."
+    )
+    patient_key: str | None = Field(
+        default=None, pattern=_KEY, description="Keyed hash of the site's own PatientID."
+    )
+
+
+class StudyKeysPost(BaseModel):
+    """Studies the centre acknowledged, with their keys (keyed hashes only: no PHI)."""
+
+    studies: list[StudyKeys] = Field(min_length=1, max_length=_MAX_STUDIES)
+
+
+class StudyKeysAnswer(BaseModel):
+    """What the centre did with the keys (counts)."""
+
+    site: str
+    studies: int = Field(description="Distinct studies in the request.")
+    updated: int = Field(description="Studies that gained a key.")
+    unchanged: int = Field(description="Studies that had these keys already.")
+    conflicts: int = Field(description="Studies holding another value (kept, not overwritten).")
+    unknown: int = Field(description="Studies the centre does not hold for this site.")
+    labels_matched: int = Field(description="Label rows that found their study.")
+    labels_added: int
+    rows_rechecked: int = Field(description="Patient-mismatch rows checked again.")
+
+
+@router.post(
+    "/study-keys",
+    summary="Keys of an edge's forwarded studies, for label sheets (edge key)",
+    response_model=StudyKeysAnswer,
+    responses={400: {"description": "The body is not JSON"}},
+)
+def study_keys(body: StudyKeysPost, caller: EdgeDep, service: ServiceDep) -> StudyKeysAnswer:
+    """Record the accession and site-patient keys of the key's site's studies; match labels.
+
+    Idempotent: posting the same keys again changes nothing (``unchanged``).
+    """
+    site = caller.site_id
+    if site is None:
+        raise HTTPException(403, detail="this edge key is bound to no site: create a new one")
+    result = apply_study_keys(
+        service.engine,
+        site,
+        [
+            StudyKeysEntry(entry.study_uid, entry.accession_key, entry.patient_key)
+            for entry in body.studies
+        ],
+        actor=caller.actor,
+    )
+    return StudyKeysAnswer(site=site, **result.to_dict())

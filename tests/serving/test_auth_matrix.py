@@ -36,6 +36,7 @@ MATRIX: Final[dict[tuple[str, str], str]] = {
     ("POST", "/dicomweb/studies"): STOW,
     ("POST", "/dicomweb/studies/{study}"): STOW,
     ("POST", "/v1/edge/heartbeat"): "edge",
+    ("POST", "/v1/edge/study-keys"): "edge",
     ("GET", "/v1/edge/receipts"): RECEIPTS,
     ("GET", "/v1/campaign/progress"): "steward",
     ("GET", "/metrics"): ANY_KEY,
