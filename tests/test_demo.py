@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 from medai.catalog.db import create_engine_for, session_factory
 from medai.catalog.models import Instance, ProgressCount
 from medai.collection.accounting import verify_collection
+from medai.collection.receivers.stow import EDGE_SOURCE
 from medai.config import Settings
 from medai.demo.timeline import REPLAY_SOURCE
 from medai.snapshots import list_snapshots
@@ -72,7 +73,7 @@ def test_demo_runs_every_stage(settings: Settings) -> None:
         )
         days = session.scalar(select(func.count(func.distinct(ProgressCount.day))))
     engine.dispose()
-    assert set(by_source) == {REPLAY_SOURCE, "c-store", "folder"}, by_source
+    assert set(by_source) == {REPLAY_SOURCE, "c-store", "folder", EDGE_SOURCE}, by_source
     assert all(count > 0 for count in by_source.values())
     assert days is not None and days > 5
     pushed = r"site-a \(STMARY_PACS\): \d+ instances sent with (dcmtk storescu|pynetdicom)"
@@ -88,6 +89,7 @@ def test_demo_runs_every_stage(settings: Settings) -> None:
     uri = settings.resolved_mlflow_tracking_uri
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # not a global one of another test
     champion = client.get_model_version_by_alias("chest-xray-triage", "champion")
+    assert champion.run_id is not None
     run_info = client.get_run(champion.run_id)
     assert run_info.data.params["snapshot.name"] == "demo-chest-xray-triage"
     # The README's tiny demo passes its gate honestly: the "tiny" difficulty is an easier task
@@ -108,5 +110,65 @@ def test_demo_runs_every_stage(settings: Settings) -> None:
     assert f"http://127.0.0.1:{serve_port}/dashboard" in output
     assert f"MLflow UI:  http://127.0.0.1:{mlflow_port}" in output
 
+    # The edge: site-c's PACS pushed into `medai edge` while the link was degraded (its
+    # outbox grew on the dashboard from the heartbeats), the link went down and the centre
+    # showed the site silent, the link came back and the outbox drained; reconcile at 0.
+    _assert_edge_story(settings, output)
+
     # --exit stopped every server it started.
     assert _closed(serve_port) and _closed(mlflow_port)
+    edge_log = settings.resolved_home / "logs" / "edge-site-c.log"
+    assert "edge stopped" in edge_log.read_text(), edge_log.read_text()[-2000:]
+
+
+def _centre_edge_uids(settings: Settings) -> list[str]:
+    engine = create_engine_for(settings.resolved_database_url)
+    try:
+        with session_factory(engine)() as session:
+            return list(
+                session.scalars(
+                    select(Instance.sop_instance_uid).where(
+                        Instance.source == EDGE_SOURCE, Instance.site_id == "site-c"
+                    )
+                )
+            )
+    finally:
+        engine.dispose()
+
+
+def _assert_edge_story(settings: Settings, output: str) -> None:
+    story = re.search(
+        r"link up: +site-c (?!silent).*?"
+        r"outbox growing: site-c \w[\w ]*, last seen \d+ s ago; outbox (?P<grown1>\d+) .*?"
+        r"outbox growing: site-c \w[\w ]*, last seen \d+ s ago; outbox (?P<grown2>\d+) .*?"
+        r"link down.*?"
+        r"silent: +site-c silent, last seen (?P<quiet>\d+) s ago; outbox (?P<held>\d+) .*?"
+        r"link restored after \d+ s \((?P<cuts>\d+) connections cut.*?"
+        r"caught up in \d+ s: site-c (?!silent)\w[\w ]*, last seen \d+ s ago; outbox 0 .*?"
+        r"reconcile: site-c: 1 receipt day\(s\); edge (?P<edge>\d+) instance\(s\), "
+        r"centre (?P<centre>\d+); outbox 0 unsent\s+reconcile: 0 differences",
+        output,
+        re.DOTALL,
+    )
+    assert story, output[-6000:]
+    grown1, grown2, held = (int(story.group(n)) for n in ("grown1", "grown2", "held"))
+    assert 0 < grown1 < grown2 == held  # growing while heartbeats passed, then frozen
+    assert int(story.group("quiet")) >= 9  # the demo centre's quiet time
+    assert int(story.group("cuts")) > 0  # uploads were tried and cut, not just held back
+    sent = int(story.group("edge"))
+    assert sent == int(story.group("centre")) == held
+    summary = re.search(r"│ edge +│ site-c: (\d+) instances via", output)
+    assert summary and int(summary.group(1)) == sent, output[-3000:]
+
+    # Every instance the edge took in is at the centre exactly once, under its pseudonym.
+    edge_home = settings.resolved_home / "demo-edge" / "home"
+    engine = create_engine_for(f"sqlite:///{edge_home / 'catalog.db'}")  # the edge's own
+    try:
+        with session_factory(engine)() as session:
+            at_edge = list(session.scalars(select(Instance.sop_instance_uid)))
+    finally:
+        engine.dispose()
+    at_centre = _centre_edge_uids(settings)
+    assert len(at_edge) == sent
+    assert sorted(at_centre) == sorted(at_edge)
+    assert all(uid.startswith("2.25.") for uid in at_centre)

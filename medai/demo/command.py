@@ -12,7 +12,10 @@ local store, MLflow on SQLite under ``MEDAI_HOME``):
 7. ``medai campaign status``, then the accounting and the audit chain verified;
 8. a snapshot, the demo model trained and tracked in MLflow, promoted through its gate;
 9. ``medai serve`` started, a study sent as a clinician would, the findings printed;
-10. the dashboard and MLflow UI addresses, a summary, and the servers left running until
+10. the last site behind ``medai edge`` (site kit, ``edge init``, ``edge run``), its link to
+    the centre degraded then cut: silent on the dashboard with a growing outbox, then caught
+    up, and ``medai collect reconcile`` at 0 differences (:mod:`medai.demo.edge_stage`);
+11. the dashboard and MLflow UI addresses, a summary, and the servers left running until
     Ctrl-C (``--exit`` stops at the end).
 """
 
@@ -135,7 +138,7 @@ def demo_command(
 
 
 def _run(settings: Any, servers: list[Any], **options: Any) -> list[tuple[str, str]]:
-    from medai.demo import model_stages, stages
+    from medai.demo import edge_stage, model_stages, stages
 
     step, out = _step, console
     campaign = stages.set_up_campaign(
@@ -168,10 +171,16 @@ def _run(settings: Any, servers: list[Any], **options: Any) -> list[tuple[str, s
         ),
     ]
     service = model_stages.serve_and_predict(
-        settings, model, sites, servers, options["serve_port"], step, out
-    )
+        settings, model, sites, servers, options["serve_port"], step, out,
+        extra_env=edge_stage.centre_env(),
+    )  # fmt: skip
+    edge = edge_stage.run_edge(
+        settings, campaign, servers, centre_url=service.base_url,
+        steward_key=service.steward_key, seed=options["seed"],
+        image_size=options["image_size"], step=step, console=out,
+    )  # fmt: skip
     web = model_stages.start_mlflow_ui(
         settings, servers, options["mlflow_port"], service, step, out
     )
-    results += [("prediction", service.summary), ("web", web)]
+    results += [("prediction", service.summary), ("edge", edge), ("web", web)]
     return results

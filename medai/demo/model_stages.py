@@ -182,8 +182,10 @@ def serve_and_predict(
     port: int,
     step: Step,
     console: Console,
+    extra_env: dict[str, str] | None = None,
 ) -> DemoService:
-    """``medai serve`` with the champion, and one study sent by a clinician."""
+    """``medai serve`` with the champion (``extra_env`` added to its environment), and one
+    study sent by a clinician."""
     import requests
 
     step(11, "`medai serve`; a clinician sends a study to POST /v1/predict")
@@ -194,6 +196,7 @@ def serve_and_predict(
         **server_env(settings),
         "MEDAI_SERVE_MODEL": model.tracked.model_name,
         "MEDAI_MODELS_DIR": str(model.model_dir.resolve().parent),
+        **(extra_env or {}),
     }
     base = f"http://127.0.0.1:{port}"
     service = Server(
@@ -271,7 +274,7 @@ def start_mlflow_ui(
     """The MLflow UI on the demo's tracking store, and the addresses to open."""
     import sys
 
-    step(12, "where to look")
+    step(13, "where to look")
     uri = settings.resolved_mlflow_tracking_uri
     ui = Server(
         "mlflow ui",
