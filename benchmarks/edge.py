@@ -438,7 +438,11 @@ class Router:
     def _retry_failed(self) -> None:
         now = time.monotonic()
         for job_id, failed_at in list(self.jobs.items()):
-            state = self.source.request("GET", f"/jobs/{job_id}")["State"]
+            try:
+                state = self.source.request("GET", f"/jobs/{job_id}")["State"]
+            except Exception as exc:  # noqa: BLE001 (one job's trouble must not stall the rest)
+                self.errors.append(f"job {job_id}: {exc.__class__.__name__}: {str(exc)[:160]}")
+                continue
             if state == "Success":
                 del self.jobs[job_id]
             elif state == "Failure":
@@ -456,11 +460,15 @@ def orthanc_run(folder: Path, total: int, args: argparse.Namespace) -> Result:
         link_port = dest.dicom_port if args.orthanc_via == "modalities" else dest.http_port
         link = FlappingLink(link_port, every=args.cut_every, down=args.down)
         try:
-            peers = {"OrthancPeers": {"dest": [f"http://127.0.0.1:{link.port}/"]}}
+            # Orthanc keeps the last 10 finished jobs by default: a failed job older than that
+            # is gone (404) before the router can resubmit it, which would count as lost.
+            extra: dict[str, Any] = {"JobsHistorySize": 100_000}
+            if args.orthanc_via == "peers":
+                extra["OrthancPeers"] = {"dest": [f"http://127.0.0.1:{link.port}/"]}
             with Orthanc(
                 aet="ORTHANCA",
                 modalities={"dest": ("ORTHANCB", "127.0.0.1", link.port)},
-                extra_config=peers if args.orthanc_via == "peers" else None,
+                extra_config=extra,
             ) as source:
                 assert source.process is not None
                 deadline = time.monotonic() + 60
