@@ -289,6 +289,10 @@ def _retry_after(response: httpx.Response) -> float | None:
         return max(0.0, when.timestamp() - time.time())
 
 
+# How long one STOW-RS request should take: the batch size adapts to keep requests near it.
+BATCH_TARGET_SECONDS = 1.0
+
+
 class Forwarder:
     """Sends the outbox to the centre until stopped.
 
@@ -333,8 +337,10 @@ class Forwarder:
         self.forwarded = 0
         self.keys_backoff = Backoff(cap=backoff_max)
         self._keys_due = 0.0  # time.monotonic() of the next study-keys post
-        # Instances per request now: halved after a link failure, doubled back after a success,
-        # so a link that stays up for seconds at a time still carries whole (small) batches.
+        # Instances per request now: halved after a link failure; after a success, doubled
+        # while a request takes under half of BATCH_TARGET_SECONDS and halved when it takes
+        # over twice that. A cut loses the whole request in flight (nothing is acknowledged
+        # until the centre answers), so short requests lose little on a link that drops.
         self.current_batch = batch_instances
         self.probe_seconds = min(2.0, max(idle_seconds, 0.05))
 
@@ -472,11 +478,16 @@ class Forwarder:
             if not items:
                 stop.wait(self.idle_seconds)
                 continue
+            started = time.monotonic()
             result = self.send_batch(items)
+            took = time.monotonic() - started
             self._record(result)
             if result.ok:
                 self.backoff.reset()
-                self.current_batch = min(self.batch_instances, self.current_batch * 2)
+                if took < BATCH_TARGET_SECONDS / 2:
+                    self.current_batch = min(self.batch_instances, self.current_batch * 2)
+                elif took > BATCH_TARGET_SECONDS * 2:
+                    self.current_batch = max(1, self.current_batch // 2)
                 continue
             delay = self.backoff.next_delay(result.retry_after)
             link_failed = result.status is None and result.sent > 0

@@ -276,3 +276,40 @@ def test_after_a_cut_the_forwarder_resumes_when_the_link_is_back_not_after_its_b
     assert outbox.stats().depth == 0
     assert uploads[:3] == [4, 2, 1]  # halved after each cut
     assert uploads[3] == 2  # doubled back after a success
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_slow_centre_gets_smaller_requests(
+    filled: tuple[Settings, Outbox, ObjectStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A request that takes more than twice the target halves the next one: a cut then loses
+    # a short request, not a long one (the target is scaled down so the test takes a second).
+    import medai.edge.forwarder as forwarder_module
+
+    monkeypatch.setattr(forwarder_module, "BATCH_TARGET_SECONDS", 0.05)
+    _, outbox, store = filled
+    sizes: list[int] = []
+    stop = threading.Event()
+
+    def centre(request: httpx.Request) -> httpx.Response:
+        body = request.read()
+        parts = split_multipart(body, check_content_type(request.headers["content-type"])[0])
+        sizes.append(len(parts))
+        time.sleep(0.15)
+        uids = [
+            str(pydicom.dcmread(io.BytesIO(p.data), stop_before_pixels=True).SOPInstanceUID)
+            for p in parts
+        ]
+        if outbox.stats().depth <= len(uids):
+            stop.set()
+        return httpx.Response(200, json=stow_answer(uids))
+
+    client = httpx.Client(base_url="http://centre.test", transport=httpx.MockTransport(centre))
+    forwarder = Forwarder(outbox, store, client, "site-a", batch_instances=4)
+    forwarder.idle_seconds = 0.05
+    thread = threading.Thread(target=forwarder.run, args=(stop,))
+    thread.start()
+    thread.join(timeout=30)
+    assert not thread.is_alive() and outbox.stats().depth == 0
+    assert sizes == [4, 1]  # the five queued instances
+    assert forwarder.current_batch == 1  # halved after each slow request (4 -> 2 -> 1)
