@@ -152,6 +152,71 @@ class Settings(BaseSettings):
         "so the dashboard's cookie is Secure behind it; empty: no proxy header is believed.",
     )
 
+    # -- TLS of the listeners (medai.tls): `collect listen`, `edge run`, `serve` ----------
+    tls_cert_file: Path | None = Field(
+        default=None,
+        description="PEM certificate (chain) of `medai collect listen`, `medai edge run` and "
+        "`medai serve`; with MEDAI_TLS_KEY_FILE they speak DICOM TLS / HTTPS only "
+        "(--tls-cert wins).",
+    )
+    tls_key_file: Path | None = Field(
+        default=None,
+        description="The unencrypted PEM private key of MEDAI_TLS_CERT_FILE (mode 0600).",
+    )
+    tls_ca_file: Path | None = Field(
+        default=None,
+        description="PEM CA certificate(s) signing the clients' certificates: clients are "
+        "asked for one and it is verified when given.",
+    )
+    tls_require_client_cert: bool = Field(
+        default=False,
+        description="Refuse a TLS client without a certificate signed by MEDAI_TLS_CA_FILE.",
+    )
+
+    # -- backups (medai.ops.backup) --------------------------------------------------------
+    backup_stale_hours: float = Field(
+        default=26.0,
+        gt=0,
+        description="The last backup (`medai backup create`, audited as backup.created) is "
+        "stale after this many hours: `medai security status` and `medai doctor` say so "
+        "(26: a nightly backup with two hours to spare).",
+    )
+
+    # -- security monitoring (medai.ops.security) -----------------------------------------
+    auth_failures_per_minute: int = Field(
+        default=20,
+        ge=0,
+        description="Failed authentications (wrong, malformed or revoked API keys) one source "
+        "address may make in a minute; past it the address is answered 429 with Retry-After "
+        "for a minute, even with a right key. 0: no limit.",
+    )
+    quarantine_spike_factor: float = Field(
+        default=3.0,
+        gt=0,
+        description="A day's quarantined count of a site and reason is a spike when it is "
+        "more than this many times that pair's mean daily count of the 14 days before.",
+    )
+    quarantine_spike_min: int = Field(
+        default=10,
+        ge=1,
+        description="The fewest quarantined inputs of a site and reason in a day that can be "
+        "a spike (a quiet site's first few rejections are not).",
+    )
+
+    # -- `medai doctor` (medai.ops.doctor) ------------------------------------------------
+    audit_anchor_stale_hours: float = Field(
+        default=168.0,
+        gt=0,
+        description="`medai doctor` warns when the audit chain's head was last anchored "
+        "(`medai audit anchor`) longer ago than this.",
+    )
+    min_free_disk_gib: float = Field(
+        default=5.0,
+        ge=0,
+        description="`medai doctor` warns when the store's filesystem has less free space "
+        "than this (or less than 10 % of it).",
+    )
+
     # -- the hospital-side edge gateway (medai.edge) -------------------------------------
     edge_batch_instances: int = Field(
         default=32,

@@ -45,6 +45,7 @@ __all__ = [
     "SnapshotNotFound",
     "SnapshotTampered",
     "StoreCorrupt",
+    "TlsError",
     "TooLarge",
     "TruncatedDicom",
     "UndecodableTransferSyntax",
@@ -385,3 +386,11 @@ class NothingToImport(MedaiError):
 
 class EdgeError(MedaiError):
     """The edge gateway cannot go on: no or a broken site kit or edge.toml, bad windows."""
+
+
+class BackupError(MedaiError):
+    """A backup cannot be made, read or restored: a bad destination, a damaged or partial set."""
+
+
+class TlsError(MedaiError):
+    """A TLS certificate, key or CA file that is missing, unreadable, not PEM or mismatched."""

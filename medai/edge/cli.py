@@ -9,6 +9,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from medai.cli_support import JsonFlag, console, fail, plain, print_json, require_campaign
+from medai.cli_tls import (
+    RequireClientCertOption,
+    TlsCaOption,
+    TlsCertOption,
+    TlsKeyOption,
+    listener_tls,
+    warn_plaintext,
+)
 
 if TYPE_CHECKING:
     from medai.config import Settings
@@ -212,6 +220,24 @@ def _fill(settings: Settings, outbox: Outbox) -> None:
         engine.dispose()
 
 
+def _campaign_start(settings: Settings) -> dt.date:
+    """The campaign's first day, from this edge's catalog."""
+    from sqlalchemy import select
+
+    from medai.catalog.db import create_engine_for, session_factory
+    from medai.catalog.models import Campaign
+
+    engine = create_engine_for(settings.resolved_database_url)
+    try:
+        with session_factory(engine)() as session:
+            start: dt.date | None = session.scalar(select(Campaign.start_date))
+    finally:
+        engine.dispose()
+    if start is None:
+        raise fail("this edge has no campaign", "Set it up first: `medai edge init KIT`.")
+    return start
+
+
 @edge_app.command("run")
 def run_command(
     port: Annotated[
@@ -231,12 +257,47 @@ def run_command(
         float,
         typer.Option("--drain-seconds", min=0.0, help="On stop, how long associations may finish."),
     ] = 30.0,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
+    tls_ca: TlsCaOption = None,
+    require_client_cert: RequireClientCertOption = None,
+    pull_url: Annotated[
+        str | None,
+        typer.Option(
+            "--pull-url",
+            metavar="URL",
+            help="The site archive's DICOMweb root, pulled on a timer (QIDO-RS + WADO-RS).",
+        ),
+    ] = None,
+    pull_since: Annotated[
+        dt.datetime | None,
+        typer.Option(
+            "--pull-since",
+            formats=["%Y-%m-%d"],
+            help="Pull studies dated from this day (default: the campaign's start).",
+        ),
+    ] = None,
+    pull_every: Annotated[
+        float, typer.Option("--pull-every", min=5.0, help="Seconds between two pulls.")
+    ] = 300.0,
+    pull_token: Annotated[
+        str | None,
+        typer.Option("--pull-token", help="Bearer token for the archive (else none)."),
+    ] = None,
+    pull_ca_file: Annotated[
+        Path | None,
+        typer.Option("--pull-ca-file", metavar="PEM", help="CA to trust for an https archive."),
+    ] = None,
 ) -> None:
-    """Receive (C-STORE, hand-over folder), de-identify, forward to the centre, until stopped.
+    """Receive (C-STORE, hand-over folder, DICOMweb pull), de-identify, forward, until stopped.
 
     Forwarding follows MEDAI_EDGE_BATCH_INSTANCES, _BATCH_BYTES, _BANDWIDTH_BYTES_PER_S and
     _WINDOWS; heartbeats every MEDAI_EDGE_HEARTBEAT_SECONDS. Stops on Ctrl-C or SIGTERM; what
     was not acknowledged is sent again at the next start.
+
+    --tls-cert and --tls-key make the C-STORE listener speak DICOM TLS only (--tls-ca,
+    --require-client-cert and the site's tls_clients as for `medai collect listen`); the
+    forwarding to the centre is HTTPS when the kit's URL is, trusting the kit's certificate.
     """
     import signal
     import threading
@@ -249,8 +310,28 @@ def run_command(
     config = _edge(settings)
     if watch is not None and not watch.is_dir():
         raise fail(f"--watch {watch} is not a folder", "Create it or choose another.")
+    tls = listener_tls(settings, tls_cert, tls_key, tls_ca, require_client_cert) if port else None
+    pull = None
+    if pull_url is not None:
+        from medai.edge.gateway import PullSource
+
+        if pull_ca_file is not None and not pull_ca_file.is_file():
+            raise fail(f"--pull-ca-file {pull_ca_file} is not a file", "Name the CA's PEM file.")
+        pull = PullSource(
+            url=pull_url,
+            since=pull_since.date() if pull_since is not None else _campaign_start(settings),
+            every_seconds=pull_every,
+            headers=(("Authorization", f"Bearer {pull_token}"),) if pull_token else (),
+            ca_file=pull_ca_file,
+        )
     options = GatewayOptions(
-        port=port or None, host=host, ae_title=ae_title, watch=watch, drain_seconds=drain_seconds
+        port=port or None,
+        host=host,
+        ae_title=ae_title,
+        watch=watch,
+        drain_seconds=drain_seconds,
+        ssl_context=tls.server_context() if tls is not None else None,
+        pull=pull,
     )
     try:
         gateway = Gateway(settings, config, options)
@@ -276,8 +357,11 @@ def run_command(
         raise fail(
             f"cannot listen on {host}:{port}: {exc.strerror}", "Choose another --port."
         ) from None
+    if port and tls is None:
+        warn_plaintext(host, port, "DICOM (C-STORE)")
     out = console()
-    receiving = [f"C-STORE as {ae_title} on {host}:{port}"] if port else []
+    security = tls.describe() if tls is not None else "plaintext"
+    receiving = [f"C-STORE as {ae_title} on {host}:{port} ({security})"] if port else []
     if watch is not None:
         receiving.append(f"folder {watch}")
     out.print(
@@ -312,6 +396,7 @@ def status_command(as_json: JsonFlag = False) -> None:
         stats = outbox.stats()
         forward = outbox.get_state("forward")
         heartbeat = outbox.get_state("heartbeat")
+        keys_waiting = outbox.study_keys_waiting()
     document: dict[str, Any] = {
         "site": config.site,
         "centre_url": config.centre_url,
@@ -320,6 +405,7 @@ def status_command(as_json: JsonFlag = False) -> None:
         "enqueued": stats.enqueued,
         "acknowledged": stats.acknowledged,
         "quarantined_at_centre": stats.quarantined_at_centre,
+        "study_keys_waiting": keys_waiting,
         "forward": forward,
         "heartbeat": heartbeat,
     }
@@ -332,7 +418,9 @@ def status_command(as_json: JsonFlag = False) -> None:
         plain(
             f"Outbox: {stats.depth} unsent (oldest {_age(stats.oldest_unsent_seconds)}), "
             f"{stats.acknowledged} of {stats.enqueued} acknowledged, "
-            f"{stats.quarantined_at_centre} quarantined at the centre"
+            f"{stats.quarantined_at_centre} quarantined at the centre; "
+            f"{keys_waiting} stud{'y' if keys_waiting == 1 else 'ies'}' label keys not yet "
+            "at the centre"
         )
     )
     if forward:

@@ -1,17 +1,20 @@
 """``medai edge run``: the receivers, the forwarder and the heartbeat of one edge, as one service.
 
 The receivers are the centre's own (the C-STORE SCP for the site's AE titles, a watched
-hand-over folder), feeding the standard :class:`~medai.collection.pipeline.IngestPipeline`, so
-instances are de-identified on site before anything else sees them. The forwarder and the
-heartbeat run in their own threads over the outbox. A stop (SIGTERM, SIGINT) stops accepting,
+hand-over folder, the DICOMweb pull of the site's archive on a timer), feeding the standard
+:class:`~medai.collection.pipeline.IngestPipeline`, so instances are de-identified on site
+before anything else sees them. The forwarder and the heartbeat run in their own threads over
+the outbox. A stop (SIGTERM, SIGINT) stops accepting,
 lets associations in flight finish, then stops the threads between two requests; a batch cut
 short is simply sent again at the next start (the centre answers it as duplicates).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -24,7 +27,7 @@ if TYPE_CHECKING:
     from medai.config import Settings
     from medai.edge.kit import EdgeConfig
 
-__all__ = ["FolderWatcher", "Gateway", "GatewayOptions"]
+__all__ = ["FolderWatcher", "Gateway", "GatewayOptions", "PullPoller", "PullSource"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +45,62 @@ class GatewayOptions:
     watch_settle_seconds: float = 2.0
     quiet_seconds: float | None = None
     drain_seconds: float = 30.0
+    ssl_context: ssl.SSLContext | None = None  # DICOM TLS for the C-STORE listener
+    pull: PullSource | None = None  # the site archive's DICOMweb, pulled every few minutes
+
+
+@dataclass(frozen=True)
+class PullSource:
+    """A DICOMweb archive of the site that the edge pulls from (QIDO-RS, then WADO-RS)."""
+
+    url: str
+    since: dt.date
+    every_seconds: float = 300.0
+    headers: tuple[tuple[str, str], ...] = ()
+    ca_file: Path | None = None
+
+
+class PullPoller:
+    """Runs the centre's own DICOMweb pull receiver on a timer, into the edge's pipeline.
+
+    Each run resumes from the pull's checkpoint (pseudonymized UIDs only), so a study is
+    fetched once; the instances then take the same path as pushed ones (de-identified here,
+    queued in the outbox). A run that fails (archive down) is logged and tried at the next
+    tick; an instance already catalogued is not downloaded again.
+    """
+
+    def __init__(self, settings: Settings, site: str, source: PullSource) -> None:
+        self.settings, self.site, self.source = settings, site, source
+        self.runs = 0
+        self.last_error: str | None = None
+
+    def pull_once(self) -> None:
+        from medai.collection.receivers.dicomweb_pull import pull_site
+
+        summary = pull_site(
+            self.site,
+            self.source.url,
+            self.source.since,
+            settings=self.settings,
+            headers=dict(self.source.headers),
+            ca_file=self.source.ca_file,
+        )
+        self.runs += 1
+        logger.info(
+            "pull from the site archive: %d instance(s) downloaded, %d already here",
+            summary.downloaded,
+            summary.instances_skipped,
+        )
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.pull_once()
+                self.last_error = None
+            except Exception as exc:  # the archive or the catalog down: tried again later
+                self.last_error = exc.__class__.__name__
+                logger.warning("pull from the site archive failed (%s)", self.last_error)
+            stop.wait(self.source.every_seconds)
 
 
 class FolderWatcher:
@@ -168,6 +227,9 @@ class Gateway:
             if options.watch is not None
             else None
         )
+        self.poller = (
+            PullPoller(settings, config.site, options.pull) if options.pull is not None else None
+        )
         self.stop_event = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -195,19 +257,31 @@ class Gateway:
         OSError
             If the listener's port cannot be bound.
         """
-        from medai.collection.receivers.cstore import StorageListener
+        from medai.collection.receivers.cstore import StorageListener, site_client_identities
 
         self.fill()  # whatever arrived before a crash is enqueued before anything else
         if self.options.port is not None:
             quiet = self.options.quiet_seconds or self.settings.study_quiet_seconds
+            titles = self.site_ae_titles()
             listener = StorageListener(
-                self.pipeline, self.options.ae_title, self.site_ae_titles(), quiet_seconds=quiet
+                self.pipeline,
+                self.options.ae_title,
+                titles,
+                quiet_seconds=quiet,
+                ssl_context=self.options.ssl_context,
+                client_identities={
+                    title: certs
+                    for title, certs in site_client_identities(self.pipeline).items()
+                    if title in titles
+                },
             )
             listener.start(self.options.host, self.options.port)
             self.listener = listener
         runners = [("forwarder", self.forwarder.run), ("heartbeat", self.heartbeat.run)]
         if self.watcher is not None:
             runners.append(("watcher", self.watcher.run))
+        if self.poller is not None:
+            runners.append(("pull", self.poller.run))
         for name, target in runners:
             thread = threading.Thread(
                 target=target, args=(self.stop_event,), name=f"edge-{name}", daemon=True

@@ -9,6 +9,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from medai.cli_support import JsonFlag, console, err_console, fail, plain, print_json, row
+from medai.cli_tls import (
+    RequireClientCertOption,
+    TlsCaOption,
+    TlsCertOption,
+    TlsKeyOption,
+    listener_tls,
+    warn_plaintext,
+)
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -20,7 +28,7 @@ __all__ = ["keys_app", "register", "serve_command", "worker_app"]
 
 keys_app = typer.Typer(
     help="API keys of the web service (roles: clinician, steward, admin; admin may do all; "
-    "edge: a site's edge gateway, bound to that site).",
+    "edge: a site's edge gateway, bound to that site; monitoring: reads /metrics only).",
     no_args_is_help=True,
 )
 
@@ -75,6 +83,10 @@ def serve_command(
             help="How long an idle batcher waits for more images (MEDAI_MAX_BATCH_WAIT_MS).",
         ),
     ] = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
+    tls_ca: TlsCaOption = None,
+    require_client_cert: RequireClientCertOption = None,
 ) -> None:
     """Run the web service: inference, STOW-RS for the sites, the dashboard, health checks.
 
@@ -99,6 +111,11 @@ def serve_command(
     'Medai-Receipt-Day: YYYY-MM-DD'; it posts heartbeats to /v1/edge/heartbeat
     and reads its receipts at /v1/edge/receipts.
 
+    HTTPS: --tls-cert and --tls-key (or MEDAI_TLS_CERT_FILE and
+    MEDAI_TLS_KEY_FILE); --tls-ca and --require-client-cert ask clients for a
+    certificate of that CA. Plain HTTP on an address other than loopback is
+    warned about (put a TLS proxy in front, or give a certificate).
+
     Request bodies are limited to MEDAI_MAX_REQUEST_BYTES. Stops on Ctrl-C
     or SIGTERM, letting requests in flight finish (up to a minute).
     """
@@ -122,6 +139,7 @@ def serve_command(
         settings = Settings(**{name: value for name, value in options.items() if value is not None})
     except ValidationError as exc:
         raise fail(f"invalid settings: {exc}") from None
+    tls = listener_tls(settings, tls_cert, tls_key, tls_ca, require_client_cert)
     common: dict[str, Any] = {
         "host": host,
         "port": port,
@@ -134,6 +152,23 @@ def serve_command(
         "forwarded_allow_ips": settings.forwarded_allow_ips or None,
         "server_header": False,
     }
+    if tls is None:
+        warn_plaintext(host, port, "HTTP")
+    else:  # uvicorn loads the files itself (in each worker); listener_tls checked them
+        import ssl
+
+        common.update(
+            ssl_certfile=str(tls.cert),
+            ssl_keyfile=str(tls.key),
+            ssl_ca_certs=str(tls.ca) if tls.ca is not None else None,
+            ssl_cert_reqs=(
+                ssl.CERT_REQUIRED
+                if tls.require_client_cert
+                else ssl.CERT_OPTIONAL
+                if tls.ca is not None
+                else ssl.CERT_NONE
+            ),
+        )
     if settings.serve_workers == 1:
         uvicorn.run(create_app(settings), **common)
         return
@@ -191,8 +226,8 @@ def create_command(
         str,
         typer.Option(
             "--role",
-            help="clinician (inference), steward (collection), admin, or edge (a site's "
-            "edge gateway; needs --site).",
+            help="clinician (inference), steward (collection), admin, edge (a site's "
+            "edge gateway; needs --site), or monitoring (may read /metrics only).",
         ),
     ],
     name: Annotated[

@@ -31,6 +31,7 @@ from starlette.types import Receive, Scope, Send
 from medai.errors import (
     ApiKeyError,
     AuditChainBroken,
+    BackupError,
     BadAuditAnchor,
     BatcherStopped,
     CampaignError,
@@ -54,6 +55,7 @@ from medai.errors import (
     SnapshotNotFound,
     SnapshotTampered,
     StoreCorrupt,
+    TlsError,
     TooManyParts,
     UnknownSite,
     UnreadableStudy,
@@ -105,9 +107,11 @@ STATUS: Mapping[type[MedaiError], int] = {
     ModelConfigError: 422,
     # The server holds something broken: its operator has to act.
     StoreCorrupt: 500,
+    BackupError: 500,
     AuditChainBroken: 500,
     SnapshotTampered: 500,
     WeightsError: 500,
+    TlsError: 500,
     DemoFailed: 500,
     # A peer archive failed us.
     PullError: 502,

@@ -106,6 +106,16 @@ class SiteDefinition(StrictModel):
     ae_titles: list[str] = Field(min_length=1)
     targets: list[Target] = Field(default_factory=list)
     issuer: str | None = Field(default=None, min_length=1, max_length=64)
+    # Client certificates the site's AE titles must present over DICOM TLS (medai.tls:
+    # "sha256:<fingerprint>" or "CN=<common name>"); empty: not bound to a certificate.
+    tls_clients: list[str] = Field(default_factory=list)
+
+    @field_validator("tls_clients")
+    @classmethod
+    def _tls_clients(cls, value: list[str]) -> list[str]:
+        from medai.tls import parse_client_identity
+
+        return [parse_client_identity(item) for item in value]
 
     @field_validator("issuer")
     @classmethod

@@ -30,6 +30,14 @@ from medai.cli_support import (
     require_campaign,
     row,
 )
+from medai.cli_tls import (
+    RequireClientCertOption,
+    TlsCaOption,
+    TlsCertOption,
+    TlsKeyOption,
+    listener_tls,
+    warn_plaintext,
+)
 
 if TYPE_CHECKING:
     from medai.collection.receivers.dicomweb_pull import PullSummary
@@ -158,6 +166,10 @@ def listen_command(
             help="Abort an association idle, or stalled mid-message, for this many seconds.",
         ),
     ] = 60.0,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
+    tls_ca: TlsCaOption = None,
+    require_client_cert: RequireClientCertOption = None,
 ) -> None:
     """Receive DICOM pushed by the sites' PACS (C-STORE SCP, with C-ECHO).
 
@@ -166,17 +178,27 @@ def listen_command(
     audited as they happen. Studies are marked complete after a quiet period. Runs until
     Ctrl-C or SIGTERM; then stops accepting, lets associations in flight finish
     (up to --drain-seconds; a second Ctrl-C aborts them at once) and prints a summary.
+
+    With --tls-cert and --tls-key it speaks DICOM TLS only (storescu +tls); --tls-ca asks
+    senders for a client certificate signed by that CA, --require-client-cert refuses
+    those without one, and a site's `tls_clients` in the campaign file binds its AE titles
+    to the certificates listed. Plaintext on an address other than loopback is warned about.
     """
     import signal
     import threading
 
     from medai.collection.pipeline import IngestPipeline
-    from medai.collection.receivers.cstore import StorageListener, site_by_ae_title
+    from medai.collection.receivers.cstore import (
+        StorageListener,
+        site_by_ae_title,
+        site_client_identities,
+    )
     from medai.config import get_settings
     from medai.errors import MedaiError
 
     settings = get_settings()
     require_campaign(settings)
+    tls = listener_tls(settings, tls_cert, tls_key, tls_ca, require_client_cert)
     try:
         pipeline = IngestPipeline.from_settings(settings)
     except MedaiError as exc:
@@ -189,8 +211,27 @@ def listen_command(
                 "Add them to the sites and run `medai campaign init FILE` again.",
             )
         quiet = quiet_seconds if quiet_seconds is not None else settings.study_quiet_seconds
+        identities = site_client_identities(pipeline)
+        if identities and tls is None:
+            raise fail(
+                "the campaign binds AE titles to client certificates (tls_clients), which "
+                "needs TLS",
+                "Give --tls-cert, --tls-key and --tls-ca (or MEDAI_TLS_CERT_FILE, "
+                "MEDAI_TLS_KEY_FILE and MEDAI_TLS_CA_FILE).",
+            )
+        if identities and tls is not None and tls.ca is None:
+            raise fail(
+                "the campaign binds AE titles to client certificates (tls_clients): give "
+                "--tls-ca, the CA that signs them, so that senders are asked for one"
+            )
         listener = StorageListener(
-            pipeline, ae_title, sites, quiet_seconds=quiet, network_timeout=network_timeout
+            pipeline,
+            ae_title,
+            sites,
+            quiet_seconds=quiet,
+            network_timeout=network_timeout,
+            ssl_context=tls.server_context() if tls is not None else None,
+            client_identities=identities,
         )
         stop, hurry = threading.Event(), threading.Event()
 
@@ -206,10 +247,13 @@ def listen_command(
             raise fail(
                 f"cannot listen on {host}:{port}: {exc.strerror}", "Choose another --port."
             ) from None
+        if tls is None:
+            warn_plaintext(host, port, "DICOM (C-STORE)")
         out = console()
+        security = tls.describe() if tls is not None else "plaintext"
         out.print(
             plain(
-                f"listening as {ae_title} on {host}:{port} for "
+                f"listening as {ae_title} on {host}:{port} ({security}) for "
                 + ", ".join(f"{title} ({site})" for title, site in sorted(sites.items()))
                 + f"; studies complete after {quiet:g} s without new instances"
             )
@@ -306,6 +350,15 @@ def pull_command(
         float,
         typer.Option("--timeout", min=1.0, help="Seconds to wait for the archive on each read."),
     ] = 120.0,
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca-file",
+            metavar="PEM",
+            help="Verify an https:// archive's certificate against this CA certificate "
+            "(or the archive's own, when self-signed) instead of the system's CAs.",
+        ),
+    ] = None,
     fresh: Annotated[
         bool,
         typer.Option(
@@ -327,12 +380,18 @@ def pull_command(
     from medai.collection.receivers.dicomweb_pull import RetryPolicy, pull_site
     from medai.config import get_settings
     from medai.errors import MedaiError, PullStopped
+    from medai.tls import client_context
 
     first, last = since, until
     if last is not None and last < first:
         raise fail(f"--until {last} is before --since {first}")
     settings = get_settings()
     require_campaign(settings)
+    if ca_file is not None:
+        try:
+            client_context(ca_file)  # the file named now if it is missing or not PEM
+        except MedaiError as exc:
+            raise fail(exc) from None
     headers = dict(parse_header(item) for item in header or ())
     if token is None and settings.pull_token is not None:
         token = settings.pull_token.get_secret_value()
@@ -366,6 +425,7 @@ def pull_command(
                 retry=RetryPolicy(max_attempts=max_attempts),
                 timeout=(min(10.0, timeout), timeout),
                 fresh=fresh,
+                ca_file=ca_file,
                 on_total=set_total,
                 on_study=study_done,
                 on_outcome=instance_done,

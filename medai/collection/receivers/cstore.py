@@ -20,16 +20,29 @@ and stops gracefully: it stops accepting associations, lets those in flight
 finish (up to a bound), then aborts the rest. An aborted instance was never
 acknowledged, so its sender retries it; one whose ingest had already committed
 becomes a harmless duplicate on that retry.
+
+TLS (DICOM PS3.15 B.1, the secure transport connection profile). Given an
+:class:`ssl.SSLContext` (:mod:`medai.tls`), the listener speaks TLS only. The handshake is
+done in the association's own thread (:class:`TlsAssociationServer`), never in the thread
+that accepts connections, so a peer that connects and stalls holds nothing but its own
+thread, for at most the network time-out; a failed handshake (a plaintext sender, a
+missing or untrusted client certificate) is rejected like an association, logged and
+audited (reason ``tls-handshake-failed``). A site whose campaign entry lists
+``tls_clients`` is bound to those client certificates: an association from one of its AE
+titles that comes without TLS, or with another certificate, is rejected at A-ASSOCIATE
+(``client-certificate-not-allowed``), before any instance is read.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.association import Association
@@ -40,9 +53,11 @@ from sqlalchemy import select
 
 from medai.catalog.db import session_factory
 from medai.catalog.models import Site
+from medai.collection.campaign.sites import stored_campaign
 from medai.collection.pipeline import IngestPipeline
 from medai.collection.receivers.cstore_rejections import REJECTED_ACTION, RejectionRecorder
 from medai.collection.receivers.study_completion import CompletionSweeper
+from medai.tls import peer_matches
 
 __all__ = [
     "SOURCE",
@@ -53,14 +68,17 @@ __all__ = [
     "REJECTED_ACTION",
     "RejectionRecorder",
     "StorageListener",
+    "TlsAssociationServer",
     "build_storage_scp",
     "handle_aborted",
     "handle_accepted",
     "handle_conn_open",
     "handle_echo",
     "handle_rejected",
+    "handle_requested",
     "handle_store",
     "site_by_ae_title",
+    "site_client_identities",
 ]
 
 logger = logging.getLogger(__name__)
@@ -105,6 +123,29 @@ def site_by_ae_title(pipeline: IngestPipeline) -> dict[str, str]:
     with session_factory(pipeline.engine)() as session:
         sites = session.scalars(select(Site)).all()
     return {str(title).strip(): site.id for site in sites for title in site.ae_titles}
+
+
+def site_client_identities(pipeline: IngestPipeline) -> dict[str, frozenset[str]]:
+    """Calling AE title → the client certificates allowed for it (its site's ``tls_clients``).
+
+    Only the AE titles of sites that list ``tls_clients`` are keys: the others are bound to
+    no certificate.
+    """
+    with session_factory(pipeline.engine)() as session:
+        campaign = stored_campaign(session)
+    return {
+        title.strip(): frozenset(site.tls_clients)
+        for site in campaign.sites
+        if site.tls_clients
+        for title in site.ae_titles
+    }
+
+
+def _peer(requestor: Any) -> tuple[str, int]:
+    try:
+        return str(requestor.address), int(requestor.port)
+    except (AttributeError, TypeError, ValueError):  # no address info: still record it
+        return "unknown", 0
 
 
 # -- event handlers: plain functions, registered with their state as arguments -----------------
@@ -161,6 +202,39 @@ def handle_store(
     return STATUS_SUCCESS
 
 
+def handle_requested(
+    event: evt.Event,
+    identities: Mapping[str, frozenset[str]],
+    counts: ListenerCounts,
+    recorder: RejectionRecorder | None = None,
+) -> None:
+    """EVT_REQUESTED: a calling AE title bound to client certificates must come with one.
+
+    An association from an AE title of a site with ``tls_clients`` is rejected (calling AE
+    title not recognised, as for an unknown caller) unless it came over TLS with a verified
+    client certificate that is one of them; other AE titles are left to the usual checks.
+    """
+    request = event.assoc.requestor.primitive
+    if request is None or not identities:
+        return
+    calling = str(request.calling_ae_title).strip()
+    allowed = identities.get(calling)
+    if not allowed:
+        return
+    wrapper = event.assoc.dul.socket
+    sock = wrapper.socket if wrapper is not None else None
+    der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
+    if peer_matches(der, allowed):
+        return
+    event.assoc.acse.send_reject(0x01, 0x01, 0x03)  # permanent; calling AE not recognised
+    counts.add("rejected")
+    if recorder is not None:
+        host, port = _peer(event.assoc.requestor)
+        called = str(request.called_ae_title)
+        recorder.record(calling, called, host, port, reason="client-certificate-not-allowed")
+    event.assoc.kill()
+
+
 def handle_accepted(event: evt.Event, counts: ListenerCounts) -> None:
     """EVT_ACCEPTED: one more association."""
     counts.add("associations")
@@ -176,10 +250,7 @@ def handle_rejected(
     requestor = event.assoc.requestor
     request = requestor.primitive  # the A-ASSOCIATE request that was refused
     called = str(request.called_ae_title) if request is not None else ""
-    try:
-        host, port = str(requestor.address), int(requestor.port)
-    except (AttributeError, TypeError, ValueError):  # no address info: still record it
-        host, port = "unknown", 0
+    host, port = _peer(requestor)
     recorder.record(str(requestor.ae_title), called, host, port)
 
 
@@ -195,6 +266,8 @@ def build_storage_scp(
     counts: ListenerCounts | None = None,
     *,
     network_timeout: float = DEFAULT_NETWORK_TIMEOUT,
+    client_identities: Mapping[str, frozenset[str]] | None = None,
+    recorder: RejectionRecorder | None = None,
 ) -> tuple[AE, list[EventHandlerType]]:
     """An AE accepting Verification and every storage SOP class from the campaign's AEs.
 
@@ -212,6 +285,11 @@ def build_storage_scp(
     network_timeout
         Seconds an association may stay idle, or a PDU stall half-received,
         before the association is aborted.
+    client_identities
+        Calling AE title → the client certificates it must present
+        (:func:`site_client_identities`); see :func:`handle_requested`.
+    recorder
+        Records rejections; default one on the pipeline's catalog.
 
     Returns
     -------
@@ -234,9 +312,10 @@ def build_storage_scp(
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
 
     tally = counts or ListenerCounts()
-    recorder = RejectionRecorder(pipeline.engine, ae_title, sites)
+    recorder = recorder or RejectionRecorder(pipeline.engine, ae_title, sites)
     handlers: list[EventHandlerType] = [
         (evt.EVT_CONN_OPEN, handle_conn_open, [network_timeout]),
+        (evt.EVT_REQUESTED, handle_requested, [dict(client_identities or {}), tally, recorder]),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [pipeline, sites, tally]),
         (evt.EVT_ACCEPTED, handle_accepted, [tally]),
@@ -244,6 +323,72 @@ def build_storage_scp(
         (evt.EVT_ABORTED, handle_aborted, [tally]),
     ]
     return ae, handlers
+
+
+# An OpenSSL reason of a failed handshake → the reason recorded (else tls-handshake-failed).
+_HANDSHAKE_REASONS = {
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "tls-client-certificate-missing",
+    "CERTIFICATE_VERIFY_FAILED": "tls-client-certificate-untrusted",
+    "TLSV1_ALERT_UNKNOWN_CA": "tls-server-certificate-untrusted",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "tls-server-certificate-untrusted",
+    "WRONG_VERSION_NUMBER": "tls-plaintext-client",
+    "HTTP_REQUEST": "tls-plaintext-client",
+}
+
+
+class TlsAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, with each TLS handshake in its association's thread.
+
+    pynetdicom's own server completes the handshake in the thread that accepts
+    connections, where one peer that connects and sends nothing would stop the listener
+    accepting anyone else. Here the socket is wrapped without a handshake, and the
+    association's thread makes it, bounded by ``handshake_timeout``; a failed handshake
+    is recorded as a rejection and the connection closed.
+    """
+
+    handshake_timeout: float = DEFAULT_NETWORK_TIMEOUT
+    recorder: RejectionRecorder | None = None
+    counts: ListenerCounts | None = None
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        """Accept a connection; wrap it for TLS, the handshake left to its thread."""
+        assert self.socket is not None
+        client, address = self.socket.accept()
+        if self.ssl_context is not None:
+            client = self.ssl_context.wrap_socket(
+                client, server_side=True, do_handshake_on_connect=False
+            )
+        return client, address
+
+    def process_request_thread(
+        self,
+        request: socket.socket | tuple[bytes, socket.socket],
+        client_address: tuple[str, int] | str,
+    ) -> None:
+        """Make the TLS handshake, then run the association as pynetdicom does."""
+        if isinstance(request, ssl.SSLSocket):
+            try:
+                request.settimeout(self.handshake_timeout)
+                request.do_handshake()
+            except (OSError, ValueError) as exc:  # SSLError, a time-out, a reset
+                self._refused(client_address, exc)
+                self.shutdown_request(request)
+                return
+        super().process_request_thread(request, client_address)
+
+    def _refused(self, client_address: tuple[str, int] | str, exc: BaseException) -> None:
+        if self.counts is not None:
+            self.counts.add("rejected")
+        code = getattr(exc, "reason", None) or type(exc).__name__
+        reason = _HANDSHAKE_REASONS.get(str(code), "tls-handshake-failed")
+        host, port = (
+            (str(client_address[0]), int(client_address[1]))
+            if isinstance(client_address, tuple)
+            else (str(client_address), 0)
+        )
+        logger.info("TLS handshake with %s:%d failed: %s", host, port, code)
+        if self.recorder is not None:
+            self.recorder.record("", "", host, port, reason=reason)
 
 
 @dataclass(frozen=True)
@@ -271,7 +416,13 @@ class StorageListener:
     sweep_interval
         Seconds between sweeps; default a quarter of the period, at most 5 s.
     network_timeout
-        Seconds before an idle or stalled association is aborted.
+        Seconds before an idle or stalled association is aborted (and the most a TLS
+        handshake may take).
+    ssl_context
+        Speak DICOM TLS only, with this server context (:mod:`medai.tls`).
+    client_identities
+        Calling AE title → the client certificates it must present
+        (:func:`site_client_identities`).
 
     Examples
     --------
@@ -289,10 +440,21 @@ class StorageListener:
         quiet_seconds: float,
         sweep_interval: float | None = None,
         network_timeout: float = DEFAULT_NETWORK_TIMEOUT,
+        ssl_context: ssl.SSLContext | None = None,
+        client_identities: Mapping[str, frozenset[str]] | None = None,
     ) -> None:
         self.counts = ListenerCounts()
+        self.ssl_context = ssl_context
+        self.network_timeout = network_timeout
+        self.recorder = RejectionRecorder(pipeline.engine, ae_title, sites)
         self.ae, self._handlers = build_storage_scp(
-            pipeline, ae_title, sites, self.counts, network_timeout=network_timeout
+            pipeline,
+            ae_title,
+            sites,
+            self.counts,
+            network_timeout=network_timeout,
+            client_identities=client_identities,
+            recorder=self.recorder,
         )
         self.sweeper = CompletionSweeper(pipeline.engine, quiet_seconds, interval=sweep_interval)
         self._server: ThreadedAssociationServer | None = None
@@ -311,7 +473,26 @@ class StorageListener:
         OSError
             When the address cannot be bound (e.g. the port is taken).
         """
-        self._server = self.ae.start_server((host, port), block=False, evt_handlers=self._handlers)
+        if self.ssl_context is None:
+            self._server = self.ae.start_server(
+                (host, port), block=False, evt_handlers=self._handlers
+            )
+        else:
+            server = self.ae.make_server(
+                (host, port),
+                ssl_context=self.ssl_context,
+                evt_handlers=self._handlers,
+                server_class=TlsAssociationServer,
+            )
+            assert isinstance(server, TlsAssociationServer)
+            server.handshake_timeout = self.network_timeout
+            server.recorder, server.counts = self.recorder, self.counts
+            # As start_server does: the server's shutdown() removes itself from this list.
+            self.ae._servers.append(server)
+            threading.Thread(
+                target=server.serve_forever, name="cstore-tls-acceptor", daemon=True
+            ).start()
+            self._server = server
         self.sweeper.start()
 
     def in_flight(self) -> list[Association]:

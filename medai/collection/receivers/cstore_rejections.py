@@ -60,9 +60,15 @@ class RejectionRecorder:
             return "calling-ae-title-not-recognised"
         return "too-many-associations"
 
-    def record(self, calling: str, called: str, host: str, port: int) -> None:
-        """Log and audit one rejection (or count it into the next record of its peer)."""
-        reason = self.reason(calling, called)
+    def record(
+        self, calling: str, called: str, host: str, port: int, reason: str | None = None
+    ) -> None:
+        """Log and audit one rejection (or count it into the next record of its peer).
+
+        ``reason``: why, when it is not pynetdicom's own check (:meth:`reason`), e.g. a
+        failed TLS handshake or a client certificate not allowed for the calling AE title.
+        """
+        reason = reason or self.reason(calling, called)
         key, now = (host, reason), time.monotonic()
         with self._lock:
             last = self._last.get(key)

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Mapping
 from contextlib import closing
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import select, update
 
@@ -220,6 +221,7 @@ def pull_site(
     timeout: tuple[float, float] = (10.0, 120.0),
     page_size: int = 200,
     fresh: bool = False,
+    ca_file: Path | None = None,
     on_total: Callable[[int], None] | None = None,
     on_study: Callable[[], None] | None = None,
     on_outcome: Callable[[Outcome], None] | None = None,
@@ -241,6 +243,9 @@ def pull_site(
     fresh
         Ignore earlier checkpoints of this pull (instances already catalogued are
         still not downloaded again).
+    ca_file
+        PEM CA certificate(s) an ``https://`` archive's certificate is verified against
+        (default: the system's CAs).
     on_total, on_study, on_outcome
         Progress: the number of studies found, each study finished or skipped, and
         each instance's outcome.
@@ -268,7 +273,14 @@ def pull_site(
     pseudonymizer = pipeline.deidentifier.pseudonymizer  # its key checked by the pipeline
     quiet_identifying_loggers()
     with closing(
-        DicomwebSource(url, headers=headers, retry=retry, timeout=timeout, page_size=page_size)
+        DicomwebSource(
+            url,
+            headers=headers,
+            retry=retry,
+            timeout=timeout,
+            page_size=page_size,
+            ca_file=ca_file,
+        )
     ) as source:
         identity = PullCheckpoint.identity(site, source.url, since, until)
         previous = None if fresh else previous_checkpoint(pipeline.engine, site, identity)

@@ -143,6 +143,12 @@ class Retrying:
                 result = operation()
                 self.reached = True
                 return result
+            except requests.exceptions.SSLError:
+                # An untrusted or mismatched certificate does not heal with time: say so now.
+                raise PullError(
+                    f"cannot verify the TLS certificate of {self.url}: pass --ca-file with "
+                    "the CA (or the archive's own certificate) that signs it"
+                ) from None
             except requests.HTTPError as exc:
                 self.reached = True
                 status = exc.response.status_code if exc.response is not None else 0
