@@ -17,6 +17,7 @@ SYSTEM_PARTS = frozenset(
         "labels",
         "pull",
         "retention",
+        "security",
         "serve",
         "snapshots",
         "stow",

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 
 from medai.audit import actors, append_audit, audited_transaction
+from medai.audit.security_events import KEY_MISMATCH, SecurityEventRecorder, default_recorder
 from medai.catalog.db import session_factory
 from medai.catalog.models import Campaign
 from medai.collection.pseudonymize import Pseudonymizer
@@ -42,6 +43,7 @@ __all__ = [
     "check_key",
     "export_key",
     "import_key",
+    "record_key_mismatch",
 ]
 
 logger = logging.getLogger(__name__)
@@ -103,9 +105,10 @@ def campaign_key(settings: Settings, engine: Engine, *, actor: str | None = None
     if row is None:  # no campaign yet: nothing to compare with (the caller refuses that)
         return load_key(key_file)
     if row.key_fingerprint is not None:
-        return check_key(key_file, row.key_fingerprint)
+        return _checked(engine, key_file, row.key_fingerprint)
     key = load_key(key_file)
     fingerprint = key_fingerprint(key)
+    recorded: str | None = None  # set when another process recorded one meanwhile
     with audited_transaction(engine) as session:
         campaign = session.scalars(select(Campaign).order_by(Campaign.id)).first()
         if campaign is not None and campaign.key_fingerprint is None:
@@ -117,8 +120,10 @@ def campaign_key(settings: Settings, engine: Engine, *, actor: str | None = None
                 subject=campaign.name,
                 details={"fingerprint": fingerprint},
             )
-        elif campaign is not None:  # another process recorded one meanwhile
-            return check_key(key_file, campaign.key_fingerprint)
+        elif campaign is not None:
+            recorded = campaign.key_fingerprint
+    if recorded is not None:
+        return _checked(engine, key_file, recorded)
     logger.info(
         "the catalog kept no campaign key fingerprint: recorded %s, the key in %s; "
         "from now on only this key is accepted",
@@ -126,6 +131,41 @@ def campaign_key(settings: Settings, engine: Engine, *, actor: str | None = None
         key_file,
     )
     return key
+
+
+def _checked(engine: Engine, key_file: Path, recorded: str) -> bytes:
+    """:func:`check_key`, a refusal recorded as a security event first."""
+    try:
+        return check_key(key_file, recorded)
+    except KeyMismatch:
+        record_key_mismatch(engine, key_file, recorded)
+        raise
+
+
+def record_key_mismatch(
+    engine: Engine | None,
+    key_file: Path,
+    recorded: str,
+    recorder: SecurityEventRecorder | None = None,
+) -> None:
+    """Record ``security.key-mismatch``: ``key_file`` was refused for this catalog.
+
+    Details name both fingerprints (the refused one is None when the file is missing or
+    unreadable: reason ``no-key``; another key: ``other-key``), never the key. Repeats
+    (a readiness probe every few seconds) are folded, one record a minute (see
+    :class:`~medai.audit.security_events.SecurityEventRecorder`).
+    """
+    try:
+        found: str | None = key_fingerprint(load_key(key_file))
+    except KeyFileError:
+        found = None
+    (recorder or default_recorder()).record(
+        engine,
+        KEY_MISMATCH,
+        source=f"key-file:{key_file}",
+        reason="no-key" if found is None else "other-key",
+        details={"recorded_fingerprint": recorded, "refused_fingerprint": found},
+    )
 
 
 def campaign_pseudonymizer(settings: Settings, engine: Engine) -> Pseudonymizer:

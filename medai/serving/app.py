@@ -80,7 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """
     settings = settings or get_settings()
     service = Service(settings)
-    service_metrics = ServiceMetrics()
+    service_metrics = ServiceMetrics(service.security)
     inference: InferenceService | None = None
     if settings.serve_model.strip():
         inference = InferenceService(settings, service.engine, service_metrics)

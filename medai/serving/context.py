@@ -12,6 +12,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from medai.catalog.db import create_engine_for
+from medai.ops.security import SecurityMonitor
 from medai.serving.sessions import DashboardSessions
 
 if TYPE_CHECKING:
@@ -36,6 +37,8 @@ class Service:
         self.settings = settings
         self.engine: Engine = create_engine_for(settings.resolved_database_url)
         self.dashboard_sessions = DashboardSessions.for_settings(settings)
+        # Failed authentication: recorded (repeats folded), counted, throttled per source.
+        self.security = SecurityMonitor.for_settings(settings)
         self._lock = threading.Lock()
         self._base: IngestPipeline | None = None
         self._pipelines: dict[str, IngestPipeline] = {}

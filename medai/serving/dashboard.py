@@ -22,6 +22,7 @@ headers that chose it.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Request
@@ -31,12 +32,19 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from medai.catalog.db import session_factory
 from medai.collection.campaign.progress import compute_progress
 from medai.collection.campaign.report import CampaignProgress
-from medai.serving.auth import Caller
+from medai.ops.security import SecuritySummary, security_status
+from medai.serving.auth import Caller, client_address
 from medai.serving.context import Service
 from medai.serving.dashboard_page import render_dashboard, render_login
 from medai.serving.deps import ServiceDep, StewardDep
 from medai.serving.i18n import LANG_COOKIE, Translator, load_catalogues, negotiate
-from medai.serving.keys import authenticate_key, role_grants
+from medai.serving.keys import (
+    KEY_PREFIX,
+    KEY_SHOWN_PREFIX,
+    KeyInfo,
+    authenticate_key,
+    role_grants,
+)
 
 __all__ = ["COOKIE", "cookie_caller", "router"]
 
@@ -54,6 +62,13 @@ def _progress(service: Service, today: dt.date | None = None) -> CampaignProgres
     reader = session_factory(service.engine.execution_options(sqlite_begin="DEFERRED"))
     with reader() as session:
         return compute_progress(session, today=today, quiet_hours=service.settings.site_quiet_hours)
+
+
+def _security(service: Service) -> dict[str, SecuritySummary]:
+    # The security panel: the events of the last 24 hours and 7 days, from the audit chain.
+    reader = session_factory(service.engine.execution_options(sqlite_begin="DEFERRED"))
+    with reader() as session:
+        return security_status(session, service.settings)
 
 
 @router.get(
@@ -123,7 +138,7 @@ def dashboard(request: Request, service: ServiceDep) -> Response:
     if caller is None:
         return _in_language(RedirectResponse("/dashboard/login", status_code=303), t, keep, request)
     page = HTMLResponse(
-        render_dashboard(_progress(service), t),
+        render_dashboard(_progress(service), t, _security(service)),
         headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"},
     )
     return _in_language(page, t, keep, request)
@@ -146,6 +161,10 @@ def login_page(request: Request) -> Response:
         400: {"description": "The sign-in page again: that is not an API key"},
         401: {"description": "The sign-in page again: an unknown or revoked key"},
         403: {"description": "The sign-in page again: not a steward (or admin) key"},
+        429: {
+            "description": "The sign-in page again: too many failed authentications from "
+            "this address (MEDAI_AUTH_FAILURES_PER_MINUTE); see Retry-After"
+        },
     },
 )
 async def login(request: Request, service: ServiceDep) -> Response:
@@ -156,12 +175,28 @@ async def login(request: Request, service: ServiceDep) -> Response:
         page = HTMLResponse(render_login(t, message), status_code=status_code)
         return _in_language(page, t, keep, request)
 
+    source = client_address(request)
+    wait = service.security.retry_after(source)
+    if wait is not None:  # throttled for failed authentications, a right key included
+        page = refused(t._("Too many failed sign-ins from this address: try again later."), 429)
+        page.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+        return page
     body = await request.body()
     if len(body) > _LOGIN_BODY_LIMIT:
         return refused(t._("That is not an API key."), 400)
     key = parse_qs(body.decode("utf-8", "replace")).get("key", [""])[0].strip()
     info = await run_in_threadpool(authenticate_key, service.engine, key) if key else None
     if info is None or info.revoked:
+        if key:  # a refused key is a security event (recorded, counted, throttled)
+            reason = _refusal(key, info)
+            await run_in_threadpool(
+                service.security.auth_failed,
+                service.engine,
+                source,
+                reason,
+                prefix=key[:KEY_SHOWN_PREFIX] if reason != "malformed" else None,
+                key_name=info.name if info is not None else None,
+            )
         return refused(t._("Unknown or revoked key: check that it was copied whole."), 401)
     if not role_grants(info.role, "steward"):
         return refused(
@@ -187,6 +222,13 @@ async def login(request: Request, service: ServiceDep) -> Response:
     )
     response.delete_cookie(_OLD_KEY_COOKIE, path=_COOKIE_PATH)
     return response
+
+
+def _refusal(key: str, info: KeyInfo | None) -> str:
+    """Why a key posted to the sign-in form was refused: revoked, unknown or malformed."""
+    if info is not None:
+        return "revoked"
+    return "unknown" if key.startswith(KEY_PREFIX) and len(key) <= 256 else "malformed"
 
 
 @router.post(

@@ -23,7 +23,9 @@ from typing import Any, Final
 from babel.core import Locale
 
 from medai.collection.campaign.report import CampaignProgress, SiteProgress
+from medai.ops.security import SecuritySummary
 from medai.serving.i18n import LANGUAGES, N_, Translator
+from medai.serving.security_panel import render_security_panel
 
 __all__ = [
     "REFRESH_SECONDS",
@@ -442,8 +444,13 @@ def _language_links(t: Translator) -> str:
     return f'<nav class="lang" aria-label="{label}">{"".join(links)}</nav>'
 
 
-def render_dashboard(report: CampaignProgress, t: Translator | None = None) -> str:
-    """The whole dashboard page for ``report``, in the language of ``t`` (English if None)."""
+def render_dashboard(
+    report: CampaignProgress,
+    t: Translator | None = None,
+    security: Mapping[str, SecuritySummary] | None = None,
+) -> str:
+    """The whole dashboard page for ``report``, in the language of ``t`` (English if None),
+    with the security panel of ``security`` (the summaries "24h" and "7d") when given."""
     t = t or Translator("en")
     now = (
         report.generated_at
@@ -532,6 +539,7 @@ def render_dashboard(report: CampaignProgress, t: Translator | None = None) -> s
 {_reasons_svg(t, report.quarantine_reasons)}
 <h2 data-heading="targets">{headings["targets"]}</h2>
 {_targets_table(t, report)}
+{render_security_panel(t, security) if security else ""}
 {_status_rule(t, report.status_rule)}
 </body></html>
 """

@@ -7,9 +7,14 @@ A route names what it needs by type and FastAPI provides it::
 
 - :data:`ServiceDep`, :data:`SettingsDep`, :data:`EngineDep`: the app's
   :class:`~medai.serving.context.Service`, its settings and its catalog engine;
-- :data:`CallerDep`: the caller of any valid person's key (an ``edge`` key is refused
-  403); :data:`AnyKeyDep`: of any valid key, edge keys included; :data:`ClinicianDep`,
-  :data:`StewardDep`, :data:`AdminDep`: one whose key grants that role (or admin).
+- :data:`CallerDep`: the caller of any valid person's key (an ``edge`` or ``monitoring``
+  key is refused 403); :data:`AnyKeyDep`: of any valid key, edge keys included (monitoring
+  keys refused 403); :data:`MetricsCallerDep`: a person's key or a ``monitoring`` key
+  (``/metrics`` only); :data:`ClinicianDep`, :data:`StewardDep`, :data:`AdminDep`: one
+  whose key grants that role (or admin).
+
+Every one of them checks the key through :func:`~medai.serving.auth.checked_caller`: failed
+authentication is recorded and throttled per source address (429 with ``Retry-After``).
 
 The inference service's own dependency (``InferenceDep``) sits with it in
 :mod:`medai.serving.inference.routes`, so that the other routers, which import this module,
@@ -26,9 +31,9 @@ from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy import Engine
 
 from medai.config import Settings
-from medai.serving.auth import BEARER_SCHEME, Caller, caller_for, check_role, check_role_name
+from medai.serving.auth import BEARER_SCHEME, Caller, check_role, check_role_name, checked_caller
 from medai.serving.context import Service
-from medai.serving.keys import EDGE_ROLE
+from medai.serving.keys import EDGE_ROLE, MONITORING_ROLE
 
 __all__ = [
     "AdminDep",
@@ -36,11 +41,13 @@ __all__ = [
     "CallerDep",
     "ClinicianDep",
     "EngineDep",
+    "MetricsCallerDep",
     "ServiceDep",
     "SettingsDep",
     "StewardDep",
     "authenticate",
     "authenticate_any_key",
+    "authenticate_metrics",
     "get_service",
     "require_role",
 ]
@@ -72,11 +79,23 @@ def authenticate_any_key(
     engine: EngineDep,
     _scheme: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER_SCHEME)] = None,
 ) -> Caller:
-    """The caller of ``request``, from its bearer key (401 otherwise), edge keys included.
+    """The caller of ``request``, from its bearer key (401 otherwise), edge keys included;
+    403 for a ``monitoring`` key, which may read ``/metrics`` only.
 
-    A plain (sync) dependency, so FastAPI runs its catalog query in a worker thread.
+    A plain (sync) dependency, so FastAPI runs its catalog query in a worker thread. A
+    source throttled for failed authentications is answered 429
+    (:func:`~medai.serving.auth.checked_caller`).
     """
-    return caller_for(engine, request.headers.get("authorization", ""))
+    return _not_monitoring(checked_caller(request, engine, get_service(request).security))
+
+
+def _not_monitoring(caller: Caller) -> Caller:
+    if caller.role == MONITORING_ROLE:
+        raise HTTPException(
+            403,
+            detail=f"the key {caller.name!r} is a monitoring key: it may only read /metrics",
+        )
+    return caller
 
 
 AnyKeyDep = Annotated[Caller, Depends(authenticate_any_key)]
@@ -89,7 +108,7 @@ def authenticate(
 ) -> Caller:
     """The caller of ``request`` when their key is a person's (401 otherwise); 403 for an
     ``edge`` key, which may use the edge routes only (STOW-RS, heartbeat, receipts)."""
-    caller = caller_for(engine, request.headers.get("authorization", ""))
+    caller = _not_monitoring(checked_caller(request, engine, get_service(request).security))
     if caller.role == EDGE_ROLE:
         raise HTTPException(
             403,
@@ -100,6 +119,26 @@ def authenticate(
 
 
 CallerDep = Annotated[Caller, Depends(authenticate)]
+
+
+def authenticate_metrics(
+    request: Request,
+    engine: EngineDep,
+    _scheme: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER_SCHEME)] = None,
+) -> Caller:
+    """The caller of ``request`` when their key is a person's or a ``monitoring`` key (the
+    scraper's); 401 otherwise, 403 for an ``edge`` key."""
+    caller = checked_caller(request, engine, get_service(request).security)
+    if caller.role == EDGE_ROLE:
+        raise HTTPException(
+            403,
+            detail=f"the key {caller.name!r} is a site's edge key: it may only send the "
+            "site's instances (STOW-RS), its heartbeats and read its receipts",
+        )
+    return caller
+
+
+MetricsCallerDep = Annotated[Caller, Depends(authenticate_metrics)]
 
 
 def require_role(role: str) -> Callable[..., Caller]:

@@ -41,6 +41,11 @@ _ERROR = {
 _REFUSALS = {
     "401": {"description": "No key, or an unknown or revoked key"} | _ERROR,
     "403": {"description": "The key's role may not do this"} | _ERROR,
+    "429": {
+        "description": "Too many failed authentications from this address "
+        "(MEDAI_AUTH_FAILURES_PER_MINUTE): try again after Retry-After seconds"
+    }
+    | _ERROR,
 }
 
 

@@ -23,8 +23,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from medai.catalog.db import alembic_config, session_factory
 from medai.catalog.models import Campaign
 from medai.collection.campaign.sites import stored_campaign
-from medai.collection.key_guard import check_key
-from medai.errors import MedaiError
+from medai.collection.key_guard import check_key, record_key_mismatch
+from medai.errors import KeyMismatch, MedaiError
 from medai.serving.context import Service
 from medai.serving.deps import ServiceDep
 from medai.serving.errors import CATALOG_UNREACHABLE
@@ -68,6 +68,15 @@ def readiness_problem(service: Service) -> str | None:
     try:
         # The check STOW's pipeline makes: ready only with the campaign's own key.
         check_key(service.settings.resolved_key_file, recorded)
+    except KeyMismatch as exc:
+        if recorded is not None:  # a security event (repeats folded: one a minute)
+            record_key_mismatch(
+                service.engine,
+                service.settings.resolved_key_file,
+                recorded,
+                service.security.recorder,
+            )
+        return str(exc)
     except MedaiError as exc:
         return str(exc)
     return None

@@ -12,6 +12,8 @@ Roles: ``clinician`` (inference), ``steward`` (data collection: STOW-RS, progres
 ``edge``: the key of one site's edge gateway (``api_keys.site_id``), which may only STOW
 that site's de-identified instances, post heartbeats and read that site's receipts; it is
 granted nothing else, and admin is not granted it (an admin is not a site's gateway).
+``monitoring``: a metrics scraper's key, which may read ``/metrics`` and nothing else (a
+stolen one tells request counts, not data).
 Creating and revoking a key appends an audit record (``apikey.create``,
 ``apikey.revoke``) naming the key, its role and prefix, never the key.
 """
@@ -40,7 +42,9 @@ if TYPE_CHECKING:
 __all__ = [
     "EDGE_ROLE",
     "KEY_PREFIX",
+    "KEY_SHOWN_PREFIX",
     "LAST_USED_RESOLUTION",
+    "MONITORING_ROLE",
     "ROLES",
     "CreatedKey",
     "KeyInfo",
@@ -54,9 +58,11 @@ __all__ = [
 ]
 
 KEY_PREFIX: Final = "medai_"
-ROLES: Final = ("clinician", "steward", "admin", "edge")
+ROLES: Final = ("clinician", "steward", "admin", "edge", "monitoring")
 # The role of a site's edge gateway: bound to one site (api_keys.site_id).
 EDGE_ROLE: Final = "edge"
+# The role of a metrics scraper: it may read /metrics and nothing else.
+MONITORING_ROLE: Final = "monitoring"
 # What each role may do beyond its own name: admin may do everything a person may do;
 # an edge key is granted its own role only, and no other role is granted it.
 _IMPLIED: Final[dict[str, frozenset[str]]] = {
@@ -64,11 +70,14 @@ _IMPLIED: Final[dict[str, frozenset[str]]] = {
     "steward": frozenset({"steward"}),
     "admin": frozenset({"clinician", "steward", "admin"}),
     EDGE_ROLE: frozenset({EDGE_ROLE}),
+    MONITORING_ROLE: frozenset({MONITORING_ROLE}),
 }
 # last_used_at is written at most this often per key: a write transaction per request
 # would serialize every request on SQLite's single writer.
 LAST_USED_RESOLUTION: Final = dt.timedelta(minutes=1)
 _SHOWN_PREFIX: Final = len(KEY_PREFIX) + 6
+KEY_SHOWN_PREFIX: Final = _SHOWN_PREFIX
+"""How many first characters of a key listings and audit records show."""
 _NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 
 

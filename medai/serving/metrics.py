@@ -16,10 +16,17 @@ never heard from), ``medai_site_outbox_depth`` and ``medai_site_oldest_unsent_se
 an alert on ``medai_site_status{status="silent"} == 1`` names the silent sites. Without a
 campaign, or with the catalog out of reach, the site series are left out.
 
+Security (:class:`SecurityGauges`, from the service's
+:class:`~medai.ops.security.SecurityMonitor`): ``medai_security_events_total{kind}`` (every
+event this process saw, also those folded into one audit record a minute),
+``medai_auth_failures_total``, ``medai_auth_throttled_requests_total`` (429 answers),
+``medai_auth_rate_limited_sources`` (sources throttled now) and
+``medai_backup_age_seconds`` (+Inf when no backup was ever made).
+
 ``/metrics`` is not open (only ``/healthz`` and ``/readyz`` are): Prometheus sends a key
-with ``authorization: {type: Bearer, credentials_file: ...}``. Any valid key is taken,
-so the operator can give the scraper the key of whichever role is least useful to
-someone who steals it at their site.
+with ``authorization: {type: Bearer, credentials_file: ...}``. Give the scraper a
+``monitoring`` key (``medai keys create --role monitoring``), which may read ``/metrics``
+and nothing else; any person's key is taken too, an edge key is not.
 """
 
 from __future__ import annotations
@@ -41,17 +48,18 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from medai.serving.deps import CallerDep
+from medai.serving.deps import MetricsCallerDep
 
 if TYPE_CHECKING:
     from medai.collection.campaign.report import CampaignProgress
+    from medai.ops.security import SecurityMonitor
     from medai.serving.context import Service
 
-__all__ = ["MetricsMiddleware", "ServiceMetrics", "SiteGauges", "router"]
+__all__ = ["MetricsMiddleware", "SecurityGauges", "ServiceMetrics", "SiteGauges", "router"]
 
 _log = logging.getLogger(__name__)
 
@@ -133,10 +141,74 @@ class SiteGauges(Collector):
         yield from (status, age, depth, oldest, progress, silent)
 
 
+class SecurityGauges(Collector):
+    """The security series, read at each scrape from the service's
+    :class:`~medai.ops.security.SecurityMonitor` and the last backup given to :meth:`update`."""
+
+    def __init__(self, monitor: SecurityMonitor) -> None:
+        self._monitor = monitor
+        self._lock = threading.Lock()
+        self._backup_age: float | None = None
+
+    def update(self, backup_age: float | None) -> None:
+        """Seconds since the last backup (+Inf: none); None leaves the series out."""
+        with self._lock:
+            self._backup_age = backup_age
+
+    def describe(self) -> list[Metric]:
+        """Nothing to check at registration."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """Security events by kind, failed authentications, throttled sources, backup age."""
+        monitor = self._monitor
+        events = CounterMetricFamily(
+            "medai_security_events",
+            "Security events seen by this process, by kind (each counted, also those folded "
+            "into one audit record a minute).",
+            labels=["kind"],
+        )
+        for kind, count in monitor.event_counts().items():
+            if kind in _PROCESS_KINDS:
+                events.add_metric([kind], float(count))
+        failures = CounterMetricFamily(
+            "medai_auth_failures",
+            "Failed authentications: malformed, unknown or revoked API keys.",
+            value=float(monitor.auth_failures),
+        )
+        throttled = CounterMetricFamily(
+            "medai_auth_throttled_requests",
+            "Requests answered 429 because their source made too many failed "
+            "authentications (MEDAI_AUTH_FAILURES_PER_MINUTE).",
+            value=float(monitor.throttled_requests),
+        )
+        sources = GaugeMetricFamily(
+            "medai_auth_rate_limited_sources",
+            "Source addresses throttled now for failed authentications.",
+            value=float(monitor.limiter.throttled_sources()),
+        )
+        yield from (events, failures, throttled, sources)
+        with self._lock:
+            age = self._backup_age
+        if age is not None:
+            yield GaugeMetricFamily(
+                "medai_backup_age_seconds",
+                "Seconds since the last backup (`medai backup create`); +Inf when none.",
+                value=age,
+            )
+
+
+# The kinds of security event the web service itself sees (the others happen in other
+# processes: `collect listen`, `medai models promote`; `medai security status` has them all).
+_PROCESS_KINDS = frozenset({"auth-failed", "revoked-key-used", "rate-limited", "key-mismatch"})
+
+
 class ServiceMetrics:
     """The metrics of one app, in their own registry."""
 
-    def __init__(self) -> None:
+    def __init__(self, monitor: SecurityMonitor | None = None) -> None:
+        from medai.ops.security import SecurityMonitor
+
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -193,6 +265,8 @@ class ServiceMetrics:
         )
         self.sites = SiteGauges()
         r.register(self.sites)
+        self.security = SecurityGauges(monitor or SecurityMonitor(0))
+        r.register(self.security)
 
     def observe_batch(self, size: int, queue_s: float, inference_s: float) -> None:
         """Record one forward pass of the micro-batcher."""
@@ -270,12 +344,30 @@ router = APIRouter(tags=["ops"])
         }
     },
 )
-def metrics(request: Request, caller: CallerDep) -> Response:
+def metrics(request: Request, caller: MetricsCallerDep) -> Response:
     """Request counts and latencies by route, batch sizes, forward-pass times, model version,
-    and each site's status, last seen and edge outbox."""
+    each site's status, last seen and edge outbox, security events and the last backup."""
     registry: ServiceMetrics = request.app.state.metrics
-    registry.sites.update(_site_report(request.app.state.service))
+    service = request.app.state.service
+    registry.sites.update(_site_report(service))
+    registry.security.update(_backup_age(service))
     return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _backup_age(service: Service) -> float | None:
+    """Seconds since the last backup (+Inf: none), or None with the catalog out of reach."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from medai.catalog.db import session_factory
+    from medai.ops.security import backup_age_seconds
+
+    reader = session_factory(service.engine.execution_options(sqlite_begin="DEFERRED"))
+    try:
+        with reader() as session:
+            return backup_age_seconds(session)
+    except SQLAlchemyError as exc:
+        _log.debug("no backup age: %s", type(exc).__name__)
+        return None
 
 
 def _site_report(service: Service) -> CampaignProgress | None:

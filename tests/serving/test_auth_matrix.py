@@ -17,9 +17,10 @@ from medai.serving.app import create_app
 from medai.serving.dashboard import COOKIE
 from tests.serving.helpers import TestClient, bearer, multipart, new_key
 
-ROLES: Final = ("clinician", "steward", "admin", "edge")
+ROLES: Final = ("clinician", "steward", "admin", "edge", "monitoring")
 OPEN: Final = "open"
 ANY_KEY: Final = "any key"  # any person's key: not a site's edge key
+METRICS: Final = "any key or monitoring"  # /metrics: a person's key or a scraper's monitoring key
 STOW: Final = "steward or edge"  # STOW-RS: a steward, or site-a's own edge key
 RECEIPTS: Final = "steward or edge (reads)"
 SIGN_IN: Final = "sign-in"  # takes a steward key in its form (see the last test)
@@ -39,7 +40,7 @@ MATRIX: Final[dict[tuple[str, str], str]] = {
     ("POST", "/v1/edge/study-keys"): "edge",
     ("GET", "/v1/edge/receipts"): RECEIPTS,
     ("GET", "/v1/campaign/progress"): "steward",
-    ("GET", "/metrics"): ANY_KEY,
+    ("GET", "/metrics"): METRICS,
     ("GET", "/dashboard"): OPEN,  # without the sign-in cookie: a redirect to sign in
     ("GET", "/dashboard/login"): OPEN,
     ("POST", "/dashboard/login"): SIGN_IN,
@@ -76,9 +77,11 @@ def _allowed(rule: str, role: str) -> bool:
         return role in ("steward", "admin", "edge")
     if rule == "edge":
         return role == "edge"  # admin is not granted a site's gateway role
+    if role == "monitoring":
+        return rule in (OPEN, METRICS)  # a scraper's key reads /metrics and nothing else
     if role == "edge":
         return rule == OPEN  # an edge key may use the edge routes only
-    return rule in (OPEN, ANY_KEY) or role in (rule, "admin")
+    return rule in (OPEN, ANY_KEY, METRICS) or role in (rule, "admin")
 
 
 @pytest.fixture
@@ -174,7 +177,7 @@ def test_the_api_browser_takes_the_dashboard_sign_in(
                 headers={"Content-Type": "application/x-www-form-urlencoded"},
                 follow_redirects=False,
             )
-            if role in ("clinician", "edge"):  # the dashboard is for stewards (and admins)
+            if role in ("clinician", "edge", "monitoring"):  # for stewards (and admins)
                 assert signed.status_code == 403
                 continue
             assert signed.status_code == 303 and COOKIE in signed.cookies
