@@ -53,6 +53,7 @@ def _register_subapps() -> None:
     from medai.collection.labels import cli as labels_cli
     from medai.dicom import cli as dicom_cli
     from medai.edge import cli as edge_cli
+    from medai.ops import cli as ops_cli
     from medai.serving import cli as serving_cli
     from medai.snapshots import cli as snapshot_cli
     from medai.training import cli as training_cli
@@ -67,6 +68,7 @@ def _register_subapps() -> None:
     serving_cli.register(app)
     training_cli.register(app)
     edge_cli.register(app)  # also adds `campaign site-kit` and `collect reconcile`
+    ops_cli.register(app)  # backup, security, doctor
 
 
 _register_subapps()
