@@ -37,6 +37,7 @@ ARGUMENTS: dict[str, list[str]] = {
     "collect quarantine": [],
     "audit verify": [],
     "audit anchor": [],
+    "security status": [],
     "labels import": ["{tmp}/site-a.csv", "--site", "site-a"],
     "labels rematch": [],
     "labels status": [],
@@ -52,6 +53,7 @@ ARGUMENTS: dict[str, list[str]] = {
     "edge status": [],
     "edge receipts": [],
     "collect reconcile": ["--site", "site-a"],
+    "backup create": ["{tmp}/backups"],
 }
 
 # Commands that do their job on a fresh home, and why.
@@ -66,6 +68,13 @@ WORKS_ON_A_FRESH_HOME = {
     "keys list": "migrates the catalog itself",
     "keys revoke": "migrates the catalog itself, then names the keys there are",
     "edge init": "it is what sets an edge home up (from a site kit)",
+    # tests/ops/test_backup.py: these read or write a backup folder, not the home's catalog.
+    "backup list": "reads the backup folder only (says when it is not one)",
+    "backup verify": "reads the backup folder only (says when it is not one)",
+    "backup prune": "works on the backup folder only",
+    "backup restore": "builds a new home from a backup folder",
+    # tests/ops/test_doctor.py: a fresh home is a report of problems, and nothing is created.
+    "doctor": "diagnoses a home in any state: the missing catalog is its finding",
 }
 
 INIT_HINT = "run `medai campaign init CAMPAIGN.toml`"

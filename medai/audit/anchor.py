@@ -18,7 +18,10 @@ from medai.audit.chain import GENESIS_HASH, AuditReport, verify_audit_chain
 from medai.catalog.models import AuditRecord
 from medai.errors import BadAuditAnchor
 
-__all__ = ["AuditHead", "audit_head", "parse_anchor", "verify_against_anchor"]
+__all__ = ["ANCHORED_ACTION", "AuditHead", "audit_head", "parse_anchor", "verify_against_anchor"]
+
+ANCHORED_ACTION = "audit.anchored"
+"""Audit action ``medai audit anchor`` appends after the head it printed (``medai doctor``)."""
 
 _ANCHOR = re.compile(r"^\s*(\d+):([0-9a-fA-F]{64})\s*$")
 

@@ -76,13 +76,25 @@ def verify_command(
 
 @audit_app.command("anchor")
 def anchor_command(as_json: JsonFlag = False) -> None:
-    """Print the chain's head as SEQ:HASH: keep it elsewhere, check later with verify --anchor."""
-    from medai.audit import audit_head
+    """Print the chain's head as SEQ:HASH: keep it elsewhere, check later with verify --anchor.
+
+    The anchoring is recorded after the printed head (`audit.anchored`, naming it), so
+    `medai doctor` can tell how long ago the head was last kept.
+    """
+    from medai.audit import actors, append_audit, audit_head, audited_transaction
+    from medai.audit.anchor import ANCHORED_ACTION
     from medai.cli_support import catalog_session, print_json, require_campaign
 
     require_campaign(campaign=False)
-    with catalog_session() as session:
-        head = audit_head(session)
+    with catalog_session(write=True) as session, audited_transaction(session) as audited:
+        head = audit_head(audited)
+        append_audit(
+            audited,
+            actor=actors.operator(),
+            action=ANCHORED_ACTION,
+            subject=str(head.seq),
+            details={"anchor": str(head)},
+        )
     if as_json:
         print_json({"seq": head.seq, "hash": head.hash, "anchor": str(head)})
     else:

@@ -114,23 +114,29 @@ def test_malformed_anchor_is_refused(text: str) -> None:
 
 def test_cli_anchor_and_verify_with_anchor(settings: Settings, session_factory: Factory) -> None:
     _append(session_factory, 80)
+    head = _head(session_factory)
     printed = runner.invoke(app, ["audit", "anchor"])
     assert printed.exit_code == 0, printed.output
     anchor = printed.stdout.strip()
-    assert anchor == _head(session_factory) and anchor.startswith("80:")
+    assert anchor == head and anchor.startswith("80:")
+    # The anchoring is recorded after the printed head, naming it (`medai doctor` reads it).
+    with session_factory() as session:
+        newest = session.scalars(sa.select(AuditRecord).order_by(AuditRecord.seq.desc())).first()
+    assert newest is not None and newest.seq == 81
+    assert newest.action == "audit.anchored" and newest.details == {"anchor": anchor}
     as_json = json.loads(runner.invoke(app, ["audit", "anchor", "--json"]).stdout)
-    assert as_json["seq"] == 80 and as_json["anchor"] == anchor
+    assert as_json["seq"] == 81 and as_json["anchor"] == f"81:{newest.record_hash}"
 
-    _delete_newest(session_factory, 50)
+    _delete_newest(session_factory, 50)  # 82 records: 80, and two anchorings
     plain = runner.invoke(app, ["audit", "verify"])
     assert plain.exit_code == 0 and "chain intact" in plain.stdout
     anchored = runner.invoke(app, ["audit", "verify", "--anchor", anchor])
     assert anchored.exit_code == 1
-    assert "truncated" in anchored.stderr and "31 to 80" in anchored.stderr
+    assert "truncated" in anchored.stderr and "33 to 80" in anchored.stderr
     report = json.loads(
         runner.invoke(app, ["audit", "verify", "--anchor", anchor, "--json"]).stdout
     )
-    assert report["ok"] is False and report["first_bad_seq"] == 31
+    assert report["ok"] is False and report["first_bad_seq"] == 33
 
     bad = runner.invoke(app, ["audit", "verify", "--anchor", "latest"])
     assert bad.exit_code == 2 and "SEQ:HASH" in bad.stderr

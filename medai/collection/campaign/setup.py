@@ -124,6 +124,9 @@ def init_campaign(
         If the catalog already has a campaign and the key file is missing or is not the key
         whose fingerprint the catalog holds: a new key is never made for an existing campaign.
     """
+    # A new home is private (0700): it holds the catalog and the key files (`medai doctor`).
+    if not settings.resolved_home.exists():
+        settings.resolved_home.mkdir(parents=True, mode=0o700)
     url = settings.resolved_database_url
     engine = create_engine_for(url)
     try:
