@@ -248,6 +248,8 @@ def test_after_a_cut_the_forwarder_resumes_when_the_link_is_back_not_after_its_b
             raise httpx.ConnectError("link down", request=request)
         if request.url.path == "/healthz":
             return httpx.Response(200, json={})
+        if request.url.path == "/v1/edge/receipts":
+            return httpx.Response(200, json={"sop_instance_uids": []})  # nothing was stored
         body = request.read()
         boundary, _ = check_content_type(request.headers["content-type"])
         parts = split_multipart(body, boundary)
@@ -313,3 +315,46 @@ def test_a_slow_centre_gets_smaller_requests(
     assert not thread.is_alive() and outbox.stats().depth == 0
     assert sizes == [4, 1]  # the five queued instances
     assert forwarder.current_batch == 1  # halved after each slow request (4 -> 2 -> 1)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_after_a_lost_answer_what_the_centre_holds_is_not_sent_again(
+    filled: tuple[Settings, Outbox, ObjectStore],
+) -> None:
+    # The centre stores the first batch, then the link drops before its answer arrives. Asked
+    # for the day's receipts once the link is back, it lists them: they are acknowledged
+    # without a second upload, and only the rest travels.
+    _, outbox, store = filled
+    held: set[str] = set()
+    uploaded: list[str] = []
+    stop = threading.Event()
+
+    def centre(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/healthz":
+            return httpx.Response(200, json={})
+        if request.url.path == "/v1/edge/receipts":
+            assert request.url.params["site"] == "site-a"
+            return httpx.Response(200, json={"sop_instance_uids": sorted(held)})
+        body = request.read()
+        parts = split_multipart(body, check_content_type(request.headers["content-type"])[0])
+        uids = [
+            str(pydicom.dcmread(io.BytesIO(p.data), stop_before_pixels=True).SOPInstanceUID)
+            for p in parts
+        ]
+        uploaded.extend(uids)
+        held.update(uids)
+        if len(uploaded) == len(uids):  # the first request: stored, then the answer is lost
+            raise httpx.ReadError("link cut after the centre stored the batch", request=request)
+        if outbox.stats().depth <= len(uids):
+            stop.set()
+        return httpx.Response(200, json=stow_answer(uids))
+
+    client = httpx.Client(base_url="http://centre.test", transport=httpx.MockTransport(centre))
+    forwarder = Forwarder(outbox, store, client, "site-a", batch_instances=3, backoff_max=1.0)
+    forwarder.idle_seconds = forwarder.probe_seconds = 0.05
+    thread = threading.Thread(target=forwarder.run, args=(stop,))
+    thread.start()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert outbox.stats().depth == 0
+    assert len(uploaded) == len(set(uploaded)) == 5  # nothing travelled twice
