@@ -42,6 +42,7 @@ __all__ = [
     "plain",
     "print_json",
     "progress_bar",
+    "read_passphrase_file",
     "require_campaign",
     "row",
 ]
@@ -228,3 +229,21 @@ def catalog_session(settings: Settings | None = None, *, write: bool = False) ->
         raise fail(f"the catalog failed: {type(exc.orig).__name__}: {exc.orig}") from None
     finally:
         engine.dispose()
+
+
+def read_passphrase_file(path: Path) -> str:
+    """The first line of ``path``: a passphrase given in a file, never as an option value.
+
+    Command lines end up in shell histories and ``ps`` listings, so passphrases come from a
+    file, the environment or a hidden prompt; this is the file case, with its errors.
+    """
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise fail(
+            f"cannot read the passphrase file {path} ({exc.__class__.__name__})",
+            "Check the path and its permissions.",
+        ) from None
+    if not lines or not lines[0]:
+        raise fail(f"the passphrase file {path} is empty", "Put the passphrase on its first line.")
+    return lines[0]

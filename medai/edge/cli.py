@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from medai.cli_support import JsonFlag, console, fail, plain, print_json, require_campaign
+from medai.cli_support import (
+    JsonFlag,
+    console,
+    fail,
+    plain,
+    print_json,
+    read_passphrase_file,
+    require_campaign,
+)
 from medai.cli_tls import (
     RequireClientCertOption,
     TlsCaOption,
@@ -54,18 +62,7 @@ def register(app: typer.Typer) -> None:
 
 def _passphrase(path: Path | None, settings: Settings, *, confirm: bool) -> str:
     if path is not None:
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise fail(
-                f"cannot read the passphrase file {path} ({exc.__class__.__name__})",
-                "Check the path and its permissions.",
-            ) from None
-        if not lines or not lines[0]:
-            raise fail(
-                f"the passphrase file {path} is empty", "Put the passphrase on its first line."
-            )
-        return lines[0]
+        return read_passphrase_file(path)
     if settings.kit_passphrase is not None:
         return settings.kit_passphrase.get_secret_value()
     text: str = typer.prompt("Kit passphrase", hide_input=True, confirmation_prompt=confirm)

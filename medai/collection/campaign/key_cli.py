@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
-from medai.cli_support import JsonFlag, console, fail, plain, print_json, require_campaign
+from medai.cli_support import (
+    JsonFlag,
+    console,
+    fail,
+    plain,
+    print_json,
+    read_passphrase_file,
+    require_campaign,
+)
 
 __all__ = ["key_app"]
 
@@ -33,16 +41,7 @@ def _passphrase(path: Path | None, *, confirm: bool) -> str:
     if path is None:
         text: str = typer.prompt("Passphrase", hide_input=True, confirmation_prompt=confirm)
         return text
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise fail(
-            f"cannot read the passphrase file {path} ({exc.__class__.__name__})",
-            "Check the path and its permissions.",
-        ) from None
-    if not lines or not lines[0]:
-        raise fail(f"the passphrase file {path} is empty", "Put the passphrase on its first line.")
-    return lines[0]
+    return read_passphrase_file(path)
 
 
 @key_app.command("export")
