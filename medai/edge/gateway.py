@@ -17,6 +17,7 @@ import os
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,11 +28,57 @@ if TYPE_CHECKING:
     from medai.config import Settings
     from medai.edge.kit import EdgeConfig
 
-__all__ = ["FolderWatcher", "Gateway", "GatewayOptions", "PullPoller", "PullSource"]
+__all__ = [
+    "FolderWatcher",
+    "Gateway",
+    "GatewayOptions",
+    "PullPoller",
+    "PullSource",
+    "supervised",
+]
 
 logger = logging.getLogger(__name__)
 
 WATCH_SOURCE = "edge-folder"
+
+
+# How long a worker that died of an unexpected error waits before it starts again, at most.
+RESTART_MAX_SECONDS = 60.0
+
+
+def supervised(
+    name: str,
+    target: Callable[[threading.Event], None],
+    stop: threading.Event,
+    *,
+    first_delay: float = 1.0,
+) -> None:
+    """Run ``target(stop)`` until ``stop`` is set, starting it again when it dies.
+
+    The workers retry what they expect (HTTP, OS and catalog errors) themselves; this is
+    for what they do not (a bug, a library's surprise). Without it a forwarder thread that
+    died would leave the edge receiving but never forwarding until someone restarted the
+    service; the heartbeat would show the outbox growing, nothing more. Only the error's
+    class is logged: its text may quote a DICOM value.
+    """
+    delay = first_delay
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            target(stop)
+            return  # a worker returns only when stop is set
+        except Exception as exc:
+            logger.error(
+                "edge %s stopped on an unexpected %s; starting it again in %.0f s",
+                name,
+                exc.__class__.__name__,
+                delay,
+            )
+        # A worker that ran a while before failing starts again soon; one that fails at
+        # once waits longer each time, so a persistent fault does not spin.
+        delay = first_delay if time.monotonic() - started > RESTART_MAX_SECONDS else delay
+        stop.wait(delay)
+        delay = min(RESTART_MAX_SECONDS, delay * 2)
 
 
 @dataclass(frozen=True)
@@ -284,7 +331,10 @@ class Gateway:
             runners.append(("pull", self.poller.run))
         for name, target in runners:
             thread = threading.Thread(
-                target=target, args=(self.stop_event,), name=f"edge-{name}", daemon=True
+                target=supervised,
+                args=(name, target, self.stop_event),
+                name=f"edge-{name}",
+                daemon=True,
             )
             thread.start()
             self._threads.append(thread)

@@ -358,3 +358,55 @@ def test_after_a_lost_answer_what_the_centre_holds_is_not_sent_again(
     assert not thread.is_alive()
     assert outbox.stats().depth == 0
     assert len(uploaded) == len(set(uploaded)) == 5  # nothing travelled twice
+
+
+def test_a_forwarder_that_dies_of_a_surprise_is_started_again_and_forwards_everything(
+    filled: tuple[Settings, Outbox, ObjectStore], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An error the forwarder does not expect (a bug, not a link fault) kills its loop; the
+    gateway's supervisor starts it again and nothing is lost or sent twice."""
+    from medai.edge.gateway import supervised
+
+    _, outbox, store = filled
+    received: list[str] = []
+    stop = threading.Event()
+    expected = sorted(uid for day in outbox.receipts() for uid in outbox.day_uids(day))
+
+    def centre(request: httpx.Request) -> httpx.Response:
+        body = request.read()
+        boundary, _ = check_content_type(request.headers["content-type"])
+        uids = [
+            str(pydicom.dcmread(io.BytesIO(p.data), stop_before_pixels=True).SOPInstanceUID)
+            for p in split_multipart(body, boundary)
+        ]
+        received.extend(uids)
+        if outbox.stats().depth <= len(uids):
+            stop.set()
+        return httpx.Response(200, json=stow_answer(uids))
+
+    forwarder = _forwarder(outbox, store, centre)
+    forwarder.idle_seconds = 0.05
+    real_record = forwarder._record
+    failures = []
+
+    def record_that_fails_once(result: Any) -> None:
+        if not failures:
+            failures.append(result)
+            raise ZeroDivisionError("a bug after the batch was sent")
+        real_record(result)
+
+    forwarder._record = record_that_fails_once  # type: ignore[method-assign]
+    with caplog.at_level("ERROR", logger="medai.edge.gateway"):
+        thread = threading.Thread(
+            target=supervised, args=("forwarder", forwarder.run, stop), kwargs={"first_delay": 0.05}
+        )
+        thread.start()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert failures, "the injected failure never happened"
+    assert "forwarder stopped on an unexpected ZeroDivisionError" in caplog.text
+    assert "a bug after" not in caplog.text  # only the class is logged
+    assert outbox.stats().depth == 0
+    # The batch had been acknowledged before the bookkeeping failed: after the restart the
+    # forwarder goes on with the rest, and every instance arrived exactly once.
+    assert sorted(received) == expected
