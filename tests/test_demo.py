@@ -114,6 +114,11 @@ def test_demo_runs_every_stage(settings: Settings) -> None:
     # outbox grew on the dashboard from the heartbeats), the link went down and the centre
     # showed the site silent, the link came back and the outbox drained; reconcile at 0.
     _assert_edge_story(settings, output)
+    # After the edge stage the centre runs with its default quiet time again, so the sites
+    # that simply sent nothing for a few seconds do not read "silent" on the dashboard.
+    now = re.search(r"│ sites now +│ (.*?) *│", output)
+    assert now and "site-a" in now.group(1) and "site-c" in now.group(1), output[-3000:]
+    assert "silent" not in now.group(1), now.group(1)
 
     # --exit stopped every server it started.
     assert _closed(serve_port) and _closed(mlflow_port)

@@ -179,8 +179,14 @@ def _run(settings: Any, servers: list[Any], **options: Any) -> list[tuple[str, s
         steward_key=service.steward_key, seed=options["seed"],
         image_size=options["image_size"], step=step, console=out,
     )  # fmt: skip
+    sites_now = model_stages.restart_service(service, servers, edge_stage.centre_env(), out)
     web = model_stages.start_mlflow_ui(
         settings, servers, options["mlflow_port"], service, step, out
     )
-    results += [("prediction", service.summary), ("edge", edge), ("web", web)]
+    results += [
+        ("prediction", service.summary),
+        ("edge", edge),
+        ("sites now", sites_now),
+        ("web", web),
+    ]
     return results

@@ -8,6 +8,7 @@ its summary shows.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -156,11 +157,12 @@ def promote_model(
 # -- serving --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass
 class DemoService:
     base_url: str
     steward_key: str
     summary: str
+    server: Server
 
 
 def _create_key(settings: Settings, role: str, name: str) -> str:
@@ -260,7 +262,40 @@ def serve_and_predict(
         f"{', '.join(positives)} for reference {body['reference']} in "
         f"{body['timing_ms']['total']:.0f} ms; heatmap {heatmap.status_code}"
     )
-    return DemoService(base, steward, summary)
+    return DemoService(base, steward, summary, service)
+
+
+def restart_service(
+    service: DemoService, servers: list[Server], without: Iterable[str], console: Console
+) -> str:
+    """``medai serve`` again on the same port, without the settings named in ``without``.
+
+    The edge stage runs the centre with a quiet time of seconds so that a cut shows; left
+    so, every site that sends nothing for those seconds reads "silent" on the dashboard
+    after the demo. The centre is restarted with its defaults, and the sites' statuses as
+    the dashboard shows them are returned (one line).
+    """
+    import requests
+
+    old = service.server
+    old.stop()
+    servers.remove(old)
+    dropped = set(without)
+    env = {name: value for name, value in old.env.items() if name not in dropped}
+    fresh = Server(old.name, old.command, env, old.log).start()
+    servers.append(fresh)
+    fresh.wait_ready(wait_for_http(service.base_url + "/readyz"), timeout=300)
+    service.server = fresh
+    answer = requests.get(
+        service.base_url + "/v1/campaign/progress",
+        headers={"Authorization": f"Bearer {service.steward_key}"},
+        timeout=30,
+    )
+    answer.raise_for_status()
+    statuses = ", ".join(f"{s['site']} {s['status']}" for s in answer.json()["sites"])
+    line = f"`medai serve` restarted with the default quiet time; sites: {statuses}"
+    console.print(line)
+    return statuses
 
 
 def start_mlflow_ui(
