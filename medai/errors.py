@@ -22,6 +22,7 @@ __all__ = [
     "DemoFailed",
     "EdgeIdentified",
     "EdgeNotDeidentified",
+    "ExportMismatch",
     "GateFailure",
     "IncompleteResponse",
     "KeyEscrowError",
@@ -40,6 +41,8 @@ __all__ = [
     "PullStopped",
     "Rejected",
     "RequestTooLarge",
+    "ResumeRefused",
+    "SeriesRefused",
     "SnapshotError",
     "SnapshotExists",
     "SnapshotNotFound",
@@ -239,6 +242,10 @@ class WeightsError(MedaiError):
     """A weights file that is missing, unreadable, or does not fit the network."""
 
 
+class ResumeRefused(MedaiError):
+    """A training run that cannot be resumed (unknown, finished, or of another model)."""
+
+
 @dataclass(frozen=True)
 class GateFailure:
     """One check of the promotion gate that a label failed (``ci_low`` NaN: not measured).
@@ -289,6 +296,18 @@ class PromotionRefused(MedaiError):
         super().__init__(f"{name} version {version} does not pass the promotion gate:\n{lines}")
 
 
+class SeriesRefused(MedaiError):
+    """The instances of a series do not make one volume (a gap, duplicates, mixed geometry).
+
+    ``reason_code`` is a short stable identifier (``missing-slice``, ``duplicate-position``,
+    ``mixed-orientation``, ...); the message says what is wrong without any identifying value.
+    """
+
+    def __init__(self, reason_code: str, message: str) -> None:
+        self.reason_code = reason_code
+        super().__init__(message)
+
+
 class SnapshotError(MedaiError):
     """A snapshot cannot be created, found, read or exported as asked."""
 
@@ -311,6 +330,10 @@ class SnapshotTampered(SnapshotError):
 
 class ModelUnavailable(MedaiError):
     """The served model cannot be loaded (not registered, no alias, artifacts missing)."""
+
+
+class ExportMismatch(MedaiError):
+    """An exported model (MONAI bundle, ONNX) does not give the served model's outputs."""
 
 
 class BatcherStopped(MedaiError):

@@ -5,6 +5,10 @@ plus one immutable :class:`~medai.catalog.models.Snapshot` row. The manifest has
 per instance (a CT series has several), sorted by patient, study, series and instance
 UID, with the columns of :data:`BASE_COLUMNS`, one ``Int8`` column per finding (1
 present, 0 absent, ``<NA>`` not labelled) and ``split`` (``train``, ``val``, ``test``).
+A series snapshot (``SnapshotQuery(level="series")``) has one row per series assembled
+into a volume instead, with ``store_keys``, ``slices`` and ``spacing_mm`` after the base
+columns; series that are not one volume are listed with their reason
+(:mod:`medai.snapshots.series`).
 
 What goes in (:class:`SnapshotQuery`): instances of the chosen sites, modalities and
 body part. By default only instances of studies with at least one usable label among the
@@ -23,9 +27,10 @@ Everything read here is already de-identified (store and catalog); the quarantin
 read.
 
 Modules: ``query`` (what goes in), ``splits`` (patient-level splits), ``manifest`` (the
-file and its content hash), ``records`` (create, list, get, load), ``export`` (a DICOM
-tree for a research partner). Names are imported on first use, so that importing
-``medai.snapshots.cli`` (for ``medai --help``) loads neither pyarrow nor the catalog.
+file and its content hash), ``records`` (create, list, get, load), ``series`` (series
+rows), ``export`` (a DICOM tree for a research partner). Names are imported on first
+use, so that importing ``medai.snapshots.cli`` (for ``medai --help``) loads neither
+pyarrow nor the catalog.
 """
 
 from __future__ import annotations

@@ -94,6 +94,16 @@ def create_command(
         str,
         typer.Option("--split", help="Train,val,test fractions of patients (sum 1)."),
     ] = "0.7,0.15,0.15",
+    level: Annotated[
+        str,
+        typer.Option(
+            "--level",
+            help="instance: one row per instance (default). series: one row per series "
+            "assembled into a volume (slices ordered along the normal, spacing checked; "
+            "series with gaps, duplicates or mixed geometry are left out and listed); "
+            "without --modality it takes CT, MR and PT.",
+        ),
+    ] = "instance",
     as_json: JsonFlag = False,
 ) -> None:
     """Freeze a dataset: a parquet manifest, keyed patient-level splits and a content hash.
@@ -104,6 +114,10 @@ def create_command(
     moves as data arrives, and snapshots of one seed and test fraction share a locked test
     set (shown with what it shares with the earlier snapshot). The same catalog, query and
     seed always give the same content hash. Snapshots are immutable.
+
+    With --level series, one row per series instead: its store keys in slice order
+    (store_keys), its number of slices and its spacing in mm ("z,y,x"); each refused
+    series is printed with its reason (e.g. missing-slice, mixed-orientation).
     """
     from medai.errors import SnapshotError
     from medai.snapshots import SnapshotQuery, create_snapshot, parse_fractions
@@ -118,8 +132,26 @@ def create_command(
         body_part=body_part,
         findings=tuple(finding or ()),
         labelled_only=labelled_only,
+        level=level.strip().lower(),
     )
-    info: SnapshotInfo = _run(lambda: create_snapshot(name, query, seed=seed, fractions=fractions))
+    if query.level != "series":
+        info: SnapshotInfo = _run(
+            lambda: create_snapshot(name, query, seed=seed, fractions=fractions)
+        )
+    else:
+        from rich.progress import MofNCompleteColumn
+
+        with progress_bar(MofNCompleteColumn(), transient=True, disable=as_json) as bar:
+            task = bar.add_task("reading series headers", total=None)
+            info = _run(
+                lambda: create_snapshot(
+                    name,
+                    query,
+                    seed=seed,
+                    fractions=fractions,
+                    progress=lambda done, total: bar.update(task, completed=done, total=total),
+                )
+            )
     if as_json:
         print_json(info.to_dict())
         return
@@ -197,7 +229,9 @@ def export_command(
         task = bar.add_task("exporting", total=total)
         result = _run(
             lambda: export_snapshot(
-                name, out_dir, progress=lambda done, _total: bar.update(task, completed=done)
+                name,
+                out_dir,
+                progress=lambda done, rows: bar.update(task, completed=done, total=rows),
             ),
         )
     if as_json:
@@ -221,8 +255,9 @@ def _print_info(info: SnapshotInfo) -> None:
     if info.test_set is not None:
         out.print(plain(_test_set_line(info.test_set)), soft_wrap=True)
     findings = list(info.query.get("findings", []))
+    series = ("Series",) if info.level == "series" else ()
     table = Table(title="Counts")
-    for column in ("Split", "Patients", "Studies", "Instances", *findings):
+    for column in ("Split", "Patients", "Studies", *series, "Instances", *findings):
         table.add_column(column)
     for split, counts in info.counts.items():
         positives = counts.get("positives", {})
@@ -231,6 +266,7 @@ def _print_info(info: SnapshotInfo) -> None:
                 split,
                 counts["patients"],
                 counts["studies"],
+                *(counts.get("series", 0) for _ in series),
                 counts["instances"],
                 *(positives.get(f, 0) for f in findings),
             )
@@ -238,6 +274,15 @@ def _print_info(info: SnapshotInfo) -> None:
     out.print(table)
     if findings:
         out.print(plain("Finding columns count positive studies.", "dim"))
+    if info.level == "series":
+        out.print(plain("One row per series; Instances counts their slices.", "dim"))
+    for entry in info.excluded:
+        out.print(
+            plain(
+                f"Series left out: {entry['series_uid']}: {entry['reason']} ({entry['message']})"
+            ),
+            soft_wrap=True,
+        )
 
 
 def _test_set_line(test_set: dict[str, Any]) -> str:

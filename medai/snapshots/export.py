@@ -90,7 +90,7 @@ def export_snapshot(
     records = table.to_pylist()
     store = ObjectStore(settings.resolved_store_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written = 0
+    written = copied = 0
     files: list[str] = []
     for done, record in enumerate(records, start=1):
         parts = [record[c] for c in ("patient", "study_uid", "series_uid", "sop_instance_uid")]
@@ -98,11 +98,19 @@ def export_snapshot(
             if not isinstance(part, str) or not _SAFE_COMPONENT.fullmatch(part):
                 raise SnapshotError(f"unsafe identifier {part!r} in snapshot {name!r}")
         relative = "/".join(parts[:3]) + f"/{parts[3]}.dcm"
-        data = store.read(record["store_key"], verify=True)  # StoreCorrupt on mismatch
-        target = out / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-        written += len(data)
+        targets = [(record["store_key"], relative)]
+        if record.get("store_keys"):
+            # A series row: every slice, numbered in slice order; its file is the folder.
+            relative = "/".join(parts[:3])
+            keys = str(record["store_keys"]).split("\n")
+            targets = [(key, f"{relative}/{n:04d}.dcm") for n, key in enumerate(keys, start=1)]
+        for key, path in targets:
+            data = store.read(key, verify=True)  # StoreCorrupt on mismatch
+            target = out / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            written += len(data)
+            copied += 1
         files.append(relative)
         if progress is not None:
             progress(done, len(records))
@@ -130,8 +138,8 @@ def export_snapshot(
                 actor=actor or operator(),
                 action="snapshot.export",
                 subject=name,
-                details={"content_hash": info.content_hash, "files": len(files), "bytes": written},
+                details={"content_hash": info.content_hash, "files": copied, "bytes": written},
             )
     finally:
         engine.dispose()
-    return ExportResult(name, out, len(files), written, info.content_hash)
+    return ExportResult(name, out, copied, written, info.content_hash)

@@ -24,6 +24,7 @@ __all__ = [
     "BASE_COLUMNS",
     "MANIFEST_FORMAT",
     "MANIFEST_NAME",
+    "SERIES_COLUMNS",
     "SNAPSHOT_DIR",
     "content_hash",
     "manifest_counts",
@@ -55,6 +56,14 @@ _BASE_SCHEMA: tuple[tuple[str, pa.DataType], ...] = (
     ("store_key", pa.string()),
 )
 BASE_COLUMNS = tuple(name for name, _ in _BASE_SCHEMA)
+# Series-level manifests only, after the base columns: every store key of the series in
+# slice order ("\n"-joined), the number of slices, and the spacing "z,y,x" in mm.
+_SERIES_SCHEMA: tuple[tuple[str, pa.DataType], ...] = (
+    ("store_keys", pa.string()),
+    ("slices", pa.int32()),
+    ("spacing_mm", pa.string()),
+)
+SERIES_COLUMNS = tuple(name for name, _ in _SERIES_SCHEMA)
 
 
 def _logical_type(data_type: pa.DataType) -> str:
@@ -97,8 +106,13 @@ def content_hash(table: pa.Table) -> str:
     return digest.hexdigest()
 
 
-def manifest_counts(rows: Sequence[Mapping[str, Any]], findings: Iterable[str]) -> dict[str, Any]:
-    """Patients, studies, instances and positive studies per finding, per split and in total."""
+def manifest_counts(
+    rows: Sequence[Mapping[str, Any]], findings: Iterable[str], level: str = "instance"
+) -> dict[str, Any]:
+    """Patients, studies, instances and positive studies per finding, per split and in total.
+
+    At series level each row is a series: ``series`` counts rows, ``instances`` their slices.
+    """
     findings = list(findings)
     counts: dict[str, Any] = {}
     for split in (*SPLITS, "total"):
@@ -110,16 +124,28 @@ def manifest_counts(rows: Sequence[Mapping[str, Any]], findings: Iterable[str]) 
             "instances": len(chosen),
             "positives": {f: sum(1 for r in studies.values() if r[f] == 1) for f in findings},
         }
+        if level == "series":
+            counts[split]["series"] = len(chosen)
+            counts[split]["instances"] = sum(int(r["slices"]) for r in chosen)
     return counts
 
 
-def manifest_table(rows: Sequence[Mapping[str, Any]], findings: Sequence[str]) -> pa.Table:
-    """The manifest as an Arrow table: the base columns, one ``int8`` per finding, ``split``."""
-    clash = sorted(set(findings) & {*BASE_COLUMNS, "split"})
+def manifest_table(
+    rows: Sequence[Mapping[str, Any]], findings: Sequence[str], level: str = "instance"
+) -> pa.Table:
+    """The manifest as an Arrow table: the base columns (then, at series level, the
+    :data:`SERIES_COLUMNS`), one ``int8`` per finding, ``split``."""
+    clash = sorted(set(findings) & {*BASE_COLUMNS, *SERIES_COLUMNS, "split"})
     if clash:
         raise SnapshotError(f"finding name(s) {', '.join(clash)} clash with manifest columns")
+    series = _SERIES_SCHEMA if level == "series" else ()
     schema = pa.schema(
-        [*_BASE_SCHEMA, *((finding, pa.int8()) for finding in findings), ("split", pa.string())]
+        [
+            *_BASE_SCHEMA,
+            *series,
+            *((finding, pa.int8()) for finding in findings),
+            ("split", pa.string()),
+        ]
     )
     return pa.table({name: [r[name] for r in rows] for name in schema.names}, schema=schema)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import select
@@ -15,7 +15,12 @@ from medai.collection.campaign.sites import get_site, stored_campaign
 from medai.errors import SnapshotError
 from medai.snapshots.manifest import BASE_COLUMNS
 
-__all__ = ["SnapshotQuery", "collect_rows", "resolve_query", "validate_name"]
+__all__ = ["LEVELS", "SnapshotQuery", "collect_rows", "resolve_query", "validate_name"]
+
+# One manifest row per instance, or per series assembled into a volume (snapshots.series).
+LEVELS = ("instance", "series")
+# The modalities a series snapshot takes when none is named: those acquired as volumes.
+VOLUME_MODALITIES = ("CT", "MR", "PT")
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
@@ -37,6 +42,10 @@ class SnapshotQuery:
     labelled_only
         Keep only instances of studies with at least one non-conflicting label among
         ``findings`` (the default); False keeps unlabelled studies too (all ``<NA>``).
+    level
+        ``"instance"`` (one manifest row per instance, the default) or ``"series"`` (one
+        row per series assembled into a volume; :mod:`medai.snapshots.series`). A series
+        snapshot with no modality named takes the volumetric ones (CT, MR, PT).
     """
 
     sites: tuple[str, ...] = ()
@@ -44,6 +53,7 @@ class SnapshotQuery:
     body_part: str | None = None
     findings: tuple[str, ...] = ()
     labelled_only: bool = True
+    level: str = "instance"
 
     def normalized(self) -> SnapshotQuery:
         """Sorted, de-duplicated, case-normalized (the form recorded with the snapshot)."""
@@ -53,6 +63,7 @@ class SnapshotQuery:
             body_part=self.body_part.strip().upper() if self.body_part else None,
             findings=tuple(sorted({f.strip().lower() for f in self.findings})),
             labelled_only=self.labelled_only,
+            level=self.level.strip().lower(),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -62,6 +73,7 @@ class SnapshotQuery:
             "body_part": self.body_part,
             "findings": list(self.findings),
             "labelled_only": self.labelled_only,
+            "level": self.level,
         }
 
 
@@ -93,6 +105,10 @@ def _campaign_findings(session: Session) -> list[str]:
 
 def resolve_query(session: Session, query: SnapshotQuery) -> SnapshotQuery:
     query = query.normalized()
+    if query.level not in LEVELS:
+        raise SnapshotError(f"unknown snapshot level {query.level!r}: use instance or series")
+    if query.level == "series" and not query.modalities:
+        query = replace(query, modalities=VOLUME_MODALITIES)
     for site in query.sites:
         get_site(session, site)  # UnknownSite, naming the campaign's sites
     known = _campaign_findings(session)
@@ -102,9 +118,7 @@ def resolve_query(session: Session, query: SnapshotQuery) -> SnapshotQuery:
                 "the campaign has no findings (no [labels] mapping, no finding targets, no "
                 "labels): nothing to label the snapshot with"
             )
-        return SnapshotQuery(
-            query.sites, query.modalities, query.body_part, tuple(known), query.labelled_only
-        )
+        return replace(query, findings=tuple(known))
     unknown = [f for f in query.findings if f not in known]
     if unknown:
         raise SnapshotError(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +31,7 @@ from medai.snapshots.manifest import (
     write_manifest,
 )
 from medai.snapshots.query import SnapshotQuery, collect_rows, resolve_query, validate_name
+from medai.snapshots.series import read_headers, series_rows
 from medai.snapshots.splits import (
     DEFAULT_FRACTIONS,
     SPLITS,
@@ -38,9 +39,11 @@ from medai.snapshots.splits import (
     check_fractions,
     merge_resends,
 )
+from medai.store import ObjectStore
 
 if TYPE_CHECKING:
     import pandas as pd
+    from pydicom.dataset import Dataset
     from sqlalchemy import Engine
     from sqlalchemy.orm import Session, sessionmaker
 
@@ -70,9 +73,19 @@ class SnapshotInfo:
     content_hash: str
     manifest: Path
     test_set: dict[str, Any] | None = None
+    # Series snapshots: the series left out, {"series_uid", "reason", "message"} each.
+    excluded: tuple[dict[str, str], ...] = ()
+
+    @property
+    def level(self) -> str:
+        """``instance`` or ``series``: what one manifest row is."""
+        return str(self.query.get("level") or "instance")
 
     @classmethod
     def from_row(cls, row: Snapshot, settings: Settings) -> SnapshotInfo:
+        counts = dict(row.counts)
+        # Kept beside the counts in the catalog row (no column of its own).
+        excluded = tuple(dict(entry) for entry in counts.pop("excluded", []))
         return cls(
             name=row.name,
             created_at=row.created_at,
@@ -80,10 +93,11 @@ class SnapshotInfo:
             query=dict(row.query),
             seed=row.seed,
             fractions={k: float(v) for k, v in row.fractions.items()},
-            counts=dict(row.counts),
+            counts=counts,
             content_hash=row.content_hash,
             manifest=settings.resolved_home / row.manifest_path,
             test_set=None if row.test_set is None else dict(row.test_set),
+            excluded=excluded,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -98,6 +112,8 @@ class SnapshotInfo:
             "content_hash": self.content_hash,
             "manifest": str(self.manifest),
             "test_set": self.test_set,
+            "level": self.level,
+            "excluded": [dict(entry) for entry in self.excluded],
         }
 
 
@@ -115,11 +131,15 @@ def create_snapshot(
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     settings: Settings | None = None,
     actor: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> SnapshotInfo:
     """Freeze the instances matching ``query`` into the snapshot ``name``.
 
     The manifest, the catalog row and a ``snapshot.create`` audit record are written in
-    one catalog transaction (the manifest file just before it commits).
+    one catalog transaction (the manifest file just before it commits). At series level
+    (``query.level == "series"``) each series is assembled into a volume from its
+    de-identified headers (:mod:`medai.snapshots.series`); the headers are read before the
+    transaction, so the audit chain is not held while the store is read.
 
     Parameters
     ----------
@@ -135,6 +155,8 @@ def create_snapshot(
         Where the catalog and home are; :func:`medai.config.get_settings` by default.
     actor
         Who is recorded; the login name by default.
+    progress
+        Called as ``progress(done, total)`` while series headers are read.
 
     Returns
     -------
@@ -155,29 +177,42 @@ def create_snapshot(
     actor = actor or operator()
     relpath = manifest_relpath(name)
     home = settings.resolved_home
+    query = query or SnapshotQuery()
     engine, sessions = open_catalog(settings)
     try:
+        headers = _prefetch_headers(sessions, query, settings, progress)
         with audited_transaction(sessions) as session:
             if session.scalar(select(Snapshot.id).where(Snapshot.name == name)) is not None:
                 raise SnapshotExists(_exists_message(name))
-            resolved = resolve_query(session, query or SnapshotQuery())
+            resolved = resolve_query(session, query)
             rows = collect_rows(session, resolved)
             if not rows:
                 raise SnapshotError(
                     f"no instances match the query {json.dumps(resolved.to_dict())}"
                     + (" (only labelled studies are taken)" if resolved.labelled_only else "")
                 )
-            # A re-sent image is listed once, and its patients share a split.
-            rows, linked = merge_resends(rows)
+            excluded: list[dict[str, str]] = []
+            if resolved.level == "series":
+                # Instances that arrived since the prefetch are read now.
+                store = ObjectStore(settings.resolved_store_dir)
+                known = read_headers(store, (r["store_key"] for r in rows), known=headers)
+                rows, excluded, linked = series_rows(rows, known)
+                if not rows:
+                    raise SnapshotError(_no_volume_message(excluded))
+            else:
+                # A re-sent image is listed once, and its patients share a split.
+                rows, linked = merge_resends(rows)
             splits = assign_splits({row["patient"] for row in rows}, split_fractions, seed, linked)
             for row in rows:
                 row["split"] = splits[row["patient"]]
             test_set = describe_test_set(
                 session, home, rows, seed=seed, test_fraction=split_fractions[2]
             )
-            table = manifest_table(rows, resolved.findings)
+            table = manifest_table(rows, resolved.findings, resolved.level)
             digest = content_hash(table)
-            counts = manifest_counts(rows, resolved.findings)
+            counts = manifest_counts(rows, resolved.findings, resolved.level)
+            if excluded:
+                counts["excluded"] = excluded
             snapshot = Snapshot(
                 name=name,
                 actor=actor,
@@ -201,6 +236,7 @@ def create_snapshot(
                     "seed": seed,
                     "counts": counts["total"],
                     "test_set": test_set,
+                    **({"excluded_series": len(excluded)} if excluded else {}),
                 },
             )
             write_manifest(table, home / relpath, home / SNAPSHOT_DIR / ".tmp")
@@ -217,6 +253,29 @@ def create_snapshot(
         digest,
     )
     return info
+
+
+def _prefetch_headers(
+    sessions: sessionmaker[Session],
+    query: SnapshotQuery,
+    settings: Settings,
+    progress: Callable[[int, int], None] | None,
+) -> dict[str, Dataset]:
+    """A series snapshot's headers, read outside the audited transaction ({} otherwise)."""
+    if query.normalized().level != "series":
+        return {}
+    with sessions() as session:
+        rows = collect_rows(session, resolve_query(session, query))
+    store = ObjectStore(settings.resolved_store_dir)
+    return read_headers(store, (row["store_key"] for row in rows), progress=progress)
+
+
+def _no_volume_message(excluded: Sequence[dict[str, str]]) -> str:
+    reasons = sorted({entry["reason"] for entry in excluded})
+    return (
+        f"no series could be assembled into a volume ({len(excluded)} refused: "
+        f"{', '.join(reasons)}); see `medai snapshot create --help` on series snapshots"
+    )
 
 
 def _exists_message(name: str) -> str:

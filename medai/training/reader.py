@@ -267,7 +267,9 @@ def records_from_manifest(
         Keys of the image (the store key, decoded later by :class:`LoadDicomFromStore`)
         and of the label vector in each dictionary.
     store_key_column
-        Column holding the store key.
+        Column holding the store key. When it is ``store_key`` and the manifest has
+        ``store_keys`` (a series snapshot), the series' ``"\n"``-joined store keys are
+        taken instead, for :class:`medai.training.volume_reader.LoadSeriesFromStore`.
     keep
         Further columns copied as they are (e.g. ``site``, ``patient``).
 
@@ -277,6 +279,8 @@ def records_from_manifest(
         One per row: ``{image_key: store key, label_key: float32 vector, **keep}``.
         A missing label is NaN, for the loss to mask.
     """
+    if store_key_column == "store_key" and "store_keys" in manifest.columns:
+        store_key_column = "store_keys"
     missing = [c for c in (store_key_column, *labels, *keep) if c not in manifest.columns]
     if missing:
         raise KeyError(f"the manifest lacks the columns {missing}")
