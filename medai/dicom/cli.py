@@ -42,6 +42,15 @@ def synth_command(
     ct_slices: Annotated[
         int, typer.Option("--ct-slices", min=0, help="Slices per CT series (0: no CT).")
     ] = 8,
+    ct_every: Annotated[
+        int,
+        typer.Option(
+            "--ct-every",
+            min=1,
+            help="At a site with a CT scanner, one study in N is a CT series (1: every study, "
+            "a CT campaign). Default 4.",
+        ),
+    ] = 4,
     difficulty: Annotated[
         DifficultyName,
         typer.Option(
@@ -61,8 +70,10 @@ def synth_command(
     and transfer syntaxes. OUT_DIR/labels/<site>.csv lists the findings of
     the site's chest studies (radiologists' reads, with the site's label
     noise); OUT_DIR/labels/ground_truth.json the ideal observer's AUROC per
-    finding and each study's latent values. Every file holds (fake) PHI,
-    like a real one.
+    finding and each study's latent values. CT series carry the patient's
+    nodule as a 3-D lesion; their labels are in OUT_DIR/labels/<site>-ct.csv
+    and their ceiling in the ground truth's "ct" section. Every file holds
+    (fake) PHI, like a real one.
     """
     # Heavy imports here, so that `medai --help` stays instant.
     # The rich helpers of medai.cli_support sit above the catalog, which dicom sits below:
@@ -96,6 +107,7 @@ def synth_command(
             sites=sites,
             image_size=size,
             ct_slices=ct_slices,
+            ct_every=ct_every,
             progress=lambda done, total: progress.update(task, completed=done),
             difficulty=difficulty.value,
         )
@@ -108,6 +120,7 @@ def synth_command(
             "instances": result.instances,
             "files": len(result.files),
             "label_sheets": {site: str(path) for site, path in result.label_sheets.items()},
+            "ct_label_sheets": {s: str(path) for s, path in result.ct_label_sheets.items()},
             "transfer_syntaxes": syntaxes,
             "difficulty": result.difficulty,
             "ground_truth": str(result.ground_truth),
@@ -127,6 +140,8 @@ def synth_command(
         f"instances in {len(result.files)} files, {len(result.label_sheets)} label sheets; "
         f"transfer syntaxes: {', '.join(syntaxes)}"
     )
+    for site_id, sheet in result.ct_label_sheets.items():
+        out.print(f"CT label sheet of {site_id}: {sheet}")
     out.print(f"difficulty {result.difficulty}; ground truth in {result.ground_truth}")
 
 

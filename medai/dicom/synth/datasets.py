@@ -16,6 +16,7 @@ from pydicom.pixels.utils import pack_bits
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, RLELossless
 
+from medai.dicom.synth.ct_volume import CtLatent
 from medai.dicom.synth.images import (
     CHEST_MAX,
     ct_slice_hu,
@@ -74,6 +75,7 @@ class StudyPlan:
     image_seed: int
     overlay: bool
     latent: ChestLatent | None = None  # a chest film's truth (see synth.latent)
+    ct_latent: CtLatent | None = None  # a CT series' nodule (see synth.ct_volume)
 
     @property
     def study_instance_uid(self) -> UID:
@@ -360,8 +362,13 @@ def ct_instance(
     columns: int | None = None,
     index: int,
     slices: int,
+    hu: NDArray[np.int16] | None = None,
 ) -> Dataset:
-    """Slice ``index`` (0-based) of the ``slices``-slice axial CT series of ``plan``."""
+    """Slice ``index`` (0-based) of the ``slices``-slice axial CT series of ``plan``.
+
+    ``hu`` is the slice's pixels in HU (from :func:`~medai.dicom.synth.ct_volume.render_ct_volume`);
+    without it the slice is drawn alone, with no lesion.
+    """
     profile = plan.profile
     columns = columns or size
     when = datetime.datetime.combine(plan.study_date, plan.study_time) + datetime.timedelta(
@@ -383,7 +390,7 @@ def ct_instance(
     spacing = f"{400.0 / max(size, columns):.4f}"
     ds.KVP = "120"
     ds.SliceThickness = f"{thickness:.2f}"
-    ds.ConvolutionKernel = "STANDARD"
+    ds.ConvolutionKernel = "LUNG"
     ds.PatientPosition = "HFS"
     ds.FrameOfReferenceUID = derived_uid(plan.uid_root, plan.accession_number, "frame")
     ds.PositionReferenceIndicator = ""
@@ -394,11 +401,14 @@ def ct_instance(
     ds.RescaleIntercept = str(profile.ct_rescale_intercept)
     ds.RescaleSlope = "1"
     ds.RescaleType = "HU"
-    ds.WindowCenter, ds.WindowWidth = ["40", "-600"], ["400", "1500"]
+    # A lung reconstruction: the lung window first (what a reader, and the pixels' default
+    # display, use for nodules), the mediastinal window second.
+    ds.WindowCenter, ds.WindowWidth = ["-600", "40"], ["1500", "400"]
     ds.BitsStored = profile.ct_bits_stored
     ds.PixelRepresentation = 1
     phi.uids.add(str(ds.FrameOfReferenceUID))
-    hu = ct_slice_hu(size, columns, seed=plan.image_seed, z=index / max(slices - 1, 1))
+    if hu is None:
+        hu = ct_slice_hu(size, columns, seed=plan.image_seed, z=index / max(slices - 1, 1))
     low, high = -(2 ** (profile.ct_bits_stored - 1)), 2 ** (profile.ct_bits_stored - 1) - 1
     stored = np.clip(hu.astype(np.int32) - profile.ct_rescale_intercept, low, high)
     _set_pixels(ds, stored.astype(np.int16), plan.transfer_syntax)

@@ -11,6 +11,10 @@ labels depend on the pixels only through the latent values. Its AUROC is reporte
 * for the population, from a large draw of latent values from the same distributions
   (no images), with each case weighted by its label probability rather than a drawn label,
   so only the latent draw varies. This is the ceiling to quote.
+
+The CT nodule has its own ideal observer (:func:`ct_population_auroc`, the ground truth's
+``ct`` section): the same construction on the CT read of the patient's nodule
+(:mod:`medai.dicom.synth.ct_volume`), against the CT sheets.
 """
 
 from __future__ import annotations
@@ -25,6 +29,13 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import ArrayLike
 
+from medai.dicom.synth.ct_volume import (
+    CtDifficulty,
+    CtLatent,
+    ct_difficulty_for,
+    ct_ideal_score,
+    ct_nodule,
+)
 from medai.dicom.synth.difficulty import Difficulty
 from medai.dicom.synth.latent import (
     FINDINGS,
@@ -38,8 +49,10 @@ from medai.dicom.synth.latent import (
 )
 
 __all__ = [
+    "CtGroundTruthStudy",
     "GroundTruthStudy",
     "auroc",
+    "ct_population_auroc",
     "ideal_score",
     "population_auroc",
     "write_ground_truth",
@@ -60,6 +73,19 @@ class GroundTruthStudy:
     study_date: datetime.date
     latent: ChestLatent
     labels: dict[str, bool]
+
+
+@dataclass(frozen=True)
+class CtGroundTruthStudy:
+    """One CT study's truth: its nodule (``None`` for none), the read and the sheet's label."""
+
+    study_instance_uid: str
+    patient: str
+    site: str
+    site_index: int
+    study_date: datetime.date
+    latent: CtLatent
+    label: bool
 
 
 def ideal_score(
@@ -158,6 +184,106 @@ def _population_auroc(
     return result
 
 
+def ct_population_auroc(
+    difficulty: Difficulty,
+    site_indices: Sequence[int],
+    *,
+    studies_per_site: int = POPULATION_STUDIES,
+    seed: int = 0,
+) -> dict[str, float]:
+    """The CT nodule's ideal AUROC for the population, pooled over sites and by site.
+
+    The patients' nodules are those of :func:`population_auroc`'s draw (followed over
+    studies, growing); each gets its CT contrast, height and shape as the generator draws
+    them. Returns ``{"all": auroc, "prevalence": p, "site:<i>": auroc, ...}``.
+    """
+    ct = ct_difficulty_for(difficulty)
+    key = (repr(difficulty), repr(ct), tuple(site_indices), studies_per_site, seed)
+    if key not in _CT_POPULATION_CACHE:
+        values: dict[str, float] = {}
+        pooled: list[float] = []
+        for i in site_indices:
+            scores = _ct_population_scores(difficulty, ct, i, studies_per_site, seed)
+            values[f"site:{i}"] = auroc(scores, scores)
+            pooled.extend(scores)
+        values["all"] = auroc(pooled, pooled)
+        values["prevalence"] = float(np.mean(pooled))
+        _CT_POPULATION_CACHE[key] = values
+    return dict(_CT_POPULATION_CACHE[key])
+
+
+_CT_POPULATION_CACHE: dict[tuple[str, str, tuple[int, ...], int, int], dict[str, float]] = {}
+
+
+def _ct_population_scores(
+    difficulty: Difficulty, ct: CtDifficulty, site_index: int, studies: int, seed: int
+) -> list[float]:
+    rng = np.random.default_rng([seed, 405, site_index])
+    return [
+        ct_ideal_score(difficulty, ct, ct_nodule(rng, ct, latent.state.nodule), site_index)
+        for latent in _population(difficulty, site_index, studies, seed)
+    ]
+
+
+def _ct_section(
+    difficulty: Difficulty, sites: Sequence[str], studies: Sequence[CtGroundTruthStudy]
+) -> dict[str, object]:
+    """The ground truth's ``ct`` section: the CT nodule's ceilings and every CT's latent."""
+    ct = ct_difficulty_for(difficulty)
+    population = ct_population_auroc(difficulty, range(len(sites)))
+
+    def sample(group: Sequence[CtGroundTruthStudy]) -> tuple[float, float]:
+        scores = [ct_ideal_score(difficulty, ct, s.latent.nodule, s.site_index) for s in group]
+        labels = [float(s.label) for s in group]
+        return auroc(scores, labels), float(np.mean(labels)) if labels else math.nan
+
+    by_site: dict[str, object] = {}
+    for i, site in enumerate(sites):
+        here = [s for s in studies if s.site_index == i]
+        site_sample, site_prevalence = sample(here)
+        by_site[site] = {
+            "ideal_auroc": _nan_free(population[f"site:{i}"]),
+            "ideal_auroc_sample": _nan_free(site_sample),
+            "prevalence": _nan_free(site_prevalence),
+            "false_negative": difficulty.per_site(difficulty.false_negative, i),
+            "false_positive": difficulty.per_site(difficulty.false_positive, i),
+            "studies": len(here),
+        }
+    all_sample, prevalence = sample(studies)
+    entries: dict[str, object] = {}
+    for s in studies:
+        nodule = s.latent.nodule
+        entries[s.study_instance_uid] = {
+            "patient": s.patient,
+            "site": s.site,
+            "study_date": s.study_date.isoformat(),
+            "nodule_visibility": round(nodule.visibility, 5) if nodule else 0.0,
+            "nodule_diameter_mm": round(nodule.diameter_mm, 3) if nodule else 0.0,
+            "nodule_contrast_hu": round(nodule.contrast_hu, 2) if nodule else 0.0,
+            "nodule_centre_zyx": [round(nodule.z, 4), round(nodule.y, 4), round(nodule.x, 4)]
+            if nodule
+            else None,
+            "read": {"nodule": s.latent.read},
+            "label": {"nodule": s.label},
+            "ideal_score": {
+                "nodule": round(ct_ideal_score(difficulty, ct, nodule, s.site_index), 6)
+            },
+        }
+    return {
+        "parameters": asdict(ct),
+        "findings": {
+            "nodule": {
+                "ideal_auroc": _nan_free(population["all"]),
+                "ideal_auroc_sample": _nan_free(all_sample),
+                "prevalence": _nan_free(prevalence),
+                "population_prevalence": _nan_free(population["prevalence"]),
+                "by_site": by_site,
+            }
+        },
+        "studies": entries,
+    }
+
+
 def _study_entry(difficulty: Difficulty, study: GroundTruthStudy) -> dict[str, object]:
     state = study.latent.state
     nodule = state.nodule
@@ -198,12 +324,16 @@ def write_ground_truth(
     difficulty: Difficulty,
     sites: Sequence[str],
     studies: Sequence[GroundTruthStudy],
+    *,
+    ct_studies: Sequence[CtGroundTruthStudy] = (),
 ) -> dict[str, object]:
     """Write (and return) the campaign's ground truth: ceilings, rates and every latent.
 
     ``findings.<name>.ideal_auroc`` is the population ceiling; ``ideal_auroc_sample`` the
     value on the generated studies; ``by_site`` both per site with its label-noise rates.
-    ``studies`` is keyed by the original StudyInstanceUID.
+    ``studies`` is keyed by the original StudyInstanceUID. With CT studies, ``ct`` holds
+    the same for the CT nodule (``ct.findings.nodule``, ``ct.studies``) and the CT
+    parameters.
     """
     population = population_auroc(difficulty, range(len(sites)))
     findings: dict[str, object] = {}
@@ -235,6 +365,8 @@ def write_ground_truth(
         "findings": findings,
         "studies": {s.study_instance_uid: _study_entry(difficulty, s) for s in studies},
     }
+    if ct_studies:
+        document["ct"] = _ct_section(difficulty, sites, ct_studies)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     return document

@@ -45,9 +45,18 @@ _PHRASES = {
 }
 
 
+_CT_PHRASES = {
+    True: ("Solid pulmonary nodule; follow-up CT advised.", "Solitary pulmonary nodule."),
+    False: ("No pulmonary nodule.", "Lungs clear, no focal lesion."),
+}
+
+
 def report_text(plan: StudyPlan) -> str:
     """A short free-text report whose wording agrees with the study's findings."""
     rng = np.random.default_rng([plan.image_seed, 7])
+    if plan.modality == "CT":
+        options = _CT_PHRASES[plan.nodule]
+        return f"CT THORAX. {options[int(rng.integers(len(options)))]}"
     sentences = [f"CHEST {plan.view_position}."]
     for finding, present in (
         ("nodule", plan.nodule),
@@ -60,7 +69,11 @@ def report_text(plan: StudyPlan) -> str:
 
 
 def write_label_sheet(path: Path, plans: Iterable[StudyPlan]) -> None:
-    """Write one row per chest study of ``plans`` to the CSV file ``path``."""
+    """Write one row per study of ``plans`` to the CSV file ``path``.
+
+    A CT row reports ``nodule`` only: its ``effusion`` and ``cardiomegaly`` cells are blank
+    (not reported).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
@@ -75,8 +88,8 @@ def write_label_sheet(path: Path, plans: Iterable[StudyPlan]) -> None:
                     plan.study_date.isoformat(),
                     plan.modality,
                     int(plan.nodule),
-                    int(plan.effusion),
-                    int(plan.cardiomegaly),
+                    "" if plan.modality == "CT" else int(plan.effusion),
+                    "" if plan.modality == "CT" else int(plan.cardiomegaly),
                     plan.staff.reading,
                     report_text(plan),
                 ]

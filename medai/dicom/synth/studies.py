@@ -14,6 +14,14 @@ from pydicom import dcmwrite
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
+from medai.dicom.synth.ct_volume import (
+    CtLatent,
+    ct_difficulty_for,
+    ct_nodule,
+    ct_study_latent,
+    make_ct_evident,
+    render_ct_volume,
+)
 from medai.dicom.synth.datasets import (
     StudyPlan,
     chest_instance,
@@ -21,7 +29,11 @@ from medai.dicom.synth.datasets import (
     usable_transfer_syntax,
 )
 from medai.dicom.synth.difficulty import Difficulty, difficulty_for
-from medai.dicom.synth.ideal_observer import GroundTruthStudy, write_ground_truth
+from medai.dicom.synth.ideal_observer import (
+    CtGroundTruthStudy,
+    GroundTruthStudy,
+    write_ground_truth,
+)
 from medai.dicom.synth.labels import write_label_sheet
 from medai.dicom.synth.latent import (
     FINDINGS,
@@ -49,7 +61,8 @@ class SynthStudy:
 
     ``nodule``, ``effusion`` and ``cardiomegaly`` are what the site's label sheet says (the
     radiologist's read after the site's label noise); ``latent`` is the truth the film was
-    drawn from (``None`` for CT).
+    drawn from (``None`` for CT). For a CT study ``nodule`` is the CT sheet's label and
+    ``ct_latent`` the nodule the series was drawn from (with the read).
     """
 
     site: str
@@ -67,6 +80,7 @@ class SynthStudy:
     image_seed: int
     files: tuple[Path, ...]
     latent: ChestLatent | None = None
+    ct_latent: CtLatent | None = None
 
 
 @dataclass(frozen=True)
@@ -80,7 +94,8 @@ class SynthResult:
     them. ``uid_values`` are the original Study, Series, SOP Instance and Frame of
     Reference UIDs. Dates are in ``study_records``. ``ground_truth`` is the JSON file
     of the ideal observer's AUROC per finding and every chest study's latent values
-    (see :mod:`medai.dicom.synth.ideal_observer`).
+    (see :mod:`medai.dicom.synth.ideal_observer`); its ``ct`` section holds the same for
+    the CT nodule, whose labels are in ``ct_label_sheets`` (one sheet per site with CT).
     """
 
     files: list[Path]
@@ -96,6 +111,7 @@ class SynthResult:
     transfer_syntaxes: frozenset[str] = frozenset()
     ground_truth: Path | None = None
     difficulty: str = "hard"
+    ct_label_sheets: dict[str, Path] = field(default_factory=dict)
 
 
 def _unique(rng: np.random.Generator, taken: set[str], prefix: str, digits: int) -> str:
@@ -128,9 +144,34 @@ def _findings(
     return state
 
 
+def _ct_findings(
+    seed: int,
+    difficulty: Difficulty,
+    state: PatientState,
+    patient: int,
+    study: int,
+    site_index: int,
+    evident: bool,
+) -> tuple[CtLatent, bool]:
+    """The CT latent of this study of ``patient`` and the sheet's ``nodule`` label."""
+    ct = ct_difficulty_for(difficulty)
+    nodule = ct_nodule(np.random.default_rng([seed, 14, patient]), ct, state.nodule)
+    if evident:
+        # Every CT of the patient shows it, but their state (hence their films) is unchanged.
+        nodule = make_ct_evident(ct, nodule)
+    rng = np.random.default_rng([seed, 13, study])
+    latent = ct_study_latent(rng, ct, nodule)
+    return latent, evident or sheet_label(rng, difficulty, latent.read, site_index)
+
+
 def _plan(
-    studies: int, seed: int, sites: Sequence[str], ct_slices: int, difficulty: Difficulty
-) -> tuple[list[StudyPlan], list[GroundTruthStudy]]:
+    studies: int,
+    seed: int,
+    sites: Sequence[str],
+    ct_slices: int,
+    difficulty: Difficulty,
+    ct_every: int = 4,
+) -> tuple[list[StudyPlan], list[GroundTruthStudy], list[CtGroundTruthStudy]]:
     rng = np.random.default_rng([seed, 1])
     staff = [make_staff(np.random.default_rng([seed, 2, i])) for i in range(len(sites))]
     taken: set[str] = set()
@@ -140,8 +181,10 @@ def _plan(
     local_ids: dict[tuple[int, int], str] = {}
     counters: dict[tuple[int, str], int] = {}
     chest_studies = 0
+    evident_ct: set[int] = set()  # patients whose CTs show an evident nodule
     plans = []
     truths: list[GroundTruthStudy] = []
+    ct_truths: list[CtGroundTruthStudy] = []
     states: dict[int, PatientState] = {}
     for i in range(studies):
         site_index = i % len(sites)
@@ -168,7 +211,7 @@ def _plan(
             local_ids[chosen, site_index] = _unique(rng, taken, code, 7)
 
         k = i // len(sites)
-        ct = profile.ct_manufacturer is not None and ct_slices > 0 and k % 4 == 1
+        ct = profile.ct_manufacturer is not None and ct_slices > 0 and k % ct_every == 1 % ct_every
         modality = "CT" if ct else profile.chest_modality
         syntaxes = profile.ct_transfer_syntaxes if ct else profile.chest_transfer_syntaxes
         turn = counters.get((site_index, modality), 0)
@@ -187,7 +230,14 @@ def _plan(
         rng.random(len(FINDINGS))  # where findings were drawn once: a seed keeps its IDs
         findings = dict.fromkeys(FINDINGS, False)
         latent = None
-        if not ct:
+        ct_latent = None
+        if ct:
+            if not evident_ct:
+                evident_ct.add(chosen)  # the campaign's first CT
+            ct_latent, findings["nodule"] = _ct_findings(
+                seed, difficulty, state, chosen, i, site_index, evident=chosen in evident_ct
+            )
+        else:
             forced = FINDINGS[chest_studies] if chest_studies < len(FINDINGS) else None
             if forced is not None:
                 # The first chest studies carry one evident finding each: tiny runs
@@ -226,9 +276,22 @@ def _plan(
                 image_seed=int(rng.integers(0, 2**31)),
                 overlay=not ct and bool(rng.random() < 0.3),
                 latent=latent,
+                ct_latent=ct_latent,
                 **findings,
             )
         )
+        if ct_latent is not None:
+            ct_truths.append(
+                CtGroundTruthStudy(
+                    study_instance_uid=str(plans[-1].study_instance_uid),
+                    patient=f"P{chosen:05d}",
+                    site=sites[site_index],
+                    site_index=site_index,
+                    study_date=study_date,
+                    latent=ct_latent,
+                    label=findings["nodule"],
+                )
+            )
         if latent is not None:
             truths.append(
                 GroundTruthStudy(
@@ -241,7 +304,7 @@ def _plan(
                     labels=findings,
                 )
             )
-    return plans, truths
+    return plans, truths, ct_truths
 
 
 def _write(ds: Dataset, path: Path) -> None:
@@ -261,6 +324,7 @@ def generate(
     ct_slices: int = 8,
     progress: Callable[[int, int], None] | None = None,
     difficulty: str | Difficulty = "hard",
+    ct_every: int = 4,
 ) -> SynthResult:
     """Write synthetic studies, as the sites would hand them over, and their label sheets.
 
@@ -291,23 +355,31 @@ def generate(
     image_size : int
         Rows and columns of every image.
     ct_slices : int
-        Slices per CT series; 0 for no CT.
+        Slices per CT series; 0 for no CT. A series is an axial chest CT (Rows and Columns
+        ``image_size``, 400 mm field of view, 300 mm scan length) with the patient's nodule,
+        if any, as a 3-D lesion (see :mod:`medai.dicom.synth.ct_volume`); its label is in
+        ``out_dir/labels/<site>-ct.csv`` (``nodule`` only) and its ceiling in the ground
+        truth's ``ct`` section.
     progress : callable, optional
         Called as ``progress(done, total)`` after each study.
     difficulty : str or Difficulty
         ``"hard"`` (default), ``"moderate"``, ``"tiny"`` (for 32-48 px images) or a
         :class:`~medai.dicom.synth.difficulty.Difficulty` of one's own.
+    ct_every : int
+        At a site with a CT scanner, one study in ``ct_every`` is a CT (the second, then
+        every ``ct_every``-th); 1 makes every study there a CT (a CT campaign).
 
     Returns
     -------
     SynthResult
     """
-    if studies < 0 or image_size < 16 or ct_slices < 0:
-        raise ValueError("studies and ct_slices must be >= 0 and image_size >= 16")
+    if studies < 0 or image_size < 16 or ct_slices < 0 or ct_every < 1:
+        raise ValueError("studies and ct_slices must be >= 0, image_size >= 16 and ct_every >= 1")
     if not sites or len(set(sites)) != len(sites):
         raise ValueError("sites must be distinct and at least one")
     chosen = difficulty_for(difficulty) if isinstance(difficulty, str) else difficulty
-    plans, truths = _plan(studies, seed, sites, ct_slices, chosen)
+    plans, truths, ct_truths = _plan(studies, seed, sites, ct_slices, chosen, ct_every)
+    ct_difficulty = ct_difficulty_for(chosen)
     phi = PhiRecord()
     files: list[Path] = []
     records: list[SynthStudy] = []
@@ -315,8 +387,15 @@ def generate(
         folder = out_dir / plan.site / plan.patient.patient_id / plan.accession_number
         written: list[Path] = []
         if plan.modality == "CT":
+            nodule = plan.ct_latent.nodule if plan.ct_latent is not None else None
+            volume = render_ct_volume(
+                ct_slices, image_size, image_size, seed=plan.image_seed, nodule=nodule,
+                ct=ct_difficulty,
+            )  # fmt: skip
             for index in range(ct_slices):
-                ds = ct_instance(plan, phi, size=image_size, index=index, slices=ct_slices)
+                ds = ct_instance(
+                    plan, phi, size=image_size, index=index, slices=ct_slices, hu=volume[index]
+                )
                 written.append(folder / "S002" / f"{index + 1}.dcm")
                 _write(ds, written[-1])
         else:
@@ -341,6 +420,7 @@ def generate(
                 image_seed=plan.image_seed,
                 files=tuple(written),
                 latent=plan.latent,
+                ct_latent=plan.ct_latent,
             )
         )
         if progress is not None:
@@ -351,8 +431,14 @@ def generate(
         write_label_sheet(
             label_sheets[site], (p for p in plans if p.site == site and p.modality != "CT")
         )
+    ct_label_sheets = {}
+    for site in sites:
+        ct_plans = [p for p in plans if p.site == site and p.modality == "CT"]
+        if ct_plans:
+            ct_label_sheets[site] = out_dir / "labels" / f"{site}-ct.csv"
+            write_label_sheet(ct_label_sheets[site], ct_plans)
     ground_truth = out_dir / "labels" / "ground_truth.json"
-    write_ground_truth(ground_truth, chosen, sites, truths)
+    write_ground_truth(ground_truth, chosen, sites, truths, ct_studies=ct_truths)
     logger.info("wrote %d synthetic instances in %d studies", len(files), len(plans))
     return SynthResult(
         files=files,
@@ -368,6 +454,7 @@ def generate(
         transfer_syntaxes=frozenset(r.transfer_syntax_uid for r in records),
         ground_truth=ground_truth,
         difficulty=chosen.name,
+        ct_label_sheets=ct_label_sheets,
     )
 
 
