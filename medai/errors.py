@@ -22,7 +22,7 @@ __all__ = [
     "DemoFailed",
     "EdgeIdentified",
     "EdgeNotDeidentified",
-    "ExportMismatch",
+    "ExportFailed",
     "GateFailure",
     "IncompleteResponse",
     "KeyEscrowError",
@@ -332,8 +332,8 @@ class ModelUnavailable(MedaiError):
     """The served model cannot be loaded (not registered, no alias, artifacts missing)."""
 
 
-class ExportMismatch(MedaiError):
-    """An exported model (MONAI bundle, ONNX) does not give the served model's outputs."""
+class ExportFailed(MedaiError):
+    """A model export (MONAI bundle, ONNX) cannot be made or does not give the served outputs."""
 
 
 class BatcherStopped(MedaiError):

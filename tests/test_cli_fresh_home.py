@@ -75,6 +75,10 @@ WORKS_ON_A_FRESH_HOME = {
     "backup restore": "builds a new home from a backup folder",
     # tests/ops/test_doctor.py: a fresh home is a report of problems, and nothing is created.
     "doctor": "diagnoses a home in any state: the missing catalog is its finding",
+    # tests/training/test_export.py: a model-only machine (MLflow, no campaign) may export; with
+    # no MLflow database it says to train first, and the check uses random images without a
+    # catalog.
+    "models export": "reads the MLflow registry, not the catalog; says when there is none",
 }
 
 INIT_HINT = "run `medai campaign init CAMPAIGN.toml`"

@@ -37,7 +37,7 @@ from medai.errors import (
     CampaignError,
     DemoFailed,
     EdgeError,
-    ExportMismatch,
+    ExportFailed,
     IncompleteResponse,
     KeyFileError,
     LabelSheetError,
@@ -116,7 +116,7 @@ STATUS: Mapping[type[MedaiError], int] = {
     AuditChainBroken: 500,
     SnapshotTampered: 500,
     WeightsError: 500,
-    ExportMismatch: 500,
+    ExportFailed: 500,
     TlsError: 500,
     DemoFailed: 500,
     # A peer archive failed us.

@@ -1,4 +1,4 @@
-"""``medai train MODEL_DIR`` and ``medai models promote NAME VERSION``.
+"""``medai train MODEL_DIR``, ``medai models promote NAME VERSION`` and ``medai models export``.
 
 Heavy imports (torch, MONAI, MLflow) happen inside the commands so ``medai --help`` stays
 instant.
@@ -28,7 +28,8 @@ __all__ = ["models_app", "register", "train_command"]
 
 models_app = typer.Typer(
     name="models",
-    help="Registered models in MLflow: promote a version to champion through the gate.",
+    help="Registered models in MLflow: promote a version to champion through the gate, "
+    "export one as a MONAI bundle or ONNX.",
     no_args_is_help=True,
 )
 
@@ -45,14 +46,47 @@ def _fmt(value: float) -> str:
 
 def train_command(
     model_dir: Annotated[
-        Path, typer.Argument(help="Model directory holding config.toml (or the file itself).")
-    ],
+        Path | None,
+        typer.Argument(
+            help="Model directory holding config.toml (or the file itself); not with --resume."
+        ),
+    ] = None,
     device: Annotated[
         str | None, typer.Option(help="Torch device (cuda, cpu); CUDA when available.")
     ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="KEY=VALUE",
+            help="Override a configuration value (repeatable): a dotted key and a TOML value, "
+            "e.g. --set schedule.epochs=5 --set 'transforms.image_size=[64, 64]' "
+            "--set optimizer._target_=torch.optim.SGD. The run logs the result.",
+        ),
+    ] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            "--resume",
+            metavar="RUN_ID",
+            help="Continue a stopped run (its MLflow run id) from its last checkpoint, with "
+            "the run's own configuration.",
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Train a model on its snapshot, log the run to MLflow, register a `candidate` version."""
+    """Train a model on its snapshot, log the run to MLflow, register a `candidate` version.
+
+    Each epoch's state is checkpointed to the run: `--resume RUN_ID` continues a run that
+    was stopped (killed, crashed) and ends as the uninterrupted run would have.
+    """
+    if resume is not None and (model_dir is not None or overrides):
+        raise fail(
+            "--resume RUN_ID continues the run with its own configuration: give no "
+            "MODEL_DIR and no --set"
+        )
+    if resume is None and model_dir is None:
+        raise fail("give a MODEL_DIR (holding config.toml), or --resume RUN_ID")
     # The snapshot comes from the catalog: say so before torch takes seconds to load.
     require_campaign()
 
@@ -62,12 +96,18 @@ def train_command(
 
     from medai.errors import MedaiError
     from medai.training import distributed
-    from medai.training.config import load_model_config
+    from medai.training.config import apply_overrides, load_model_config, parse_overrides
     from medai.training.loop import EpochResult
-    from medai.training.tracking import train_tracked
+    from medai.training.tracking import load_run_config, resume_tracked, train_tracked
 
     try:
-        config = load_model_config(model_dir)
+        if resume is not None:
+            config = load_run_config(resume)
+        else:
+            assert model_dir is not None
+            config = load_model_config(model_dir)
+            if overrides:
+                config = apply_overrides(config, parse_overrides(overrides))
     except MedaiError as exc:
         raise fail(exc) from None
     # Under torchrun every rank runs this command; rank 0 alone shows the run.
@@ -91,7 +131,10 @@ def train_command(
             bar.update(task, completed=result.epoch, status=status)
 
         try:
-            tracked = train_tracked(config, progress=on_epoch, device=device)
+            if resume is not None:
+                tracked = resume_tracked(resume, progress=on_epoch, device=device)
+            else:
+                tracked = train_tracked(config, progress=on_epoch, device=device)
         except (MedaiError, KeyError, ValueError) as exc:
             raise fail(exc) from None
     result = tracked.result
@@ -207,5 +250,76 @@ def promote_command(
     )
     console().print(
         plain(f"{name} version {result.version} is now champion{previous}; {how}"),
+        soft_wrap=True,
+    )
+
+
+@models_app.command("export")
+def export_command(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    version: Annotated[str, typer.Argument(help="Model version to export.")],
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="bundle: a MONAI bundle (configs/, models/model.pt, docs/); "
+            "onnx: model.onnx (probabilities, dynamic batch).",
+        ),
+    ] = "bundle",
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder to create (it must not exist, or be empty).")
+    ] = Path("export"),
+    as_json: JsonFlag = False,
+) -> None:
+    """Export VERSION of NAME as a MONAI bundle or ONNX, checked against the served model.
+
+    The export is run on up to 8 images of the model's test split (random images at the
+    model's size when its snapshot is not in this catalog) beside the network the service
+    would load; a probability differing by more than 1e-4 fails the export (exit 1) and
+    nothing is written.
+    """
+    from medai.training.export import FORMATS
+
+    if fmt not in FORMATS:
+        raise fail(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from medai.errors import ExportFailed, MedaiError
+    from medai.training.export import export_model
+
+    out_console = Console(stderr=True, quiet=as_json, markup=False, highlight=False)
+    columns = (SpinnerColumn(), TextColumn("{task.description}", markup=False), TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=out_console, transient=True) as bar:
+            task = bar.add_task(f"export {name} version {version}", total=None)
+            result = export_model(
+                name,
+                version,
+                fmt,  # checked against FORMATS above
+                out,
+                progress=lambda text: bar.update(task, description=text),
+            )
+    except ExportFailed as exc:
+        raise fail(exc, "report it; the served model is unchanged", code=EXIT_PROBLEM) from None
+    except (MedaiError, OSError) as exc:
+        raise fail(exc) from None
+    if as_json:
+        print_json(jsonable(result))
+        return
+    console().print(
+        plain(
+            f"{name} version {result.version} exported as {result.format} to {result.path}: "
+            + ", ".join(result.files)
+        ),
+        soft_wrap=True,
+    )
+    console().print(
+        plain(
+            f"check: {result.source}: max abs probability difference "
+            f"{result.max_abs_difference:.2e} <= {result.tolerance:g}, same outputs as "
+            "the served model"
+        ),
         soft_wrap=True,
     )

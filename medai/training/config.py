@@ -18,10 +18,18 @@ seed, dataset caching, and how the model is evaluated and gated for promotion::
     [network]
     name = "resnet18"               # medai.training.networks.NETWORKS
     # weights = "weights/resnet18.pt"   (relative to the model directory)
+    # or any MONAI network by its full path (medai.training.targets), e.g.
+    # _target_ = "monai.networks.nets.DenseNet121"
+    # spatial_dims = "@spatial_dims"
+    # in_channels = "@in_channels"
+    # out_channels = "@num_labels"
 
-    [optimizer]
+    [optimizer]                     # AdamW; or _target_ = "torch.optim.SGD" and its arguments
     lr = 1e-3
     weight_decay = 1e-4
+
+    [loss]                          # masked binary cross-entropy; or an elementwise
+    name = "masked_bce"             # _target_ = "monai.losses.FocalLoss" ...
 
     [schedule]
     epochs = 20
@@ -42,14 +50,27 @@ Errors name the file and each bad field, as the campaign's
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from medai.errors import ModelConfigError
 from medai.tomlfile import format_validation_errors, read_toml
+from medai.training import targets
 from medai.training.networks import NETWORKS
 from medai.training.transforms import TransformConfig
 
@@ -57,6 +78,7 @@ __all__ = [
     "CONFIG_FILE",
     "DataConfig",
     "EvaluationConfig",
+    "LossConfig",
     "ModelConfig",
     "NetworkConfig",
     "OptimizerConfig",
@@ -64,6 +86,7 @@ __all__ = [
     "apply_overrides",
     "flatten",
     "load_model_config",
+    "parse_overrides",
 ]
 
 CONFIG_FILE = "config.toml"
@@ -95,12 +118,18 @@ class DataConfig(_Strict):
     num_workers
         Data-loader worker processes (threads with ``cache="memory"``); 0 loads in the
         training process.
+    level
+        ``"instance"``: one 2-D image per manifest row; ``"series"``: one volume per row
+        of a series-level snapshot (``medai snapshot create --level series``), its slices
+        stacked in order (:class:`medai.training.volume_reader.LoadSeriesFromStore`), with
+        a 3-D ``transforms.image_size`` ``[D, H, W]``.
     """
 
     snapshot: str
     labels: tuple[str, ...] = Field(min_length=1)
     cache: Literal["none", "memory", "disk"] = "memory"
     num_workers: int = Field(default=0, ge=0)
+    level: Literal["instance", "series"] = "instance"
 
     @field_validator("snapshot")
     @classmethod
@@ -122,13 +151,69 @@ class DataConfig(_Strict):
         return value
 
 
-class NetworkConfig(_Strict):
-    """The network (:func:`medai.training.networks.build_network`).
+class _TargetSection(_Strict):
+    """A section that may be a MONAI bundle-style ``_target_`` entry instead of a name.
+
+    ``target`` holds the entry as written (``_target_`` and its arguments, see
+    :mod:`medai.training.targets`); the section's own fields (``_OWN``) stay beside it.
+    Dumped, the section has its file's shape again (``{"_target_": ..., "lr": ...}``), so
+    the logged configuration reads and reloads like the file.
+    """
+
+    _OWN: ClassVar[tuple[str, ...]] = ()
+    _NAMED: ClassVar[tuple[str, ...]] = ("name",)
+
+    target: dict[str, Any] | None = None
+
+    @field_validator("target")
+    @classmethod
+    def _has_target(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and not isinstance(value.get(targets.TARGET_KEY), str):
+            raise ValueError("a target table needs _target_ (a full dotted path)")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping) or targets.TARGET_KEY not in data:
+            return data
+        named = [key for key in cls._NAMED if key in data]
+        if named:
+            raise PydanticCustomError(
+                "target",
+                "{message}",
+                {"field": named[0], "message": "give either name or _target_, not both"},
+            )
+        return targets.split_target(data, cls._OWN)
+
+    @model_serializer(mode="wrap")
+    def _as_written(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        target = data.pop("target", None)
+        if target is None:
+            return data
+        return {**target, **{key: data[key] for key in self._OWN if key in data}}
+
+    @property
+    def title(self) -> str:
+        """What the section builds: the ``_target_`` path, or the name."""
+        if self.target is not None:
+            return str(self.target[targets.TARGET_KEY])
+        return str(getattr(self, "name", ""))
+
+
+class NetworkConfig(_TargetSection):
+    """The network (:func:`medai.training.networks.network_from_config`).
 
     Attributes
     ----------
     name
-        One of :data:`medai.training.networks.NETWORKS`.
+        One of :data:`medai.training.networks.NETWORKS` (when there is no ``_target_``).
+    target
+        A MONAI bundle-style entry (``_target_ = "monai.networks.nets.X"`` and its
+        arguments, with ``"@spatial_dims"``, ``"@in_channels"``, ``"@num_labels"``,
+        ``"@image_size"`` filled by medai): any network that maps ``(N, 1, *image_size)``
+        to ``(N, num_labels)`` logits.
     weights
         A local state-dict file to start from, relative to the model directory; None for
         a random initialisation.
@@ -136,6 +221,8 @@ class NetworkConfig(_Strict):
         Ignore the weights' classification layer (see
         :func:`medai.training.networks.load_weights`).
     """
+
+    _OWN: ClassVar[tuple[str, ...]] = ("weights", "backbone_only")
 
     name: str = "resnet18"
     weights: Path | None = None
@@ -149,11 +236,31 @@ class NetworkConfig(_Strict):
         return value
 
 
-class OptimizerConfig(_Strict):
-    """AdamW."""
+class OptimizerConfig(_TargetSection):
+    """AdamW (``lr``, ``weight_decay``), or a ``_target_`` optimiser and its arguments.
 
+    With ``_target_`` (``torch.optim.*`` or ``monai.optimizers.*``) every other key is an
+    argument; medai passes the network's parameters.
+    """
+
+    name: Literal["adamw"] = "adamw"
     lr: float = Field(default=1e-3, gt=0.0)
     weight_decay: float = Field(default=1e-4, ge=0.0)
+
+
+class LossConfig(_TargetSection):
+    """The training loss.
+
+    ``name = "masked_bce"`` (the default): binary cross-entropy on logits, averaged over
+    the known labels. A ``_target_`` loss (``monai.losses.*`` or ``torch.nn.*``) is called
+    elementwise (medai passes ``reduction="none"``) on the logits and the targets with
+    unknown labels set to 0; medai masks the unknown labels and averages over the known
+    ones, as for the default. The validation loss (``val/loss``, which early stopping
+    watches when no label has a validation AUROC) stays the masked binary cross-entropy,
+    comparable across runs.
+    """
+
+    name: Literal["masked_bce"] = "masked_bce"
 
 
 class ScheduleConfig(_Strict):
@@ -208,10 +315,28 @@ class ModelConfig(_Strict):
     transforms: TransformConfig = TransformConfig()
     network: NetworkConfig = NetworkConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
+    loss: LossConfig = LossConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
 
     _source: Path | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _dimensions(self) -> ModelConfig:
+        dims = len(self.transforms.image_size)
+        if self.data.level == "series" and dims != 3:
+            raise ValueError(
+                "data.level 'series' trains on volumes: transforms.image_size needs 3 values "
+                f"[D, H, W], not {dims}"
+            )
+        if self.data.level == "instance" and dims != 2:
+            raise ValueError(
+                "data.level 'instance' trains on 2-D images: transforms.image_size needs 2 "
+                f"values [H, W], not {dims} (set data.level = 'series' for volumes)"
+            )
+        if self.transforms.spacing_mm is not None and self.data.level != "series":
+            raise ValueError("transforms.spacing_mm resamples volumes: set data.level = 'series'")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -219,6 +344,42 @@ class ModelConfig(_Strict):
         if not _MODEL_NAME.fullmatch(value):
             raise ValueError("model names are letters, digits, '.', '-' and '_' (100 at most)")
         return value
+
+    @model_validator(mode="after")
+    def _targets_build(self) -> ModelConfig:
+        """Build every ``_target_`` entry once: a bad one fails here, not mid-training."""
+        num_labels, size = len(self.data.labels), tuple(self.transforms.image_size)
+        checks: list[tuple[str, Callable[[], None]]] = []
+        network, optimizer, loss = self.network.target, self.optimizer.target, self.loss.target
+        if network is not None:
+            checks.append(
+                (
+                    "network",
+                    lambda: targets.check_network(network, num_labels=num_labels, image_size=size),
+                )
+            )
+        if optimizer is not None:
+            checks.append(("optimizer", lambda: targets.check_optimizer(optimizer)))
+        if loss is not None:
+            checks.append(("loss", lambda: targets.check_loss(loss, num_labels=num_labels)))
+        extra = self.transforms.extra
+        if extra:
+            checks.append(
+                (
+                    "transforms.extra",
+                    lambda: targets.check_transforms(extra, image_size=size, keys=("image",)),
+                )
+            )
+        for section, check in checks:
+            try:
+                check()
+            except targets.TargetError as exc:
+                field = exc.field
+                where = section + field if field.startswith("[") else f"{section}.{field}"
+                raise PydanticCustomError(
+                    "target", "{message}", {"field": where.rstrip("."), "message": exc.message}
+                ) from None
+        return self
 
     @property
     def source(self) -> Path | None:
@@ -249,6 +410,9 @@ def flatten(config: BaseModel) -> dict[str, str]:
         if isinstance(value, dict):
             for key, item in value.items():
                 walk(f"{prefix}.{key}" if prefix else str(key), item)
+        elif isinstance(value, list | tuple) and any(isinstance(i, dict) for i in value):
+            for index, item in enumerate(value):  # [[transforms.extra]]: one key per entry
+                walk(f"{prefix}.{index}", item)
         elif isinstance(value, list | tuple):
             out[prefix] = ",".join(str(item) for item in value)
         else:
@@ -315,10 +479,71 @@ def apply_overrides(config: ModelConfig, overrides: Mapping[str, Any]) -> ModelC
                 out[key] = value
         return out
 
+    base = config.model_dump()
+    # Another network, optimiser or loss (a new _target_ or name) starts from its own
+    # arguments, not the previous one's: only the section's own fields carry over.
+    sections: dict[str, type[_TargetSection]] = {
+        "network": NetworkConfig,
+        "optimizer": OptimizerConfig,
+        "loss": LossConfig,
+    }
+    for section, model in sections.items():
+        extra, current = overrides.get(section), base.get(section)
+        if not isinstance(extra, Mapping) or not isinstance(current, dict):
+            continue
+        switched = [
+            key
+            for key in (targets.TARGET_KEY, "name")
+            if key in extra and extra[key] != current.get(key)
+        ]
+        if switched:
+            base[section] = {k: v for k, v in current.items() if k in model._OWN}
     source = str(config.source or "the configuration")
     try:
-        merged = ModelConfig.model_validate(merge(config.model_dump(), overrides))
+        merged = ModelConfig.model_validate(merge(base, overrides))
     except ValidationError as exc:
         raise ModelConfigError(format_validation_errors(source + " (overridden)", exc)) from None
     merged._source = config.source
     return merged
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``medai train --set KEY=VALUE`` options as the nested table :func:`apply_overrides` takes.
+
+    ``KEY`` is dotted (``schedule.epochs``, ``network._target_``); ``VALUE`` is a TOML value
+    (``5``, ``1e-3``, ``true``, ``[64, 64]``, ``"text"``), or, when it is not valid TOML
+    and does not open an array, table or quoted string, the text itself
+    (``network.name=resnet34``, ``optimizer._target_=torch.optim.SGD``).
+
+    Raises
+    ------
+    ModelConfigError
+        An option without ``=``, an empty key part, or a key both set and used as a table.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or any(not part.strip() for part in parts):
+            raise ModelConfigError(
+                f"--set {item!r}: expected KEY=VALUE with a dotted KEY, e.g. schedule.epochs=5"
+            )
+        value = _toml_value(text.strip(), item)
+        node = out
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part.strip(), {})
+            if not isinstance(child, dict):
+                where = ".".join(parts[: depth + 1])
+                raise ModelConfigError(f"--set {item!r}: {where} is set to a value, not a table")
+            node = child
+        node[parts[-1].strip()] = value
+    return out
+
+
+def _toml_value(text: str, item: str) -> Any:
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError as exc:
+        if text[:1] in ("[", "{", '"', "'"):
+            raise ModelConfigError(f"--set {item!r}: the value is not valid TOML ({exc})") from None
+        return text

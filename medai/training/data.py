@@ -46,6 +46,7 @@ from monai.data.dataloader import DataLoader
 from monai.data.dataset import CacheDataset, Dataset, PersistentDataset
 from monai.data.thread_buffer import ThreadDataLoader
 from monai.transforms.compose import Compose
+from monai.transforms.transform import MapTransform
 from torch.utils.data import DistributedSampler, Sampler
 
 from medai.config import Settings, get_settings
@@ -57,6 +58,7 @@ from medai.training.config import ModelConfig
 from medai.training.label_check import one_class_splits, require_labels
 from medai.training.reader import LoadDicomFromStore, records_from_manifest
 from medai.training.transforms import build_transforms
+from medai.training.volume_reader import LoadSeriesFromStore
 
 __all__ = [
     "IMAGE_KEY",
@@ -64,6 +66,7 @@ __all__ = [
     "SITE_KEY",
     "TrainingData",
     "build_training_data",
+    "image_loader",
     "make_dataset",
     "make_loader",
     "split_records",
@@ -190,6 +193,18 @@ def make_loader(
     )
 
 
+def image_loader(config: ModelConfig, settings: Settings) -> MapTransform:
+    """The chain's first transform: a 2-D image per row, or a series' volume per row.
+
+    ``[data] level = "series"`` reads each row's ``store_keys`` (all slices, in order)
+    into a ``(1, D, H, W)`` volume resampled to ``[transforms] spacing_mm``.
+    """
+    if config.data.level == "series":
+        spacing = config.transforms.spacing_mm
+        return LoadSeriesFromStore(IMAGE_KEY, settings.resolved_store_dir, spacing_mm=spacing)
+    return LoadDicomFromStore(IMAGE_KEY, ObjectStore(settings.resolved_store_dir))
+
+
 def _transform_hash(config: ModelConfig) -> str:
     text = json.dumps(config.transforms.model_dump(mode="json"), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -221,8 +236,7 @@ def build_training_data(config: ModelConfig, settings: Settings | None = None) -
         )
     require_labels(manifest, config.data.labels, config.data.snapshot)
     one_class_splits(manifest, config.data.labels)
-    store = ObjectStore(settings.resolved_store_dir)
-    loader = LoadDicomFromStore(IMAGE_KEY, store)
+    loader = image_loader(config, settings)
     cache_dir = (
         settings.resolved_home
         / "cache"

@@ -6,9 +6,17 @@ masked loss and the evaluation settings are :mod:`medai.training.prediction`.
 
 - Seeds: :func:`medai.training.transforms.seed_everything` before the network is built,
   seeded transforms and shuffling (:mod:`medai.training.data`): one seed, one run.
+- Network: :func:`medai.training.networks.network_from_config` (a named network or a
+  MONAI ``_target_`` entry), the one function the inference service rebuilds it with.
 - Loss: binary cross-entropy on logits, masked where a label is unknown (NaN in the
-  manifest), averaged over the known labels of the batch.
-- AdamW, cosine annealing over the configured epochs (or a constant rate).
+  manifest), averaged over the known labels of the batch; or the ``[loss]`` ``_target_``
+  loss, elementwise, under the same mask (:class:`medai.training.config.LossConfig`).
+- AdamW (or the ``[optimizer]`` ``_target_``), cosine annealing over the configured
+  epochs (or a constant rate).
+- Checkpoints (:mod:`medai.training.checkpoints`): after each epoch the whole state of
+  the run (weights, best weights, optimiser, scheduler, counters, history, every random
+  state) is written and handed to ``on_checkpoint``; ``resume=`` continues from one and
+  ends as the uninterrupted run would have (single process).
 - Mixed precision (float16 autocast with a gradient scaler) on CUDA only; on the CPU it
   would be slower and change the numbers.
 - After each epoch: validation loss, each label's AUROC and their macro mean (over the
@@ -33,7 +41,7 @@ import math
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +54,15 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
 from medai.config import Settings
-from medai.training import distributed
+from medai.training import distributed, targets
 from medai.training.case_predictions import case_predictions
+from medai.training.checkpoints import (
+    Checkpoint,
+    capture_rng,
+    config_digest,
+    restore_rng,
+    write_checkpoint,
+)
 from medai.training.config import ModelConfig
 from medai.training.data import (
     IMAGE_KEY,
@@ -56,7 +71,7 @@ from medai.training.data import (
     build_training_data,
 )
 from medai.training.evaluation import EvaluationResult
-from medai.training.networks import build_network
+from medai.training.networks import network_from_config
 from medai.training.prediction import (
     autocast,
     evaluate_predictions,
@@ -178,6 +193,38 @@ def _has_both_classes(records: list[dict[str, Any]], n_labels: int) -> bool:
     return False
 
 
+LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def build_loss(config: ModelConfig) -> LossFunction:
+    """The training loss of ``config``: masked BCE, or its ``_target_`` loss under the mask."""
+    spec = config.loss.target
+    if spec is None:
+        return masked_bce_with_logits
+    elementwise = targets.build_loss(spec, num_labels=len(config.data.labels))
+
+    def masked(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        known = ~torch.isnan(truth)
+        losses = elementwise(logits.float(), torch.nan_to_num(truth, nan=0.0))
+        return (losses * known).sum() / known.sum().clamp(min=1)
+
+    return masked
+
+
+def build_optimizer(config: ModelConfig, parameters: Any) -> torch.optim.Optimizer:
+    """AdamW with ``lr`` and ``weight_decay``, or the ``[optimizer]`` ``_target_``."""
+    spec = config.optimizer.target
+    if spec is not None:
+        return targets.build_optimizer(spec, parameters)
+    return torch.optim.AdamW(
+        parameters, lr=config.optimizer.lr, weight_decay=config.optimizer.weight_decay
+    )
+
+
+def _chains(loaders: Mapping[str, Any]) -> dict[str, Any]:
+    return {split: getattr(loader.dataset, "transform", None) for split, loader in loaders.items()}
+
+
 def train(
     config: ModelConfig,
     settings: Settings | None = None,
@@ -186,6 +233,8 @@ def train(
     device: str | None = None,
     run_dir: str | Path | None = None,
     data: TrainingData | None = None,
+    resume: Checkpoint | None = None,
+    on_checkpoint: Callable[[Path, int], None] | None = None,
 ) -> TrainResult:
     """Train the model of ``config`` on its snapshot and evaluate the best epoch.
 
@@ -205,11 +254,31 @@ def train(
     data
         Prebuilt datasets (:func:`medai.training.data.build_training_data`), e.g. to
         reuse a memory cache across runs in a notebook.
+    resume
+        A checkpoint of this configuration to continue from (single process only).
+    on_checkpoint
+        Called with each epoch's checkpoint file and epoch, after the epoch and before
+        ``progress`` (e.g. to log it to MLflow); checkpoints are written only when given
+        or when ``resume`` is.
 
     Returns
     -------
     TrainResult
+
+    Raises
+    ------
+    ValueError
+        ``resume`` is for another configuration, or asked for under ``torchrun``.
     """
+    digest = config_digest(config.model_dump(mode="json"))
+    if resume is not None:
+        if resume.config_digest != digest:
+            raise ValueError(
+                "the checkpoint was written for another configuration: resume with the "
+                "run's own configuration (config/resolved.json)"
+            )
+        if distributed.world_size() > 1 or resume.world_size != 1:
+            raise ValueError("resuming is supported for single-process runs only")
     seed_everything(config.seed)
     data = data or build_training_data(config, settings)
     target = distributed.resolve_device(device)
@@ -225,14 +294,8 @@ def train(
     # Seed again right before building the network, so its initial weights do not depend
     # on how much randomness building the data consumed.
     seed_everything(config.seed)
-    net = build_network(
-        config.network.name,
-        num_labels=len(labels),
-        in_channels=1,
-        spatial_dims=len(config.transforms.image_size),
-        weights=config.weights_path(),
-        backbone_only=config.network.backbone_only,
-    ).to(target)
+    # A resumed run takes its weights from the checkpoint, not from [network] weights.
+    net = network_from_config(config, len(labels), initial_weights=resume is None).to(target)
     # The wrapper averages the gradients over the ranks (and starts every rank from rank
     # 0's weights); ``net`` itself is what is evaluated, saved and returned.
     model: nn.Module = (
@@ -240,9 +303,8 @@ def train(
         if distributed.world_size() > 1
         else net
     )
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.optimizer.lr, weight_decay=config.optimizer.weight_decay
-    )
+    optimizer = build_optimizer(config, model.parameters())
+    loss_fn = build_loss(config)
     epochs = config.schedule.epochs
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = (
         torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
@@ -259,9 +321,30 @@ def train(
     history: list[EpochResult] = []
     best_score, best_epoch, stale = -math.inf, 0, 0
     stopped_early = False
+    best_state: dict[str, torch.Tensor] = {}
+    start = 1
+    if resume is not None:
+        if resume.monitor != monitor:
+            raise ValueError(f"the checkpoint monitored {resume.monitor}, this run {monitor}")
+        net.load_state_dict(resume.model)
+        optimizer.load_state_dict(resume.optimizer)
+        if scheduler is not None and resume.scheduler is not None:
+            scheduler.load_state_dict(resume.scheduler)
+        scaler.load_state_dict(resume.scaler)
+        best_score, best_epoch, stale = resume.best_score, resume.best_epoch, resume.stale
+        stopped_early = resume.stopped_early
+        history = [EpochResult(**row) for row in resume.history]
+        best_state = resume.best_model
+        if best_state:
+            torch.save(best_state, checkpoint)
+        restore_rng(resume.rng, data.loaders, _chains(data.loaders))
+        start = resume.epoch + 1
+    keep_checkpoints = on_checkpoint is not None or resume is not None
     train_loader = data.loaders["train"]
     sampler = getattr(train_loader, "sampler", None)
-    for epoch in range(1, epochs + 1):
+    for epoch in range(start, epochs + 1):
+        if stopped_early:
+            break
         started = time.perf_counter()
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)  # a new permutation each epoch, the same on every rank
@@ -274,7 +357,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             with autocast(target):
                 logits = model(images)
-            loss = masked_bce_with_logits(logits, targets)
+            loss = loss_fn(logits, targets)
             scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
             scaler.step(optimizer)
             scaler.update()
@@ -298,6 +381,8 @@ def train(
         if improved:
             best_score, best_epoch, stale = score, epoch, 0
             torch.save(net.state_dict(), checkpoint)
+            if keep_checkpoints:
+                best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
         else:
             stale += 1
         result = EpochResult(
@@ -311,11 +396,35 @@ def train(
             val_label_auroc=by_label,
         )
         history.append(result)
+        patience = config.schedule.patience
+        stopped_early = bool(patience and stale >= patience and epoch < epochs)
+        if keep_checkpoints and main:
+            state = Checkpoint(
+                epoch=epoch,
+                model={k: v.detach().cpu() for k, v in net.state_dict().items()},
+                best_model=best_state,
+                optimizer=optimizer.state_dict(),
+                scheduler=None if scheduler is None else scheduler.state_dict(),
+                scaler=scaler.state_dict(),
+                best_score=best_score,
+                best_epoch=best_epoch,
+                stale=stale,
+                stopped_early=stopped_early,
+                monitor=monitor,
+                history=[
+                    asdict(item) | {"val_label_auroc": dict(item.val_label_auroc)}
+                    for item in history
+                ],
+                rng=capture_rng(data.loaders, _chains(data.loaders)),
+                config_digest=digest,
+                world_size=distributed.world_size(),
+            )
+            path = write_checkpoint(state, out_dir / "checkpoints")
+            if on_checkpoint is not None:
+                on_checkpoint(path, epoch)
         if progress is not None and main:
             progress(result)
-        patience = config.schedule.patience
-        if patience and stale >= patience and epoch < epochs:
-            stopped_early = True
+        if stopped_early:
             break
 
     if best_epoch == 0:  # every epoch's score was NaN: keep the last weights

@@ -12,6 +12,11 @@ Names
     torchvision's ResNet with its first convolution taking ``in_channels`` and its last
     layer giving ``num_labels`` outputs.
 
+Any other network is given in the configuration as a MONAI bundle-style ``_target_`` entry
+(:mod:`medai.training.targets`). :func:`network_from_config` builds either kind from a
+model configuration: training and the inference service both call it, so whatever trained
+is rebuilt the same way from the run's logged configuration.
+
 Every network returns logits of shape ``(N, num_labels)``: apply a sigmoid for the
 per-label probabilities of a multi-label finding model.
 
@@ -25,9 +30,9 @@ over its input channels to take 1 (the usual adaptation of RGB weights to grey i
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import torch
 import torchvision.models
@@ -36,8 +41,9 @@ from monai.networks.nets.resnet import resnet18, resnet34, resnet50
 from torch import nn
 
 from medai.errors import WeightsError
+from medai.training.targets import build_network_target
 
-__all__ = ["NETWORKS", "build_network", "load_weights"]
+__all__ = ["NETWORKS", "build_network", "load_weights", "network_from_config"]
 
 
 def _densenet121(spatial_dims: int, in_channels: int, num_labels: int) -> nn.Module:
@@ -142,6 +148,74 @@ def build_network(
     model = NETWORKS[name](spatial_dims, in_channels, num_labels)
     if weights is not None:
         load_weights(model, weights, backbone_only=backbone_only)
+    return model
+
+
+class _NetworkSection(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def target(self) -> dict[str, Any] | None: ...
+    @property
+    def backbone_only(self) -> bool: ...
+
+
+class _Transforms(Protocol):
+    @property
+    def image_size(self) -> Sequence[int]: ...
+
+
+class NetworkSource(Protocol):
+    """What :func:`network_from_config` reads of a :class:`~medai.training.config.ModelConfig`."""
+
+    @property
+    def network(self) -> _NetworkSection: ...
+    @property
+    def transforms(self) -> _Transforms: ...
+    def weights_path(self) -> Path | None: ...
+
+
+def network_from_config(
+    config: NetworkSource, num_labels: int, *, initial_weights: bool = True
+) -> nn.Module:
+    """The network of a model configuration: its ``[network]`` name or ``_target_`` entry.
+
+    One input channel; ``spatial_dims`` is the number of ``transforms.image_size`` values.
+
+    Parameters
+    ----------
+    config
+        A :class:`medai.training.config.ModelConfig` (as trained, or as logged by a run).
+    num_labels
+        Number of outputs.
+    initial_weights
+        Load ``[network] weights`` (the file training starts from); False to leave the
+        initialisation for weights loaded afterwards (the service, a resumed run).
+
+    Raises
+    ------
+    ValueError
+        An unknown name or bad sizes (a ``TargetError`` for a bad ``_target_`` entry).
+    WeightsError
+        The weights file is missing or does not fit.
+    """
+    section = config.network
+    size = tuple(config.transforms.image_size)
+    weights = config.weights_path() if initial_weights else None
+    if section.target is None:
+        return build_network(
+            section.name,
+            num_labels=num_labels,
+            in_channels=1,
+            spatial_dims=len(size),
+            weights=weights,
+            backbone_only=section.backbone_only,
+        )
+    if num_labels < 1:
+        raise ValueError("num_labels must be at least 1")
+    model = build_network_target(section.target, num_labels=num_labels, image_size=size)
+    if weights is not None:
+        load_weights(model, weights, backbone_only=section.backbone_only)
     return model
 
 

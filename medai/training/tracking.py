@@ -14,6 +14,12 @@ experiment named after the model and logs:
   file it was read from is not logged, since an override would make it disagree;
 - per-epoch ``train/loss``, ``val/loss``, ``val/auroc/<label>``, ``val/auroc/macro``,
   ``lr`` with ``step=epoch``;
+- after each epoch, a checkpoint of the whole training state
+  (:mod:`medai.training.checkpoints`: ``checkpoints/slot-0.pt`` and ``slot-1.pt``, in
+  turn), from which :func:`resume_tracked` (``medai train --resume RUN_ID``) continues
+  the same run after a crash or a kill: the configuration is the run's own
+  ``config/resolved.json``, the epochs already logged are not logged again, and the run
+  ends with the metrics, weights and registered version an uninterrupted run would have;
 - each label's operating threshold, chosen on the validation split, as
   ``val/threshold/<label>``;
 - the evaluation's metrics (``test/auroc/<label>``, ``test/auroc_low/<label>``...,
@@ -72,8 +78,10 @@ from mlflow.tracking import MlflowClient
 
 from medai.audit import actors
 from medai.config import Settings, get_settings
+from medai.errors import ResumeRefused
 from medai.snapshots import load_snapshot
 from medai.training import distributed, pyfunc
+from medai.training.checkpoints import CHECKPOINT_ARTIFACT_DIR, Checkpoint, latest_checkpoint
 from medai.training.config import ModelConfig, flatten
 from medai.training.data import TrainingData, build_training_data
 from medai.training.evaluation import ALL_SITES, EvaluationResult
@@ -104,7 +112,9 @@ __all__ = [
     "check_gate",
     "configure_mlflow",
     "load_registered",
+    "load_run_config",
     "promote",
+    "resume_tracked",
     "train_tracked",
     "validation_thresholds",
 ]
@@ -192,6 +202,94 @@ def _test_metrics(evaluation: EvaluationResult) -> dict[str, float]:
     return {k: v for k, v in evaluation.metrics("test").items() if "/threshold/" not in k}
 
 
+def load_run_config(run_id: str, settings: Settings | None = None) -> ModelConfig:
+    """The configuration a run was trained with (its ``config/resolved.json``).
+
+    Raises
+    ------
+    ResumeRefused
+        No such run, or it has no configuration artifact.
+    ModelConfigError
+        The logged configuration no longer validates.
+    """
+    from mlflow.exceptions import MlflowException
+    from pydantic import ValidationError
+
+    from medai.errors import ModelConfigError
+    from medai.tomlfile import format_validation_errors
+
+    settings = settings or get_settings()
+    uri = configure_mlflow(settings)
+    with tempfile.TemporaryDirectory(prefix="medai-resume-") as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=CONFIG_ARTIFACT, dst_path=tmp, tracking_uri=uri
+            )
+            text = Path(path).read_text("utf-8")
+        except (MlflowException, OSError):
+            raise ResumeRefused(
+                f"no MLflow run {run_id!r} with a {CONFIG_ARTIFACT} in the tracking store "
+                f"{uri}: give the run id `medai train` printed"
+            ) from None
+    try:
+        return ModelConfig.model_validate(json.loads(text))
+    except ValidationError as exc:
+        raise ModelConfigError(format_validation_errors(f"run {run_id}", exc)) from None
+
+
+def _resume_state(run_id: str, config: ModelConfig, settings: Settings) -> Checkpoint | None:
+    """Check the run may be resumed; its newest checkpoint (None: it had none yet)."""
+    from mlflow.exceptions import MlflowException
+
+    uri = configure_mlflow(settings)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    run = client.get_run(run_id)
+    if run.data.tags.get("medai.model") != config.name:
+        raise ResumeRefused(f"run {run_id} is not a training run of the model {config.name}")
+    if run.info.status == "FINISHED":
+        raise ResumeRefused(
+            f"run {run_id} finished: there is nothing to resume (train again for a new run)"
+        )
+    if run.data.params.get("train.world_size", "1") != "1":
+        raise ResumeRefused("resuming is supported for single-process runs only")
+    with tempfile.TemporaryDirectory(prefix="medai-resume-") as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=CHECKPOINT_ARTIFACT_DIR, dst_path=tmp, tracking_uri=uri
+            )
+        except (MlflowException, OSError):  # killed before its first checkpoint
+            return None
+        return latest_checkpoint(sorted(Path(local).glob("slot-*.pt")))
+
+
+def resume_tracked(
+    run_id: str,
+    settings: Settings | None = None,
+    progress: Callable[[EpochResult], None] | None = None,
+    *,
+    device: str | None = None,
+    actor: str | None = None,
+) -> TrackedRun:
+    """Continue the MLflow run ``run_id`` from its last checkpoint, to the end.
+
+    The configuration is the run's own; training goes on from the epoch after the newest
+    checkpoint (from the start, in the same run, if it had none), then evaluates, logs and
+    registers as :func:`train_tracked`. Single process only.
+
+    Raises
+    ------
+    ResumeRefused
+        No such run, a finished one, or one trained under ``torchrun``.
+    """
+    settings = settings or get_settings()
+    if distributed.launched_by_torchrun():
+        raise ResumeRefused("resuming is supported for single-process runs only (not torchrun)")
+    config = load_run_config(run_id, settings)
+    return train_tracked(
+        config, settings, progress, device=device, actor=actor, resume_run_id=run_id
+    )
+
+
 def train_tracked(
     config: ModelConfig,
     settings: Settings | None = None,
@@ -199,6 +297,7 @@ def train_tracked(
     *,
     device: str | None = None,
     actor: str | None = None,
+    resume_run_id: str | None = None,
 ) -> TrackedRun:
     """Train ``config`` in a new MLflow run, log it, and register the model as ``candidate``.
 
@@ -212,6 +311,9 @@ def train_tracked(
     actor
         Who is recorded as registering the version; :func:`medai.audit.actors.operator`
         by default.
+    resume_run_id
+        Continue this run from its last checkpoint instead of starting a new one (see
+        :func:`resume_tracked`, which also takes the configuration from the run).
 
     Returns
     -------
@@ -224,9 +326,18 @@ def train_tracked(
     with distributed.process_group(device) as context:
         # Load the snapshot first: a missing or altered one fails before an empty run is
         # logged.
+        resume = None if resume_run_id is None else _resume_state(resume_run_id, config, settings)
         data = build_training_data(config, settings)
         if context.is_main:
-            tracked = _train_logged(config, settings, progress, str(context.device), data)
+            tracked = _train_logged(
+                config,
+                settings,
+                progress,
+                str(context.device),
+                data,
+                resume_run_id=resume_run_id,
+                resume=resume,
+            )
             # After the run, not inside it: the chain's lock is not held for minutes of
             # logging, and a version is only recorded once it exists.
             audit_registration(
@@ -245,12 +356,27 @@ def train_tracked(
     return TrackedRun.registered(config, run_id, experiment_id, version, result)
 
 
+def _log_checkpoint(path: Path, epoch: int) -> None:
+    mlflow.log_artifact(str(path), artifact_path=CHECKPOINT_ARTIFACT_DIR)
+
+
+def _log_missing_epochs(client: MlflowClient, run_id: str, history: Sequence[EpochResult]) -> None:
+    """Log the checkpoint's epochs whose metrics the killed run had not logged yet."""
+    logged = {metric.step for metric in client.get_metric_history(run_id, "train/loss")}
+    for result in history:
+        if result.epoch not in logged:
+            _log_epoch(result)
+
+
 def _train_logged(
     config: ModelConfig,
     settings: Settings,
     progress: Callable[[EpochResult], None] | None,
     device: str,
     data: TrainingData,
+    *,
+    resume_run_id: str | None = None,
+    resume: Checkpoint | None = None,
 ) -> TrackedRun:
     uri = configure_mlflow(settings)
     experiment_id = _experiment_id(config.name, settings, uri)
@@ -263,8 +389,25 @@ def _train_logged(
 
     with tempfile.TemporaryDirectory(prefix="medai-train-") as tmp:
         work = Path(tmp)
-        with mlflow.start_run(experiment_id=experiment_id) as run:
+        with mlflow.start_run(experiment_id=experiment_id, run_id=resume_run_id) as run:
             run_id = run.info.run_id
+            if resume_run_id is not None:
+                # The run's parameters, inputs and configuration are logged already.
+                if resume is not None:
+                    _log_missing_epochs(
+                        client, run_id, [EpochResult(**row) for row in resume.history]
+                    )
+                result = train(
+                    config,
+                    settings,
+                    on_epoch,
+                    device=device,
+                    run_dir=work / "run",
+                    data=data,
+                    resume=resume,
+                    on_checkpoint=_log_checkpoint,
+                )
+                return _finish_run(config, client, run_id, experiment_id, work, result)
             mlflow.log_params(flatten(config))
             provenance = source_tags()
             mlflow.set_tags(
@@ -284,75 +427,93 @@ def _train_logged(
             mlflow.log_artifact(str(resolved), artifact_path=str(Path(CONFIG_ARTIFACT).parent))
 
             result = train(
-                config, settings, on_epoch, device=device, run_dir=work / "run", data=data
+                config,
+                settings,
+                on_epoch,
+                device=device,
+                run_dir=work / "run",
+                data=data,
+                on_checkpoint=_log_checkpoint,
             )
+            return _finish_run(config, client, run_id, experiment_id, work, result)
 
-            snapshot = result.snapshot
-            counts = snapshot.get("counts", {})
-            mlflow.log_params(
-                {
-                    "snapshot.name": snapshot["name"],
-                    "snapshot.content_hash": snapshot["content_hash"],
-                    **{
-                        f"snapshot.{split}_instances": counts.get(split, {}).get("instances", "")
-                        for split in ("train", "val", "test")
-                    },
-                    "train.device": result.device,
-                    "train.monitor": result.monitor,
-                    "train.world_size": distributed.world_size(),
-                }
-            )
-            mlflow.set_tag("medai.snapshot_hash", snapshot["content_hash"])
-            labels = config.data.labels
-            thresholds = validation_thresholds(result.evaluation, labels)
-            mlflow.log_metrics(
-                {
-                    "best_epoch": float(result.best_epoch),
-                    "epochs_run": float(len(result.history)),
-                    **{
-                        THRESHOLD_METRIC.format(label=label): value
-                        for label, value in zip(labels, thresholds, strict=True)
-                        if not math.isnan(value)
-                    },
-                    **_test_metrics(result.evaluation),
-                }
-            )
-            tables = work / "evaluation"
-            tables.mkdir()
-            result.evaluation.table.to_csv(tables / "test.csv", index=False)
-            if len(result.evaluation.image_table):  # test.csv is then per study
-                result.evaluation.image_table.to_csv(tables / "test_images.csv", index=False)
-            # Why an interval may not be trusted (few positives, zero width): with the table.
-            (tables / "warnings.json").write_text(json.dumps(result.evaluation.warnings, indent=1))
-            if result.test_cases is not None:  # the gate compares runs on these, case by case
-                result.test_cases.to_csv(tables / "test_cases.csv", index=False)
-            pd.DataFrame([epoch.row() for epoch in result.history]).to_csv(
-                tables / "history.csv", index=False
-            )
-            mlflow.log_artifacts(str(tables), artifact_path="evaluation")
-            for path in result.evaluation.plots.values():
-                mlflow.log_artifact(str(path), artifact_path="plots")
-            # The best weights as a plain state dict (loaded with weights_only=True): the
-            # inference service rebuilds the network from config/resolved.json and these,
-            # since Grad-CAM needs the module's layers, which the exported program flattens.
-            mlflow.log_artifact(str(result.checkpoint), artifact_path=WEIGHTS_ARTIFACT_DIR)
 
-            info = pyfunc.log_model(
-                result.model,
-                name=MODEL_ARTIFACT,
-                labels=labels,
-                thresholds=thresholds,
-                input_example=result.example_input,
-                registered_model_name=config.name,
-                pip_requirements=_pip_requirements(),
-            )
-            version = str(info.registered_model_version)
-            client.set_registered_model_alias(config.name, CANDIDATE_ALIAS, version)
-            version_tags = {
-                "medai.snapshot_hash": snapshot["content_hash"],
-                "medai.labels": ",".join(labels),
-                **{k: v for k, v in provenance.items() if k in (VERSION_TAG, GIT_COMMIT_TAG)},
-            }
-            for key, value in version_tags.items():
-                client.set_model_version_tag(config.name, version, key, value)
+def _finish_run(
+    config: ModelConfig,
+    client: MlflowClient,
+    run_id: str,
+    experiment_id: str,
+    work: Path,
+    result: TrainResult,
+) -> TrackedRun:
+    """Inside the active run, after training: log the evaluation, the model, its version."""
+    provenance = source_tags()
+    snapshot = result.snapshot
+    counts = snapshot.get("counts", {})
+    mlflow.log_params(
+        {
+            "snapshot.name": snapshot["name"],
+            "snapshot.content_hash": snapshot["content_hash"],
+            **{
+                f"snapshot.{split}_instances": counts.get(split, {}).get("instances", "")
+                for split in ("train", "val", "test")
+            },
+            "train.device": result.device,
+            "train.monitor": result.monitor,
+            "train.world_size": distributed.world_size(),
+        }
+    )
+    mlflow.set_tag("medai.snapshot_hash", snapshot["content_hash"])
+    labels = config.data.labels
+    thresholds = validation_thresholds(result.evaluation, labels)
+    mlflow.log_metrics(
+        {
+            "best_epoch": float(result.best_epoch),
+            "epochs_run": float(len(result.history)),
+            **{
+                THRESHOLD_METRIC.format(label=label): value
+                for label, value in zip(labels, thresholds, strict=True)
+                if not math.isnan(value)
+            },
+            **_test_metrics(result.evaluation),
+        }
+    )
+    tables = work / "evaluation"
+    tables.mkdir()
+    result.evaluation.table.to_csv(tables / "test.csv", index=False)
+    if len(result.evaluation.image_table):  # test.csv is then per study
+        result.evaluation.image_table.to_csv(tables / "test_images.csv", index=False)
+    # Why an interval may not be trusted (few positives, zero width): with the table.
+    (tables / "warnings.json").write_text(json.dumps(result.evaluation.warnings, indent=1))
+    if result.test_cases is not None:  # the gate compares runs on these, case by case
+        result.test_cases.to_csv(tables / "test_cases.csv", index=False)
+    pd.DataFrame([epoch.row() for epoch in result.history]).to_csv(
+        tables / "history.csv", index=False
+    )
+    mlflow.log_artifacts(str(tables), artifact_path="evaluation")
+    for path in result.evaluation.plots.values():
+        mlflow.log_artifact(str(path), artifact_path="plots")
+    # The best weights as a plain state dict (loaded with weights_only=True): the
+    # inference service rebuilds the network from config/resolved.json and these,
+    # since Grad-CAM needs the module's layers, which the exported program flattens.
+    mlflow.log_artifact(str(result.checkpoint), artifact_path=WEIGHTS_ARTIFACT_DIR)
+
+    info = pyfunc.log_model(
+        result.model,
+        name=MODEL_ARTIFACT,
+        labels=labels,
+        thresholds=thresholds,
+        input_example=result.example_input,
+        registered_model_name=config.name,
+        pip_requirements=_pip_requirements(),
+    )
+    version = str(info.registered_model_version)
+    client.set_registered_model_alias(config.name, CANDIDATE_ALIAS, version)
+    version_tags = {
+        "medai.snapshot_hash": snapshot["content_hash"],
+        "medai.labels": ",".join(labels),
+        **{k: v for k, v in provenance.items() if k in (VERSION_TAG, GIT_COMMIT_TAG)},
+    }
+    for key, value in version_tags.items():
+        client.set_model_version_tag(config.name, version, key, value)
     return TrackedRun.registered(config, run_id, experiment_id, version, result)

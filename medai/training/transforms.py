@@ -11,7 +11,7 @@ augmented output of a run.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from monai.transforms.compose import Compose
@@ -21,6 +21,8 @@ from monai.transforms.transform import MapTransform
 from monai.transforms.utility.dictionary import EnsureChannelFirstd, EnsureTyped
 from monai.utils.misc import set_determinism
 from pydantic import BaseModel, ConfigDict, Field
+
+from medai.training.targets import TRAIN_ONLY_KEY, build_transform
 
 __all__ = [
     "AugmentConfig",
@@ -33,6 +35,9 @@ __all__ = [
 
 class AugmentConfig(BaseModel):
     """Train-time augmentation; each transform fires with its probability.
+
+    On volumes (``[D, H, W]``) the rotation turns each axial slice (about the first
+    spatial axis) and the zoom is isotropic.
 
     Flipping is off by default: a chest radiograph has a handedness (the heart on the
     patient's left, situs inversus is a finding, side markers are read), so a mirrored
@@ -48,7 +53,7 @@ class AugmentConfig(BaseModel):
     zoom_prob: float = Field(default=0.5, ge=0.0, le=1.0)
     flip_prob: float = Field(default=0.0, ge=0.0, le=1.0)
     flip_axis: int = Field(
-        default=1, ge=0, description="spatial axis to flip (1: left-right in 2-D)"
+        default=1, ge=0, description="spatial axis to flip (1: left-right in 2-D, 2 in 3-D)"
     )
 
 
@@ -58,19 +63,31 @@ class TransformConfig(BaseModel):
     Attributes
     ----------
     image_size
-        Spatial size the image is resized to, e.g. ``[224, 224]``.
+        Spatial size the image is resized to, e.g. ``[224, 224]``; three values
+        ``[D, H, W]`` for the volumes of a series-level model (``[data] level = "series"``),
+        whose networks are then built with ``spatial_dims=3``.
+    spacing_mm
+        Volumes only: the voxel spacing ``[z, y, x]`` in mm a series is resampled to
+        when read (before the resize to ``image_size``); ``None`` keeps the series' own.
     intensity
         ``"scale"``: min-max to [0, 1] per image; ``"normalize"``: zero mean, unit
         standard deviation per image; ``"none"``: keep the reader's [0, 1] display values.
     augment
         Train-time augmentation; ``None`` for none.
+    extra
+        ``[[transforms.extra]]``: MONAI dictionary transforms as bundle-style ``_target_``
+        entries (:mod:`medai.training.targets`), applied after medai's augmentation, in
+        order, in training only unless an entry says ``_train_only_ = false`` (then also
+        at evaluation and in the service). ``keys`` defaults to the image.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    image_size: tuple[int, ...] = (224, 224)
+    image_size: tuple[int, ...] = Field(default=(224, 224), min_length=2, max_length=3)
+    spacing_mm: tuple[float, float, float] | None = None
     intensity: Literal["scale", "normalize", "none"] = "scale"
     augment: AugmentConfig | None = AugmentConfig()
+    extra: tuple[dict[str, Any], ...] = ()
 
 
 def build_transforms(
@@ -140,6 +157,9 @@ def build_transforms(
         if aug.flip_prob > 0:
             # MONAI counts spatial axes from 0, after the channel axis.
             steps.append(RandFlipd(key_list, prob=aug.flip_prob, spatial_axis=aug.flip_axis))
+    for spec in config.extra:  # checked when the configuration was validated
+        if train or not spec.get(TRAIN_ONLY_KEY, True):
+            steps.append(build_transform(spec, keys=key_list, image_size=size))
     # Plain float32 tensors: metadata tracking is not needed after loading and would
     # make every batch carry (and collate) a metadata dictionary.
     steps.append(EnsureTyped(key_list, data_type="tensor", dtype=torch.float32, track_meta=False))

@@ -81,6 +81,7 @@ async def report_response(stored: StoredPrediction) -> Response:
                 stored.findings,
                 model_name=stored.model.name,
                 model_version=stored.model.version,
+                series=stored.series,
             )
             buffer = io.BytesIO()
             pydicom.dcmwrite(buffer, sr, enforce_file_format=True)
@@ -122,7 +123,7 @@ def model_out(model: ServedModel) -> ServedModelOut:
         version=model.version,
         alias=model.alias,
         run_id=model.run_id,
-        network=model.config.network.name,
+        network=model.config.network.title,
         labels=[
             LabelOut(label=label, threshold=threshold)
             for label, threshold in zip(model.labels, model.thresholds, strict=True)

@@ -5,6 +5,12 @@ the Grad-CAM map of that label's logit laid over it in colour: one panel per lab
 by side, each captioned with the label and its probability. Without labels it draws the
 plain image captioned "no positive finding".
 
+A volume (the input of a series-level model, ``(C, D, H, W)``) gets a 3-D Grad-CAM map,
+shown as a 2-D maximum-intensity projection along the slice axis (an axial MIP): the
+image's maximum over the slices, and each map's maximum over the slices, laid over it. A
+lesion brighter than the lung around it shows in the image's projection, and the map's
+projection shows where (in the plane) the network looked, whatever slice it is on.
+
 The target layer
 ----------------
 Grad-CAM weighs the feature maps of one layer by the gradient of the label's logit. The
@@ -135,7 +141,9 @@ def gradcam_overlay_png(
     image
         The preprocessed model input of one instance, channel first: ``(C, H, W)``,
         normally ``(1, H, W)`` float32 in [0, 1]; on any device (it is moved to the
-        network's). It is shown min-max scaled, the mean of its channels.
+        network's). It is shown min-max scaled, the mean of its channels. A volume
+        ``(C, D, H, W)`` is shown as its maximum-intensity projection over ``D``, with the
+        3-D maps projected the same way.
     label_indices
         The outputs to draw, one panel each, in this order (usually the positive
         findings). Empty: the plain image captioned :data:`NO_FINDING_CAPTION`.
@@ -159,14 +167,15 @@ def gradcam_overlay_png(
         The image is not ``(C, H, W)``, an index is outside ``labels``, or the target layer
         does not exist.
     """
-    if image.dim() != 3:
-        raise ValueError(f"image must be (C, H, W), got shape {tuple(image.shape)}")
+    if image.dim() not in (3, 4):
+        raise ValueError(f"image must be (C, H, W) or (C, D, H, W), got shape {tuple(image.shape)}")
     bad = [index for index in label_indices if not 0 <= index < len(labels)]
     if bad:
         raise ValueError(f"label indices {bad} outside the {len(labels)} labels")
     if panel_size < 8:
         raise ValueError("panel_size must be at least 8 pixels")
-    grey = _display(image)
+    # A volume is shown as its maximum-intensity projection over the slices (axis 1).
+    grey = _display(image.amax(dim=1) if image.dim() == 4 else image)
     if not label_indices:
         return _render(grey, [(NO_FINDING_CAPTION, None)], panel_size)
     layer = target_layer or default_target_layer(network)
@@ -175,7 +184,7 @@ def gradcam_overlay_png(
     with _LOCK:
         maps = _gradcam_maps(network, image, label_indices, layer)
     panels = [
-        (f"{labels[index]} (p = {probability:.2f})", cam)
+        (f"{labels[index]} (p = {probability:.2f})", cam.max(axis=0) if cam.ndim == 3 else cam)
         for index, (cam, probability) in zip(label_indices, maps, strict=True)
     ]
     return _render(grey, panels, panel_size)

@@ -4,8 +4,10 @@
 downloads what the run logged for this: ``config/resolved.json`` (the
 :class:`~medai.training.config.ModelConfig`) and ``weights/best.pt`` (a state dict,
 loaded with ``weights_only=True``: no pickled code runs). The network is rebuilt with
-:func:`medai.training.networks.build_network`, not loaded from the exported program,
-because Grad-CAM needs its layers. Each label's operating threshold is the run's
+:func:`medai.training.networks.network_from_config`, the function training built it with
+(a named network or a MONAI ``_target_`` entry, so any network that trained is served
+without code changes), not loaded from the exported program, because Grad-CAM needs its
+layers. Each label's operating threshold is the run's
 ``val/threshold/<label>`` metric (chosen on the validation split during training; runs of
 an older medai named it ``test/threshold/<label>``).
 
@@ -136,6 +138,40 @@ class ServedModel:
 
         image: torch.Tensor = self._chain({"image": dataset_to_image(ds)})["image"]
         return image
+
+    @property
+    def series_level(self) -> bool:
+        """Whether the model reads a whole series as one volume (``[data] level = "series"``)."""
+        return self.config.data.level == "series"
+
+    def preprocess_series(self, datasets: Sequence[Dataset]) -> tuple[torch.Tensor, list[int]]:
+        """The network input for one series: training's evaluation path for volumes.
+
+        The instances are assembled (slice order along the normal, localizers and
+        identical duplicates left out), stacked, oriented and resampled to
+        ``[transforms] spacing_mm`` by :func:`medai.training.volume_reader.series_to_volume`
+        (as :class:`~medai.training.volume_reader.LoadSeriesFromStore` does in training),
+        then put through the evaluation transforms.
+
+        Returns
+        -------
+        tuple
+            float32 ``(1, D, H, W)``, and the indices into ``datasets`` of the instances
+            the volume was made of, in slice order.
+
+        Raises
+        ------
+        medai.errors.SeriesRefused
+            The instances are not one volume.
+        """
+        from medai.training.volume_reader import series_to_volume
+
+        volume = series_to_volume(list(datasets), self.config.transforms.spacing_mm)
+        geometry = volume.geometry
+        image: torch.Tensor = self._chain({"image": volume.array})["image"]
+        if geometry.multiframe:  # ``order`` lists frames of the one multi-frame instance
+            return image, [i for i in range(len(datasets)) if i not in geometry.excluded]
+        return image, list(geometry.order)
 
     def predict(self, batch: torch.Tensor) -> npt.NDArray[np.float32]:
         """Per-label probabilities (sigmoid of the logits) of a batch ``(N, 1, *image_size)``.
@@ -287,7 +323,7 @@ def load_served_model(
     from pydantic import ValidationError
 
     from medai.training.config import ModelConfig
-    from medai.training.networks import build_network
+    from medai.training.networks import network_from_config
     from medai.training.registry import GATE_OVERRIDE_TAG
     from medai.training.transforms import build_transforms
 
@@ -313,19 +349,18 @@ def load_served_model(
             config = ModelConfig.model_validate(json.loads(Path(config_path).read_text("utf-8")))
         except (ValueError, ValidationError) as exc:
             raise ModelUnavailable(f"{what}: {CONFIG_ARTIFACT} is not valid: {exc}") from None
-        network = build_network(
-            config.network.name,
-            num_labels=len(config.data.labels),
-            in_channels=1,
-            spatial_dims=len(config.transforms.image_size),
-            weights=None,
-        )
+        try:
+            network = network_from_config(config, len(config.data.labels), initial_weights=False)
+        except ValueError as exc:
+            raise ModelUnavailable(
+                f"{what}: the network of {CONFIG_ARTIFACT} cannot be built: {exc}"
+            ) from None
         try:
             state = torch.load(weights_path, map_location="cpu", weights_only=True)
             network.load_state_dict(state)
         except (RuntimeError, OSError, KeyError) as exc:
             raise ModelUnavailable(
-                f"{what}: {WEIGHTS_ARTIFACT} does not fit a {config.network.name} with "
+                f"{what}: {WEIGHTS_ARTIFACT} does not fit a {config.network.title} with "
                 f"{len(config.data.labels)} outputs ({type(exc).__name__})"
             ) from None
         run = client.get_run(run_id)

@@ -64,6 +64,9 @@ class StoredPrediction:
         The first instance's header (no pixel data), for the Structured Report.
     response
         The JSON body answered for it.
+    series
+        For a series-level model: the headers (no pixel data) of every slice of the
+        volume, in slice order, which the Structured Report references; empty otherwise.
     """
 
     id: str
@@ -77,6 +80,7 @@ class StoredPrediction:
     created: float = 0.0
     heatmaps: dict[int, bytes] = field(default_factory=dict)
     report: bytes | None = None
+    series: tuple[Dataset, ...] = ()
 
 
 class PredictionStore:

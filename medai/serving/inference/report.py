@@ -14,7 +14,9 @@ of the source's study:
       point axis label) in percent (UCUM ``%``), as DICOM's CAD reports express it,
     - a qualitative evaluation of the finding: Present (52101004, SCT) when the
       probability reaches the threshold, otherwise Absent (272519000, SCT) (CID 240),
-    - the source image it was computed from (its SOP Class and Instance UID).
+    - the source image it was computed from (its SOP Class and Instance UID); for a
+      series-level model (a CT volume), every slice of the series that made the volume,
+      which the image library and the evidence list too, so the SR references the series.
 
 The document is complete (every label is reported) but preliminary and unverified: a
 model's output until a radiologist signs it. Patient and study modules are copied from the
@@ -128,6 +130,7 @@ def build_findings_sr(
     *,
     model_name: str,
     model_version: str,
+    series: Sequence[Dataset] = (),
 ) -> Dataset:
     """A Comprehensive SR of ``findings`` in the study of ``source`` (see the module docstring).
 
@@ -140,6 +143,9 @@ def build_findings_sr(
         One per label of the model, positive or not.
     model_name, model_version
         The registered model and version that produced them.
+    series
+        For a prediction on a whole series (a volume): the headers of its slices, in
+        order, all referenced as the findings' source; empty for one image's findings.
 
     Returns
     -------
@@ -163,8 +169,9 @@ def build_findings_sr(
                 f"{finding.label}: probability and threshold must be in [0, 1], got "
                 f"{finding.probability} and {finding.threshold}"
             )
-    evidence = _evidence(source)
-    groups = [_group(finding, source, model_name, model_version) for finding in findings]
+    sources = list(series) or [source]
+    evidence = [_evidence(ds) for ds in sources]
+    groups = [_group(finding, sources, model_name, model_version) for finding in findings]
     report = MeasurementReport(
         observation_context=ObservationContext(
             observer_device_context=ObserverContext(
@@ -181,7 +188,7 @@ def build_findings_sr(
         procedure_reported=codes.SCT.ImagingProcedure,
         imaging_measurements=groups,
         title=codes.DCM.ImagingMeasurementReport,
-        referenced_images=[evidence],
+        referenced_images=evidence,
     )
     private = [f.label for f in findings if finding_code(f.label).scheme_designator == "99MEDAI"]
     schemes = (
@@ -196,7 +203,7 @@ def build_findings_sr(
         else None
     )
     sr: Dataset = ComprehensiveSR(
-        evidence=[evidence],
+        evidence=evidence,
         content=report,
         series_instance_uid=generate_uid(),
         series_number=SR_SERIES_NUMBER,
@@ -231,7 +238,7 @@ def _evidence(source: Dataset) -> Dataset:
 
 
 def _group(
-    finding: Finding, source: Dataset, model_name: str, model_version: str
+    finding: Finding, sources: Sequence[Dataset], model_name: str, model_version: str
 ) -> MeasurementsAndQualitativeEvaluations:
     concept = finding_code(finding.label)
     algorithm = AlgorithmIdentification(
@@ -261,5 +268,6 @@ def _group(
                 referenced_sop_class_uid=source.SOPClassUID,
                 referenced_sop_instance_uid=source.SOPInstanceUID,
             )
+            for source in sources
         ],
     )

@@ -77,6 +77,12 @@ class StudyOut(BaseModel):
     """What was predicted on (no identifiers)."""
 
     instances: int = Field(ge=1, description="Instances (images) of the study sent.")
+    slices: int | None = Field(
+        default=None,
+        ge=1,
+        description="For a model of CT/MR series: the slices assembled into the volume "
+        "(localizers and identical duplicates are left out); absent for image models.",
+    )
 
 
 class TimingOut(BaseModel):

@@ -11,6 +11,12 @@ already running finish on the version they started with.
 binds HTTP to it): check the upload's type, read it, parse the study, preprocess its
 images, batch them through the network, audit the prediction, keep it for its heatmap
 and report. It raises domain errors, which :mod:`medai.serving.errors` answers.
+
+A series-level model (``[data] level = "series"``, e.g. ``ct-nodule``) takes all the
+instances of one series instead: they are assembled into one volume by
+:func:`medai.dicom.series_geometry.assemble_series` (refused with
+:class:`~medai.errors.SeriesRefused`, 422, and its reason code when they are not one
+volume) and predicted as one input.
 """
 
 from __future__ import annotations
@@ -28,7 +34,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from medai.audit import actors
-from medai.errors import MedaiError, ModelUnavailable, NotAudited, RequestTooLarge, UnreadableStudy
+from medai.errors import (
+    MedaiError,
+    ModelUnavailable,
+    NotAudited,
+    RequestTooLarge,
+    SeriesRefused,
+    UnreadableStudy,
+)
 from medai.serving.inference.audit import (
     audit_prediction,
     audit_switch,
@@ -189,7 +202,14 @@ class InferenceService:
             max_instance_bytes=settings.max_instance_bytes,
         )
         del body  # the data sets hold what is needed: do not keep the PHI twice
-        images = await run_in_threadpool(_preprocess, model, datasets)
+        instances, slices = len(datasets), None
+        if model.series_level:
+            image, used = await run_in_threadpool(_preprocess_series, model, datasets)
+            images, slices = [image], len(used)
+            # The SR references the series: every slice that made the volume, in order.
+            datasets = [datasets[i] for i in used]
+        else:
+            images = await run_in_threadpool(_preprocess, model, datasets)
         results = await self.batcher.infer(model, images)
         probabilities = np.stack([result.probabilities for result in results])
         findings = model.findings(probabilities.max(axis=0).tolist())
@@ -203,7 +223,7 @@ class InferenceService:
                 prediction_id=prediction_id,
                 model=model.name,
                 version=model.version,
-                instances=len(datasets),
+                instances=instances,
                 findings=findings,
             )
         except (SQLAlchemyError, MedaiError) as exc:
@@ -219,7 +239,7 @@ class InferenceService:
                 "prediction_id": prediction_id,
                 "reference": reference,
                 "model": {"name": model.name, "version": model.version, "alias": model.alias},
-                "study": {"instances": len(datasets)},
+                "study": {"instances": instances, "slices": slices},
                 "findings": [vars(finding) for finding in findings],
                 "heatmap_url": f"/v1/predictions/{prediction_id}/heatmap.png",
                 "timing_ms": {
@@ -228,7 +248,7 @@ class InferenceService:
                     "inference": 1000 * max(result.inference_s for result in results),
                 },
             }
-        ).model_dump(mode="json")
+        ).model_dump(mode="json", exclude={"study": {"slices"}} if slices is None else None)
         import torch
 
         stored = StoredPrediction(
@@ -240,6 +260,7 @@ class InferenceService:
             images=torch.stack(images),
             source=header_only(datasets[0]),
             response=answer,
+            series=tuple(header_only(ds) for ds in datasets) if slices is not None else (),
         )
         self.predictions.put(stored)
         return stored
@@ -378,6 +399,30 @@ class InferenceService:
                 model.version,
                 type(exc).__name__,
             )
+
+
+def _preprocess_series(
+    model: ServedModel, datasets: list[Dataset]
+) -> tuple[torch.Tensor, list[int]]:
+    """The volume of the one series ``datasets`` hold, and the instances it was made of."""
+    series = {str(ds.get("SeriesInstanceUID", "")) for ds in datasets}
+    if len(series) != 1:
+        raise SeriesRefused(
+            "several-series",
+            f"the {model.name} model reads one series as a volume: the request holds "
+            f"{len(series)} series; send the instances of one series per request",
+        )
+    try:
+        return model.preprocess_series(datasets)
+    except SeriesRefused as exc:
+        raise SeriesRefused(
+            exc.reason_code,
+            f"the series cannot be assembled into a volume ({exc.reason_code}): {exc}",
+        ) from None
+    except Exception as exc:  # decoding, or a photometric the reader cannot show
+        raise UnreadableStudy(
+            f"the series cannot be decoded into a volume ({type(exc).__name__})"
+        ) from None
 
 
 def _preprocess(model: ServedModel, datasets: list[Dataset]) -> list[torch.Tensor]:
