@@ -119,7 +119,7 @@ def register_demo_model(work: Path, epochs: int) -> tuple[Settings, ModelConfig]
     data["evaluation"] |= {"n_bootstrap": 50, "min_auroc_ci_low": 0.0}
     config = ModelConfig.model_validate(data)
     print(
-        f"training {config.network.name} on {list(config.transforms.image_size)} px, "
+        f"training {config.network.title} on {list(config.transforms.image_size)} px, "
         f"{epochs} epoch(s), and registering it ...",
         flush=True,
     )
