@@ -124,6 +124,11 @@ def _assert_same_run(campaign: Campaign, reference: TrackedRun, resumed_id: str)
     # The resumed run registered its own version.
     versions = client.search_model_versions(f"name='{MODEL}'")
     assert resumed_id in {v.run_id for v in versions}
+    # Completed runs keep no checkpoints (only a run still to resume needs them), but
+    # they keep their weights.
+    for run_id in (reference.run_id, resumed_id):
+        kept = [a.path for a in client.list_artifacts(run_id)]
+        assert "checkpoints" not in kept and "weights" in kept, kept
 
 
 @SQLITE
