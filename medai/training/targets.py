@@ -203,8 +203,30 @@ def _check_component_keys(value: Mapping[str, Any], field: str, section: str) ->
             f"{target!r} is not allowed here: give a full dotted path under "
             f"{', '.join(p.rstrip('.') for p in allowed)}",
         )
-    if _locate(target) is None:
+    located = _locate(target)
+    if located is None:
         raise TargetError(where, f"unknown target {target!r}: no such class or function")
+    if _touches_files_or_runs_code(target, located):
+        raise TargetError(
+            where,
+            f"{target!r} reads or writes files or calls a function it is given: a "
+            "configuration the service rebuilds may do neither",
+        )
+
+
+# Transforms that are allowed by their module but would let a configuration act outside
+# the tensors it is given: MONAI's image readers and writers (a `_train_only_ = false` entry
+# runs in the service) and the transforms that call a function named in the file.
+_REFUSED_MODULES: Final = ("monai.transforms.io", "monai.data")
+_REFUSED_NAMES: Final = frozenset(
+    {"Lambda", "Lambdad", "RandLambda", "RandLambdad", "FlattenSubKeysd", "SaveImage"}
+)
+
+
+def _touches_files_or_runs_code(target: str, located: Any) -> bool:
+    module = str(getattr(located, "__module__", "") or "")
+    name = target.rsplit(".", 1)[-1]
+    return module.startswith(_REFUSED_MODULES) or name in _REFUSED_NAMES
 
 
 def _no_downloads(kwargs: Mapping[str, Any]) -> None:

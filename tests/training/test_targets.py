@@ -139,6 +139,20 @@ std = 0.05
             "network._target_: 'subprocess.run' is not allowed here",
         ),
         (
+            '[[transforms.extra]]\n_target_ = "monai.transforms.SaveImaged"\nkeys = "@keys"\n'
+            'output_dir = "/tmp/x"\n',
+            "transforms.extra[0]._target_: 'monai.transforms.SaveImaged' reads or writes files",
+        ),
+        (
+            '[[transforms.extra]]\n_target_ = "monai.transforms.LoadImaged"\nkeys = "@keys"\n',
+            "transforms.extra[0]._target_: 'monai.transforms.LoadImaged' reads or writes files",
+        ),
+        (
+            '[[transforms.extra]]\n_target_ = "monai.transforms.Lambdad"\nkeys = "@keys"\n',
+            "transforms.extra[0]._target_: 'monai.transforms.Lambdad' reads or writes files "
+            "or calls a function",
+        ),
+        (
             CLASSIFIER + 'name = "resnet18"\n',
             "network.name: give either name or _target_, not both",
         ),
