@@ -455,17 +455,13 @@ def ct_nodule_benchmark(settings: Any, work: Path, args: argparse.Namespace) -> 
     the CT ideal observer's (the population ceiling, and on the same test studies) and the
     wall time. True when the training ran within :data:`TARGET_SECONDS`.
     """
-    from medai.catalog import create_engine_for
     from medai.collection.campaign.definition import load_campaign
     from medai.collection.campaign.setup import init_campaign
-    from medai.collection.key_guard import campaign_key
     from medai.collection.labels import import_label_sheet
     from medai.collection.outcomes import Offer
     from medai.collection.pipeline import IngestPipeline
-    from medai.collection.pseudonymize import Pseudonymizer
     from medai.dicom.synth import generate
-    from medai.dicom.synth.ideal_observer import auroc
-    from medai.snapshots import SnapshotQuery, create_snapshot, load_snapshot
+    from medai.snapshots import SnapshotQuery, create_snapshot
     from medai.training.config import load_model_config
 
     config = load_model_config(CT_MODEL_DIR)
@@ -515,20 +511,8 @@ def ct_nodule_benchmark(settings: Any, work: Path, args: argparse.Namespace) -> 
         for s in ("train", "val", "test")
     )
     print(f"snapshot {name} (series level): {counts}; series excluded {len(info.excluded)}")
-    # The ideal observer on the same test studies (the ground truth is keyed by original
-    # StudyInstanceUIDs; the snapshot holds pseudonymous ones).
-    engine = create_engine_for(settings.resolved_database_url)
-    try:
-        pseudonymizer = Pseudonymizer(campaign_key(settings, engine))
-    finally:
-        engine.dispose()
-    by_pseudonym = {pseudonymizer.uid(uid): s for uid, s in truth["studies"].items()}
-    manifest = load_snapshot(name, settings)
-    test_uids = sorted(set(manifest.loc[manifest["split"] == "test", "study_uid"]))
-    tests = [by_pseudonym[uid] for uid in test_uids]
-    paired = auroc(
-        [s["ideal_score"]["nodule"] for s in tests], [float(s["label"]["nodule"]) for s in tests]
-    )
+    # The ideal observer on the same test studies (the CT truth has the chest one's shape).
+    paired = ideal_on_test_studies(settings, name, truth)["nodule"]
     config = config.model_copy(update={"data": config.data.model_copy(update={"snapshot": name})})
     size = "x".join(str(v) for v in config.transforms.image_size)
     spacing = "x".join(f"{v:g}" for v in config.transforms.spacing_mm or ())

@@ -50,10 +50,13 @@ from torch import nn
 from medai.config import Settings, get_settings
 from medai.errors import CampaignNotSetUp, ExportFailed, ModelUnavailable, SnapshotNotFound
 from medai.training.config import ModelConfig
-from medai.training.loop import CHECKPOINT_NAME
 from medai.training.networks import network_from_config
 from medai.training.targets import TRAIN_ONLY_KEY, network_target_filled
-from medai.training.tracking import CONFIG_ARTIFACT, THRESHOLD_METRIC, WEIGHTS_ARTIFACT_DIR
+from medai.training.tracking import (
+    THRESHOLD_METRIC,
+    WEIGHTS_ARTIFACT,
+    load_run_model,
+)
 
 __all__ = [
     "BUNDLE_CHECKPOINT",
@@ -78,7 +81,6 @@ FORMATS: Final[tuple[ExportFormat, ...]] = ("bundle", "onnx")
 TOLERANCE: Final = 1e-4
 ONNX_FILE: Final = "model.onnx"
 BUNDLE_CHECKPOINT: Final = "models/model.pt"
-WEIGHTS_ARTIFACT: Final = f"{WEIGHTS_ARTIFACT_DIR}/{CHECKPOINT_NAME}"
 CHECK_IMAGES: Final = 8
 _ONNX_INPUT: Final = "image"
 _ONNX_OUTPUT: Final = "probabilities"
@@ -210,9 +212,7 @@ def load_version(name: str, version: str, settings: Settings | None = None) -> R
         No such version, or its run lacks the configuration or the weights, or the weights
         do not fit the configured network.
     """
-    import mlflow.artifacts
     from mlflow.exceptions import MlflowException
-    from pydantic import ValidationError
 
     settings = settings or get_settings()
     client = _client(settings)
@@ -227,30 +227,8 @@ def load_version(name: str, version: str, settings: Settings | None = None) -> R
     run_id = str(registered.run_id or "")
     if not run_id:
         raise ModelUnavailable(f"{what} has no training run: it was not registered by medai")
-    uri = settings.resolved_mlflow_tracking_uri
-    with tempfile.TemporaryDirectory(prefix="medai-export-") as tmp, _quiet_downloads():
-        try:
-            config_path = mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path=CONFIG_ARTIFACT, dst_path=tmp, tracking_uri=uri
-            )
-            weights_path = mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path=WEIGHTS_ARTIFACT, dst_path=tmp, tracking_uri=uri
-            )
-        except (MlflowException, OSError) as exc:
-            raise ModelUnavailable(
-                f"{what}: its run {run_id} lacks {CONFIG_ARTIFACT} or {WEIGHTS_ARTIFACT} "
-                f"({type(exc).__name__}); it was trained by an older medai: retrain it"
-            ) from None
-        try:
-            config = ModelConfig.model_validate(json.loads(Path(config_path).read_text("utf-8")))
-        except (ValueError, ValidationError) as exc:
-            raise ModelUnavailable(f"{what}: {CONFIG_ARTIFACT} is not valid: {exc}") from None
-        try:
-            state = torch.load(weights_path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises many kinds for a bad file
-            raise ModelUnavailable(
-                f"{what}: {WEIGHTS_ARTIFACT} cannot be read ({type(exc).__name__})"
-            ) from None
+    with _quiet_downloads():
+        config, state = load_run_model(run_id, what, settings)
     metrics = client.get_run(run_id).data.metrics
     thresholds = tuple(
         float(metrics.get(THRESHOLD_METRIC.format(label=label), math.nan))

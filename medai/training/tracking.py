@@ -85,7 +85,7 @@ from medai.training.checkpoints import CHECKPOINT_ARTIFACT_DIR, Checkpoint, late
 from medai.training.config import ModelConfig, flatten
 from medai.training.data import TrainingData, build_training_data
 from medai.training.evaluation import ALL_SITES, EvaluationResult
-from medai.training.loop import EpochResult, TrainResult, train
+from medai.training.loop import CHECKPOINT_NAME, EpochResult, TrainResult, train
 from medai.training.provenance import (
     GIT_COMMIT_TAG,
     VERSION_TAG,
@@ -113,6 +113,7 @@ __all__ = [
     "configure_mlflow",
     "load_registered",
     "load_run_config",
+    "load_run_model",
     "promote",
     "resume_tracked",
     "train_tracked",
@@ -122,6 +123,7 @@ __all__ = [
 MODEL_ARTIFACT = "model"
 WEIGHTS_ARTIFACT_DIR = "weights"  # holds best.pt (medai.training.loop.CHECKPOINT_NAME)
 CONFIG_ARTIFACT = "config/resolved.json"  # the one configuration artifact of a run
+WEIGHTS_ARTIFACT = f"{WEIGHTS_ARTIFACT_DIR}/{CHECKPOINT_NAME}"  # the best weights, a state dict
 THRESHOLD_METRIC = "val/threshold/{label}"
 
 
@@ -235,6 +237,52 @@ def load_run_config(run_id: str, settings: Settings | None = None) -> ModelConfi
         return ModelConfig.model_validate(json.loads(text))
     except ValidationError as exc:
         raise ModelConfigError(format_validation_errors(f"run {run_id}", exc)) from None
+
+
+def load_run_model(
+    run_id: str, what: str, settings: Settings
+) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """A registered run's resolved configuration and best weights (a state dict).
+
+    What the inference service and ``medai models export`` rebuild a network from. The
+    artifacts (no patient data) pass through a temporary folder, gone on return.
+
+    Raises
+    ------
+    ModelUnavailable
+        The run lacks either artifact, the configuration does not validate, or the weights
+        file cannot be read; the message starts with ``what`` (e.g. "NAME version 3").
+    """
+    from mlflow.exceptions import MlflowException
+    from pydantic import ValidationError
+
+    from medai.errors import ModelUnavailable
+
+    uri = settings.resolved_mlflow_tracking_uri
+    with tempfile.TemporaryDirectory(prefix="medai-model-") as tmp:
+        try:
+            config_path = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=CONFIG_ARTIFACT, dst_path=tmp, tracking_uri=uri
+            )
+            weights_path = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=WEIGHTS_ARTIFACT, dst_path=tmp, tracking_uri=uri
+            )
+        except (MlflowException, OSError) as exc:
+            raise ModelUnavailable(
+                f"{what}: its run {run_id} lacks {CONFIG_ARTIFACT} or {WEIGHTS_ARTIFACT} "
+                f"({type(exc).__name__}); it was trained by an older medai: retrain it"
+            ) from None
+        try:
+            config = ModelConfig.model_validate(json.loads(Path(config_path).read_text("utf-8")))
+        except (ValueError, ValidationError) as exc:
+            raise ModelUnavailable(f"{what}: {CONFIG_ARTIFACT} is not valid: {exc}") from None
+        try:
+            state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many kinds for a bad file
+            raise ModelUnavailable(
+                f"{what}: {WEIGHTS_ARTIFACT} cannot be read ({type(exc).__name__})"
+            ) from None
+    return config, state
 
 
 def _resume_state(run_id: str, config: ModelConfig, settings: Settings) -> Checkpoint | None:

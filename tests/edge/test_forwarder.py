@@ -53,6 +53,27 @@ def stow_answer(referenced: list[str], failed: tuple[str, ...] | list[str] = ())
     return body
 
 
+def _centre_storing_all(
+    outbox: Outbox, received: list[str], stop: threading.Event
+) -> Callable[[httpx.Request], httpx.Response]:
+    """A centre that stores every instance sent (into ``received``) and sets ``stop`` once
+    the batch it answers empties the outbox."""
+
+    def centre(request: httpx.Request) -> httpx.Response:
+        body = request.read()
+        boundary, _ = check_content_type(request.headers["content-type"])
+        uids = [
+            str(pydicom.dcmread(io.BytesIO(p.data), stop_before_pixels=True).SOPInstanceUID)
+            for p in split_multipart(body, boundary)
+        ]
+        received.extend(uids)
+        if outbox.stats().depth <= len(uids):
+            stop.set()
+        return httpx.Response(200, json=stow_answer(uids))
+
+    return centre
+
+
 def test_stow_outcomes_name_only_listed_instances() -> None:
     body = stow_answer(["2.25.1", "2.25.2"], ["2.25.3"])
     assert stow_outcomes(body) == {
@@ -204,17 +225,7 @@ def test_run_forwards_everything_then_idles(
     received: list[str] = []
     stop = threading.Event()
 
-    def centre(request: httpx.Request) -> httpx.Response:
-        body = request.read()
-        boundary, _ = check_content_type(request.headers["content-type"])
-        uids = [
-            str(pydicom.dcmread(io.BytesIO(p.data), stop_before_pixels=True).SOPInstanceUID)
-            for p in split_multipart(body, boundary)
-        ]
-        received.extend(uids)
-        if outbox.stats().depth <= len(uids):
-            stop.set()
-        return httpx.Response(200, json=stow_answer(uids))
+    centre = _centre_storing_all(outbox, received, stop)
 
     forwarder = _forwarder(outbox, store, centre)
     forwarder.idle_seconds = 0.05
@@ -372,17 +383,7 @@ def test_a_forwarder_that_dies_of_a_surprise_is_started_again_and_forwards_every
     stop = threading.Event()
     expected = sorted(uid for day in outbox.receipts() for uid in outbox.day_uids(day))
 
-    def centre(request: httpx.Request) -> httpx.Response:
-        body = request.read()
-        boundary, _ = check_content_type(request.headers["content-type"])
-        uids = [
-            str(pydicom.dcmread(io.BytesIO(p.data), stop_before_pixels=True).SOPInstanceUID)
-            for p in split_multipart(body, boundary)
-        ]
-        received.extend(uids)
-        if outbox.stats().depth <= len(uids):
-            stop.set()
-        return httpx.Response(200, json=stow_answer(uids))
+    centre = _centre_storing_all(outbox, received, stop)
 
     forwarder = _forwarder(outbox, store, centre)
     forwarder.idle_seconds = 0.05

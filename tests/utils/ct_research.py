@@ -7,14 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medai.collection.labels import import_label_sheet
-from medai.collection.outcomes import Offer
-from medai.collection.pipeline import IngestPipeline
 from medai.config import Settings
 from medai.dicom.synth import SynthResult, generate
 from medai.snapshots import SnapshotQuery, create_snapshot, load_snapshot
-from tests.utils.campaign import init_example_campaign
-from tests.utils.research import CAMPAIGN_KEY
+from tests.utils.research import ingest_labelled
 
 CT_LABELS = ("nodule",)
 CT_SLICES, CT_SIZE = 8, 32
@@ -38,16 +34,7 @@ def tiny_ct_synth(directory: Path, studies: int = 24) -> SynthResult:
 def build_ct_catalog(settings: Settings, synth: SynthResult, snapshot: str = "ct-tiny") -> None:
     """The example campaign with ``synth`` ingested, its CT sheets imported, and a series-level
     snapshot ``snapshot`` whose splits all hold both classes of ``nodule``."""
-    key = settings.resolved_key_file
-    key.parent.mkdir(parents=True, exist_ok=True)
-    key.write_text(CAMPAIGN_KEY + "\n", encoding="ascii")
-    key.chmod(0o600)
-    init_example_campaign(settings)
-    IngestPipeline.from_settings(settings).ingest_many(
-        [Offer(p.read_bytes(), r.site, "folder") for r in synth.study_records for p in r.files]
-    )
-    for site, sheet in synth.ct_label_sheets.items():
-        import_label_sheet(sheet, site, settings=settings, actor="test")
+    ingest_labelled(settings, synth, synth.ct_label_sheets)
     query = SnapshotQuery(modalities=("CT",), level="series")
     for seed in range(100):
         probe = f"ct-probe-{seed}"

@@ -25,12 +25,9 @@ def tiny_synth(directory: Path) -> SynthResult:
     return generate(directory, studies=30, seed=1, image_size=32, ct_slices=0, difficulty="tiny")
 
 
-def build_tiny_catalog(settings: Settings, synth: SynthResult, snapshot: str = "tiny") -> None:
-    """The example campaign with ``synth`` ingested and labelled, and snapshot ``snapshot``.
-
-    The 50/25/25 split's seed is the first that gives every split both classes of every
-    label in :data:`LABELS` (snapshots ``probe-<seed>`` are left from the search).
-    """
+def ingest_labelled(settings: Settings, synth: SynthResult, sheets: dict[str, Path]) -> None:
+    """The example campaign under the fixed key, with ``synth`` ingested and ``sheets``
+    (site -> label sheet) imported."""
     key = settings.resolved_key_file
     key.parent.mkdir(parents=True, exist_ok=True)
     key.write_text(CAMPAIGN_KEY + "\n", encoding="ascii")
@@ -39,8 +36,17 @@ def build_tiny_catalog(settings: Settings, synth: SynthResult, snapshot: str = "
     IngestPipeline.from_settings(settings).ingest_many(
         [Offer(p.read_bytes(), r.site, "folder") for r in synth.study_records for p in r.files]
     )
-    for site, sheet in synth.label_sheets.items():
+    for site, sheet in sheets.items():
         import_label_sheet(sheet, site, settings=settings, actor="test")
+
+
+def build_tiny_catalog(settings: Settings, synth: SynthResult, snapshot: str = "tiny") -> None:
+    """The example campaign with ``synth`` ingested and labelled, and snapshot ``snapshot``.
+
+    The 50/25/25 split's seed is the first that gives every split both classes of every
+    label in :data:`LABELS` (snapshots ``probe-<seed>`` are left from the search).
+    """
+    ingest_labelled(settings, synth, synth.label_sheets)
     query = SnapshotQuery(modalities=("CR", "DX"))
     create_snapshot(
         snapshot, query, seed=_seed_with_both_classes(settings, query), settings=settings,

@@ -25,7 +25,6 @@ set parsed in memory.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import math
 import tempfile
@@ -63,8 +62,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CONFIG_ARTIFACT = "config/resolved.json"
-WEIGHTS_ARTIFACT = "weights/best.pt"
 THRESHOLD_METRIC = "val/threshold/{label}"
 # What medai before issue 13 logged the same validation-chosen threshold as.
 _LEGACY_THRESHOLD_METRIC = "test/threshold/{label}"
@@ -318,37 +315,20 @@ def load_served_model(
         weights do not fit the configured network.
     """
     import mlflow.artifacts
-    import torch
     from mlflow.exceptions import MlflowException
-    from pydantic import ValidationError
 
-    from medai.training.config import ModelConfig
     from medai.training.networks import network_from_config
     from medai.training.registry import GATE_OVERRIDE_TAG
+    from medai.training.tracking import CONFIG_ARTIFACT, WEIGHTS_ARTIFACT, load_run_model
     from medai.training.transforms import build_transforms
 
     client = _client(settings)
     number, run_id = version or resolve_version(settings, name, alias)
     what = f"{name} version {number}"
     uri = settings.resolved_mlflow_tracking_uri
-    # Model artifacts (no patient data) go through a temporary folder, gone after loading.
+    config, state = load_run_model(run_id, what, settings)
+    # The evaluation table (no patient data) goes through a temporary folder, gone after loading.
     with tempfile.TemporaryDirectory(prefix="medai-model-") as tmp:
-        try:
-            config_path = mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path=CONFIG_ARTIFACT, dst_path=tmp, tracking_uri=uri
-            )
-            weights_path = mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path=WEIGHTS_ARTIFACT, dst_path=tmp, tracking_uri=uri
-            )
-        except (MlflowException, OSError) as exc:
-            raise ModelUnavailable(
-                f"{what}: its run {run_id} lacks {CONFIG_ARTIFACT} or {WEIGHTS_ARTIFACT} "
-                f"({type(exc).__name__}); it was trained by an older medai: retrain it"
-            ) from None
-        try:
-            config = ModelConfig.model_validate(json.loads(Path(config_path).read_text("utf-8")))
-        except (ValueError, ValidationError) as exc:
-            raise ModelUnavailable(f"{what}: {CONFIG_ARTIFACT} is not valid: {exc}") from None
         try:
             network = network_from_config(config, len(config.data.labels), initial_weights=False)
         except ValueError as exc:
@@ -356,7 +336,6 @@ def load_served_model(
                 f"{what}: the network of {CONFIG_ARTIFACT} cannot be built: {exc}"
             ) from None
         try:
-            state = torch.load(weights_path, map_location="cpu", weights_only=True)
             network.load_state_dict(state)
         except (RuntimeError, OSError, KeyError) as exc:
             raise ModelUnavailable(
