@@ -13,11 +13,17 @@ In one run:
      one server at a time, each a single process with its default settings;
   3. drives each with the same load: 1, 8 and 32 concurrent clients (threads, one keep-alive
      connection each), a fixed number of requests per client count, after a warm-up;
-  4. prints requests/s and p50/p99 latency side by side, and the ratios against the targets:
-     at 32 clients >= 3x MLflow's throughput and a lower p99; at 1 client a p50 no worse.
+  4. measures **the limit**: a bare in-process loop over the same model (loaded as the
+     service loads it, so the same forward backend), input size and instances: parse,
+     decode, preprocess and forward one instance after another, no HTTP, no audit;
+  5. prints requests/s and p50/p99 latency side by side, where a medai request's time went
+     (decode, preprocess, queue, forward, postprocess, audit: medai's own
+     medai_inference_stage_seconds histograms), and the ratios against the targets: at 32
+     clients >= 3x MLflow's throughput and a lower p99; at 1 client a p50 no worse; the
+     service's best throughput >= 0.8x the bare loop's.
 
     python benchmarks/serve.py [--requests 256] [--clients 1,8,32] [--image-size 512]
-                               [--only medai|mlflow] [--epochs 1] [--keep]
+                               [--only medai|mlflow] [--epochs 1] [--keep] [--json OUT]
 """
 
 from __future__ import annotations
@@ -53,6 +59,8 @@ if TYPE_CHECKING:
 MODEL = "chest-xray-triage"
 CONFIG = REPO / "models" / MODEL / "config.toml"
 WARMUP = 16
+# medai's per-request stages, in the order a request meets them (medai_inference_stage_seconds).
+STAGES = ("decode", "preprocess", "queue", "forward", "postprocess", "audit")
 
 
 @dataclass
@@ -73,6 +81,44 @@ class Run:
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies, q)) * 1000.0
+
+    def stages_ms(self) -> dict[str, float]:
+        """Mean milliseconds per request in each stage, from the run's /metrics differences."""
+        stages = {}
+        for stage in STAGES:
+            count = self.metrics.get(f"stage_count:{stage}", 0.0)
+            if count:
+                stages[stage] = 1000.0 * self.metrics[f"stage_sum:{stage}"] / count
+        return stages
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "server": self.server,
+            "clients": self.clients,
+            "requests": len(self.latencies),
+            "errors": len(self.errors),
+            "seconds": self.seconds,
+            "requests_per_s": self.rate,
+            "p50_ms": self.percentile(50),
+            "p99_ms": self.percentile(99),
+            "stages_ms": self.stages_ms(),
+            "metrics": self.metrics,
+        }
+
+
+@dataclass
+class BareLoop:
+    """The limit: the same model and instances in a plain in-process loop."""
+
+    backend: str
+    reason: str
+    requests: int
+    seconds: float
+    stages: dict[str, float]  # milliseconds per request
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
 
 
 @dataclass
@@ -256,6 +302,10 @@ def medai_metrics(url: str, key: str) -> Callable[[], dict[str, float]]:
             for sample in family.samples:
                 if sample.name in wanted:
                     values[sample.name] += sample.value
+                elif sample.name.startswith("medai_inference_stage_seconds_"):
+                    kind = sample.name.removeprefix("medai_inference_stage_seconds_")
+                    if kind in ("sum", "count"):
+                        values[f"stage_{kind}:{sample.labels['stage']}"] = sample.value
         return values
 
     return read
@@ -337,7 +387,72 @@ def measure(target: Target, client_counts: Sequence[int], requests: int) -> list
     return runs
 
 
+# ---------------------------------------------------------------- the limit
+
+
+def bare_loop(settings: Settings, instances: Sequence[bytes], requests: int) -> BareLoop:
+    """Parse, decode, preprocess and forward ``requests`` instances one by one, in process.
+
+    The model is loaded by the service's own loader with the service's default settings
+    (so the forward pass runs on the backend the service chooses) and torch gets the
+    service's threads.
+    """
+    import torch
+
+    from medai.dicom.read import parse_instance
+    from medai.serving.inference.model import choose_device, load_served_model
+    from medai.serving.inference.service import cpu_threads
+
+    torch.set_num_threads(cpu_threads(0))
+    model = load_served_model(settings, name=MODEL, alias="champion", device=choose_device(None))
+    backend = model.backend
+    totals = dict.fromkeys(("decode", "preprocess", "forward"), 0.0)
+
+    def one(blob: bytes) -> None:
+        started = time.perf_counter()
+        image = model.decode(parse_instance(blob, max_bytes=settings.max_instance_bytes))
+        decoded = time.perf_counter()
+        tensor = model.transform(image)
+        transformed = time.perf_counter()
+        model.predict(tensor.unsqueeze(0))
+        totals["decode"] += decoded - started
+        totals["preprocess"] += transformed - decoded
+        totals["forward"] += time.perf_counter() - transformed
+
+    for index in range(WARMUP):
+        one(instances[index % len(instances)])
+    totals = dict.fromkeys(totals, 0.0)
+    start = time.perf_counter()
+    for index in range(requests):
+        one(instances[index % len(instances)])
+    seconds = time.perf_counter() - start
+    return BareLoop(
+        backend="torch" if backend is None else backend.name,
+        reason="" if backend is None else backend.reason,
+        requests=requests,
+        seconds=seconds,
+        stages={name: 1000.0 * total / requests for name, total in totals.items()},
+    )
+
+
 # ---------------------------------------------------------------- the report
+
+
+def report_limit(medai: list[Run], limit: BareLoop) -> None:
+    print(
+        f"\nthe limit (bare in-process loop: parse + decode + preprocess + forward, one "
+        f"instance at a time, forward by {limit.backend}): {limit.rate:.1f} req/s; per "
+        "request " + ", ".join(f"{k} {v:.1f} ms" for k, v in limit.stages.items())
+    )
+    if limit.reason:
+        print(f"  forward backend: {limit.backend} ({limit.reason})")
+    if medai:
+        best = max(medai, key=lambda run: run.rate)
+        ratio = best.rate / limit.rate
+        print(
+            f"medai's best throughput / the limit = {ratio:.2f} ({best.rate:.1f} req/s at "
+            f"{best.clients} clients; target >= 0.8: {'met' if ratio >= 0.8 else 'NOT met'})"
+        )
 
 
 def report(medai: list[Run], mlflow: list[Run]) -> None:
@@ -401,6 +516,12 @@ def print_runs(runs: list[Run]) -> None:
                 f"{forward / batches:.1f} ms each ({forward / images:.1f} ms per image); "
                 f"a batch's longest queue wait {queued / batches:.1f} ms on average"
             )
+        stages = run.stages_ms()
+        if stages:
+            print(
+                f"{'':<30}per request: "
+                + ", ".join(f"{stage} {ms:.1f} ms" for stage, ms in stages.items())
+            )
 
 
 def main() -> None:
@@ -414,6 +535,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1, help="training epochs of the model")
     parser.add_argument("--only", choices=("medai", "mlflow"), help="serve and drive one side")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="also write the results here")
     args = parser.parse_args()
     client_counts = sorted({int(n) for n in args.clients.split(",")})
 
@@ -468,8 +590,29 @@ def main() -> None:
             finally:
                 server.stop()
             print_runs(medai_runs)
+        # Last, alone on the machine: no server is running now.
+        print(f"  the bare loop: {args.requests} requests ...", flush=True)
+        limit = bare_loop(settings, instances, args.requests)
+        report_limit(medai_runs, limit)
         if medai_runs and mlflow_runs:
             report(medai_runs, mlflow_runs)
+        if args.json is not None:
+            results = {
+                "image_size": args.image_size,
+                "model_input": list(config.transforms.image_size),
+                "cpu_cores": os.cpu_count(),
+                "load_average_1m": os.getloadavg()[0],
+                "runs": [run.as_json() for run in [*mlflow_runs, *medai_runs]],
+                "limit": {
+                    "backend": limit.backend,
+                    "reason": limit.reason,
+                    "requests": limit.requests,
+                    "requests_per_s": limit.rate,
+                    "stages_ms": limit.stages,
+                },
+            }
+            args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+            print(f"\nwrote {args.json}")
     finally:
         if args.keep:
             print(f"\nkept {work}")

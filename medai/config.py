@@ -6,10 +6,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, StringConstraints
+from pydantic import Field, SecretStr, StringConstraints, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "get_settings"]
+
+PYDICOM_UID_ROOT = "1.2.826.0.1.3680043.8.498."
+"""pydicom's UID root (``pydicom.uid.PYDICOM_ROOT_UID``), refused as ``org_uid_root``."""
 
 
 class Settings(BaseSettings):
@@ -264,6 +267,30 @@ class Settings(BaseSettings):
         description="Registered MLflow model the inference service serves; empty for none "
         "(a collection-only service).",
     )
+    serve_campaign: bool = Field(
+        default=True,
+        description="Whether this service takes part in a collection campaign (STOW-RS from "
+        "the sites, the campaign dashboard): /readyz then also needs the campaign initialised "
+        "and its key file; false for an inference-only deployment, ready once the catalog "
+        "(API keys, audit) is migrated and the model loaded.",
+    )
+    org_uid_root: (
+        Annotated[
+            str,
+            StringConstraints(
+                strip_whitespace=True,
+                max_length=40,
+                # DICOM PS3.5 9.1: numeric components, no leading zero, dot separated.
+                pattern=r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$",
+            ),
+        ]
+        | None
+    ) = Field(
+        default=None,
+        description="Your organisation's registered DICOM UID root (digits and dots, at most "
+        "40 characters) under which the service makes the UIDs of its SRs; unset: UUID-derived "
+        "2.25.<n> UIDs (ISO/IEC 9834-8), valid without a registered root.",
+    )
     serve_alias: str = Field(
         default="champion",
         min_length=1,
@@ -293,6 +320,13 @@ class Settings(BaseSettings):
     inference_device: str | None = Field(
         default=None, description="torch device, e.g. cpu or cuda:1; default cuda when present."
     )
+    inference_backend: str = Field(
+        default="auto",
+        pattern=r"^(auto|torch|onnx)$",
+        description="What runs the forward pass: onnx (ONNX Runtime, CPU), torch, or auto "
+        "(the faster of the two that agrees with the torch network at load). A backend "
+        "that fails its check at load falls back to torch, and the log says why.",
+    )
     max_predict_bytes: int = Field(
         default=256 * 1024**2,
         ge=1024,
@@ -306,6 +340,30 @@ class Settings(BaseSettings):
     max_kept_predictions: int = Field(
         default=256, ge=1, description="Most predictions kept in memory for heatmaps and reports."
     )
+    drift_window: int = Field(
+        default=200,
+        ge=2,
+        description="Monitoring: the last N predictions (per site, and overall) compared "
+        "with the served model's training reference.",
+    )
+    drift_min_samples: int = Field(
+        default=30,
+        ge=2,
+        description="Monitoring: fewer predictions than this in a window give status unknown.",
+    )
+    drift_warn_psi: float = Field(
+        default=0.1, gt=0, description="Monitoring: a feature's PSI from which it warns."
+    )
+    drift_alert_psi: float = Field(
+        default=0.25, gt=0, description="Monitoring: a feature's PSI from which it drifts."
+    )
+    drift_p_value: float = Field(
+        default=0.01,
+        gt=0,
+        lt=1,
+        description="Monitoring: a shift counts only when its two-sample test rejects at "
+        "this level (divided by the number of features tested).",
+    )
     models_dir: Path = Field(
         default=Path("models"),
         description="Folder of the model folders (<models_dir>/<model>/MODEL_CARD.md).",
@@ -315,6 +373,23 @@ class Settings(BaseSettings):
         description="Key of the keyed hash (HMAC-SHA256) by which inference audit records "
         "name studies; <home>/serving.key, created on first start.",
     )
+
+    @field_validator("org_uid_root", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, root: object) -> object:
+        # `MEDAI_ORG_UID_ROOT=` in an env file means "not set", as for the other settings.
+        return None if isinstance(root, str) and not root.strip() else root
+
+    @field_validator("org_uid_root")
+    @classmethod
+    def _not_pydicom_root(cls, root: str | None) -> str | None:
+        # pydicom's root is shared by everyone who calls generate_uid(): not an organisation's.
+        if root is not None and (root + ".").startswith(PYDICOM_UID_ROOT):
+            raise ValueError(
+                f"{PYDICOM_UID_ROOT}* is pydicom's shared UID root, not your organisation's: "
+                "set your registered root, or leave MEDAI_ORG_UID_ROOT unset for 2.25 UIDs"
+            )
+        return root
 
     @property
     def resolved_home(self) -> Path:

@@ -20,6 +20,8 @@ __all__ = [
     "CampaignNotSetUp",
     "CannotDeidentify",
     "DemoFailed",
+    "DicomwebNotFound",
+    "DicomwebQueryError",
     "EdgeIdentified",
     "EdgeNotDeidentified",
     "ExportFailed",
@@ -34,11 +36,14 @@ __all__ = [
     "MissingAttribute",
     "ModelConfigError",
     "ModelUnavailable",
+    "NotAcceptable",
     "NotAudited",
     "NotDicom",
     "PromotionRefused",
     "PullError",
     "PullStopped",
+    "QuarantineActionRefused",
+    "QuarantineEntryNotFound",
     "Rejected",
     "RequestTooLarge",
     "ResumeRefused",
@@ -188,6 +193,18 @@ class MalformedMultipart(MedaiError):
 
 class UnsupportedMediaType(MedaiError):
     """The request or one of its parts is not ``application/dicom`` (HTTP 415)."""
+
+
+class DicomwebQueryError(MedaiError):
+    """A QIDO-RS or WADO-RS request that cannot be answered as asked (HTTP 400)."""
+
+
+class DicomwebNotFound(MedaiError):
+    """A WADO-RS request for a study, series, instance or frame medai does not hold (HTTP 404)."""
+
+
+class NotAcceptable(MedaiError):
+    """No media type the client accepts can be produced for the resource (HTTP 406)."""
 
 
 class TooManyParts(MedaiError):
@@ -417,3 +434,11 @@ class BackupError(MedaiError):
 
 class TlsError(MedaiError):
     """A TLS certificate, key or CA file that is missing, unreadable, not PEM or mismatched."""
+
+
+class QuarantineEntryNotFound(MedaiError):
+    """No quarantine entry has that id (``medai collect quarantine list`` shows the ids)."""
+
+
+class QuarantineActionRefused(MedaiError):
+    """A quarantine release or purge that cannot be done: nothing chosen, or not releasable."""

@@ -34,7 +34,10 @@ ARGUMENTS: dict[str, list[str]] = {
     "collect listen": [],
     "collect pull": ["--site", "site-a", "--url", ARCHIVE, "--since", "2026-10-01"],
     "collect verify": [],
-    "collect quarantine": [],
+    "collect quarantine list": [],
+    "collect quarantine show": ["1"],
+    "collect quarantine release": ["--all", "--yes"],
+    "collect quarantine purge": ["--all", "--yes"],
     "audit verify": [],
     "audit anchor": [],
     "security status": [],
@@ -48,6 +51,7 @@ ARGUMENTS: dict[str, list[str]] = {
     "snapshot export": ["chest-v1", "{tmp}/export"],
     "train": [str(REPO / "models" / "chest-xray-triage")],
     "models promote": ["chest-xray-triage", "1"],
+    "models feedback-export": ["chest-xray-triage", "--out", "{tmp}/feedback.csv"],
     "campaign site-kit": ["site-a", "--out", "{tmp}/site-a.kit"],
     "edge run": [],
     "edge status": [],
@@ -146,7 +150,12 @@ def test_a_command_on_a_fresh_home_says_what_to_run(command: str, fresh_home: Pa
     assert list(fresh_home.iterdir()) == []
 
 
-@pytest.mark.parametrize("command", sorted(set(ARGUMENTS) - {"audit verify", "audit anchor"}))
+# The audit log and the inference feedback exist before any campaign (an inference-only
+# service has a catalog for its keys, audit and feedback, and no campaign).
+NO_CAMPAIGN_NEEDED = {"audit verify", "audit anchor", "models feedback-export"}
+
+
+@pytest.mark.parametrize("command", sorted(set(ARGUMENTS) - NO_CAMPAIGN_NEEDED))
 def test_a_catalog_without_a_campaign_says_the_same(command: str, fresh_home: Path) -> None:
     """As after `medai keys create` alone: the schema is there, the campaign is not."""
     db.upgrade(f"sqlite:///{fresh_home / 'catalog.db'}")

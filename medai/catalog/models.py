@@ -508,3 +508,50 @@ class EdgeReceipt(Base):
     instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id"), primary_key=True)
     site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"))
     receipt_day: Mapped[dt.date] = mapped_column(Date)
+
+
+class ServedPrediction(Base):
+    """What clinician feedback on a prediction needs, kept past the prediction's memory TTL.
+
+    Pseudonymous only: the study is the inference audit's keyed hash of its
+    StudyInstanceUID (under the serving key), the site the caller's (edge site or API key
+    name); no UID, name or pixel.
+    """
+
+    __tablename__ = "served_predictions"
+    __table_args__ = (
+        Index("ix_served_predictions_version_site", "model", "version", "site", "created_at"),
+    )
+
+    prediction_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    model: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(32))
+    study: Mapped[str] = mapped_column(String(64), index=True)
+    site: Mapped[str] = mapped_column(String(128))
+    # The research pseudonym of the study (what de-identification at ingest makes its
+    # StudyInstanceUID), so feedback can be imported as labels; None outside a campaign.
+    research_study_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    # {finding: {"probability": p, "positive": bool}}
+    findings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The input statistics the drift windows compare (medai.serving.monitoring.monitor).
+    stats: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class PredictionFeedback(Base):
+    """A clinician's agreement with one finding of a served prediction (the latest counts)."""
+
+    __tablename__ = "prediction_feedback"
+    __table_args__ = (UniqueConstraint("prediction_id", "finding", "actor"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    prediction_id: Mapped[str] = mapped_column(
+        ForeignKey("served_predictions.prediction_id"), index=True
+    )
+    finding: Mapped[str] = mapped_column(String(64))
+    agree: Mapped[bool] = mapped_column(Boolean)
+    # The final diagnosis as a code (e.g. ICD-10 or SNOMED CT), never free text.
+    diagnosis_code: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)

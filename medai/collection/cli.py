@@ -22,12 +22,11 @@ from medai.cli_support import (
     require_campaign,
     row,
 )
+from medai.collection import quarantine_cli
 from medai.collection.receivers import cli as receivers_cli
 
 if TYPE_CHECKING:
     from medai.collection.accounting import VerifyReport
-    from medai.collection.retention import QuarantineSummary
-    from medai.config import Settings
 
 __all__ = ["collect_app", "register"]
 
@@ -36,6 +35,7 @@ collect_app = typer.Typer(
     no_args_is_help=True,
 )
 receivers_cli.register(collect_app)
+quarantine_cli.register(collect_app)
 
 
 @collect_app.command("verify")
@@ -126,60 +126,6 @@ def _print_verify(report: VerifyReport, removed: int | None) -> None:
         return
     for problem in report.problems:
         err_console().print(Text.assemble(("problem:", "red"), f" {problem}"))
-
-
-@collect_app.command("quarantine")
-def quarantine_command(
-    purge: Annotated[
-        bool,
-        typer.Option(
-            "--purge",
-            help="Delete raw files held longer than MEDAI_QUARANTINE_RETENTION_DAYS "
-            "(the catalog keeps their rows, so the accounting still adds up).",
-        ),
-    ] = False,
-    as_json: JsonFlag = False,
-) -> None:
-    """Show what is quarantined, by site and reason; optionally apply the retention limit."""
-    from medai.collection.retention import purge_expired, summarize_quarantine
-    from medai.config import get_settings
-
-    settings = get_settings()
-    require_campaign(settings)
-    purged = purge_expired(settings) if purge else None
-    summary = summarize_quarantine(settings)
-    if as_json:
-        print_json(_quarantine_dict(summary, purged, settings))
-        return
-    out = console()
-    if purged is not None:
-        out.print(f"purged {purged} file(s) older than {settings.quarantine_retention_days} days")
-    table = Table(title="Quarantine by site and reason")
-    for column in ("site", "reason", "files"):
-        table.add_column(column, justify="right" if column == "files" else "left")
-    for (site, reason), count in sorted(summary.by_site_and_reason.items()):
-        table.add_row(*row(site, reason, count))
-    out.print(table)
-    oldest = summary.oldest_held.date().isoformat() if summary.oldest_held else "-"
-    out.print(f"held {summary.held}, purged {summary.released}; oldest held since {oldest}")
-    # A line of its own, not the title: a long path is then never wrapped to the table.
-    out.print(plain(f"raw files in {settings.resolved_quarantine_dir}"), soft_wrap=True)
-
-
-def _quarantine_dict(
-    summary: QuarantineSummary, purged: int | None, settings: Settings
-) -> dict[str, Any]:
-    return {
-        "directory": str(settings.resolved_quarantine_dir),
-        "by_site_and_reason": [
-            {"site": site, "reason": reason, "files": count}
-            for (site, reason), count in sorted(summary.by_site_and_reason.items())
-        ],
-        "held": summary.held,
-        "released": summary.released,
-        "oldest_held": summary.oldest_held.isoformat() if summary.oldest_held else None,
-        "purged_now": purged,
-    }
 
 
 def register(app: typer.Typer) -> None:

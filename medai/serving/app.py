@@ -15,14 +15,24 @@ started and stopped with the app); its metrics are ``app.state.metrics``.
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
 from medai import __version__
 from medai.config import Settings, get_settings
-from medai.serving import dashboard, dicomweb, docs, edge_routes, health, metrics
+from medai.serving import (
+    dashboard,
+    dicomweb,
+    dicomweb_query,
+    dicomweb_retrieve,
+    docs,
+    edge_routes,
+    health,
+    metrics,
+    quarantine_routes,
+)
 from medai.serving.context import Service
 from medai.serving.docs import build_openapi
 from medai.serving.errors import install_error_handlers
@@ -30,6 +40,8 @@ from medai.serving.inference import routes as inference_routes
 from medai.serving.inference.service import InferenceService
 from medai.serving.limits import BodyLimitMiddleware
 from medai.serving.metrics import MetricsMiddleware, ServiceMetrics
+from medai.serving.monitoring import routes as monitoring_routes
+from medai.serving.monitoring.monitor import DriftCollector, DriftMonitor
 
 __all__ = ["ROUTERS", "create_app"]
 
@@ -37,9 +49,13 @@ __all__ = ["ROUTERS", "create_app"]
 ROUTERS: tuple[APIRouter, ...] = (
     health.router,
     dicomweb.router,
+    dicomweb_query.router,
+    dicomweb_retrieve.router,
     edge_routes.router,
     dashboard.router,
+    quarantine_routes.router,
     inference_routes.router,
+    monitoring_routes.router,
     metrics.router,
     docs.router,
 )
@@ -47,8 +63,10 @@ ROUTERS: tuple[APIRouter, ...] = (
 
 _DESCRIPTION = """
 Every route but `/healthz` and `/readyz` needs an API key: `Authorization: Bearer <key>`
-(`medai keys create --role clinician|steward|admin`). Clinician keys predict; steward keys
-send studies (STOW-RS) and read campaign progress; admin keys may do everything. A site's
+(`medai keys create --role clinician|steward|researcher|admin`). Clinician keys predict;
+steward keys send studies (STOW-RS), read campaign progress and browse the de-identified
+collection (QIDO-RS, WADO-RS under `/dicomweb`); researcher keys only browse it; admin keys
+may do everything. A site's
 edge gateway has an `edge` key (`--role edge --site SITE`): it sends that site's
 de-identified instances (STOW-RS with `Medai-Receipt-Day`), its heartbeats
 (`POST /v1/edge/heartbeat`) and reads the site's receipts (`GET /v1/edge/receipts`).
@@ -57,10 +75,26 @@ de-identified instances (STOW-RS with `Medai-Receipt-Day`), its heartbeats
 as `multipart/related; type="application/dicom"`) answers each finding's probability and
 its decision at the model's operating threshold. The study-level probability of a finding
 is the highest over the study's instances. With `Accept: application/dicom` the answer is a
-DICOM Comprehensive SR for the PACS. The answer names no patient or study identifier; pass
+DICOM Comprehensive 3D SR for the PACS. The answer names no patient or study identifier; pass
 your own reference as the `Medai-Reference` header and it is echoed back. The input is
 held in memory only, never written to disk. *Research pilot: not a medical device.*
+
+**Monitoring.** `GET /v1/models/{name}/monitoring` compares the last predictions of each
+site (the caller's edge site or key name) and overall with the served version's training
+reference: `unknown`, `ok`, `warn` or `drift`. `POST /v1/predictions/{id}/feedback` takes a
+clinician's agreement with each finding (and an optional final diagnosis code), stored
+pseudonymously and audited.
 """
+
+
+def _served(inference: InferenceService) -> Callable[[], tuple[str, str, str] | None]:
+    """The served version as the monitor's gauges name it, or None before the first load."""
+
+    def served() -> tuple[str, str, str] | None:
+        model = inference.model
+        return None if model is None else (model.name, model.version, model.run_id)
+
+    return served
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -82,8 +116,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     service = Service(settings)
     service_metrics = ServiceMetrics(service.security)
     inference: InferenceService | None = None
+    monitor: DriftMonitor | None = None
     if settings.serve_model.strip():
         inference = InferenceService(settings, service.engine, service_metrics)
+        # Drift of the served model's inputs and scores, and feedback (monitoring).
+        monitor = DriftMonitor(settings, service.engine)
+        service_metrics.registry.register(DriftCollector(monitor, _served(inference)))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -111,6 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = service
     app.state.metrics = service_metrics
     app.state.inference = inference
+    app.state.monitor = monitor
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     # Outermost: it counts the body limit's 413s too.
     app.add_middleware(MetricsMiddleware, metrics=service_metrics)

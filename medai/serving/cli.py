@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 __all__ = ["keys_app", "register", "serve_command", "worker_app"]
 
 keys_app = typer.Typer(
-    help="API keys of the web service (roles: clinician, steward, admin; admin may do all; "
+    help="API keys of the web service (roles: clinician, steward, researcher (browses the "
+    "collection: QIDO-RS/WADO-RS), admin; admin may do all; "
     "edge: a site's edge gateway, bound to that site; monitoring: reads /metrics only).",
     no_args_is_help=True,
 )
@@ -69,6 +70,15 @@ def serve_command(
         str | None,
         typer.Option("--alias", help="Alias to follow. Default: MEDAI_SERVE_ALIAS, else champion."),
     ] = None,
+    campaign: Annotated[
+        bool | None,
+        typer.Option(
+            "--campaign/--no-campaign",
+            help="Whether this service takes part in a collection campaign; --no-campaign "
+            "for inference only (/readyz needs no campaign). Default: MEDAI_SERVE_CAMPAIGN, "
+            "else --campaign.",
+        ),
+    ] = None,
     max_batch_size: Annotated[
         int | None,
         typer.Option(
@@ -91,7 +101,9 @@ def serve_command(
     """Run the web service: inference, STOW-RS for the sites, the dashboard, health checks.
 
     GET /healthz and /readyz are open. Every other route needs the header
-    'Authorization: Bearer <key>' (see `medai keys create`).
+    'Authorization: Bearer <key>' (see `medai keys create`). An inference-only
+    service (no campaign) sets MEDAI_SERVE_CAMPAIGN=false: /readyz then needs
+    the model, not a campaign.
 
     Inference: POST one study to /v1/predict with a clinician key
     (Content-Type: application/dicom, or multipart/related for several
@@ -130,6 +142,7 @@ def serve_command(
     options: dict[str, Any] = {
         "serve_model": model,
         "serve_alias": alias,
+        "serve_campaign": campaign,
         "max_batch_size": max_batch_size,
         "max_batch_wait_ms": max_batch_wait_ms,
         "serve_workers": workers,

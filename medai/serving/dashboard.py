@@ -10,7 +10,9 @@
   ``dashboard_session_hours``, never the key) in an HttpOnly, SameSite=Strict cookie
   scoped to ``/dashboard``, Secure when the page was served over HTTPS (behind a TLS
   proxy: ``forwarded_allow_ips``). Only these read-only dashboard pages accept that
-  cookie (never the routes that change data, so a cross-site form cannot use it).
+  cookie (never the routes that change data, so a cross-site form cannot use it), and
+  the quarantine's form (:mod:`medai.serving.quarantine_routes`), which also needs the
+  session's CSRF token and a same-origin ``Origin``.
   ``POST /dashboard/logout`` deletes it.
 
 The dashboard and its sign-in page speak English or Vietnamese (:mod:`medai.serving.i18n`):
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from typing import Any
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Request
@@ -127,6 +130,18 @@ def cookie_caller(request: Request, service: Service) -> Caller | None:
     return Caller(info.name, info.role)
 
 
+def _monitoring(request: Request) -> dict[str, Any] | None:
+    # The served model's drift and feedback panel, when the app serves one: read through
+    # app.state, so this router imports nothing of the monitoring router.
+    monitor = getattr(request.app.state, "monitor", None)
+    inference = getattr(request.app.state, "inference", None)
+    model = None if inference is None else inference.model
+    if monitor is None or model is None:
+        return None
+    report: dict[str, Any] = monitor.report(model.name, model.version, model.run_id)
+    return report
+
+
 @router.get("/dashboard", response_class=HTMLResponse, summary="The campaign dashboard")
 def dashboard(request: Request, service: ServiceDep) -> Response:
     """The dashboard page; without a valid steward cookie, a redirect to the sign-in page.
@@ -138,7 +153,7 @@ def dashboard(request: Request, service: ServiceDep) -> Response:
     if caller is None:
         return _in_language(RedirectResponse("/dashboard/login", status_code=303), t, keep, request)
     page = HTMLResponse(
-        render_dashboard(_progress(service), t, _security(service)),
+        render_dashboard(_progress(service), t, _security(service), _monitoring(request)),
         headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"},
     )
     return _in_language(page, t, keep, request)

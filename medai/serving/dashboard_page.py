@@ -25,6 +25,7 @@ from babel.core import Locale
 from medai.collection.campaign.report import CampaignProgress, SiteProgress
 from medai.ops.security import SecuritySummary
 from medai.serving.i18n import LANGUAGES, N_, Translator
+from medai.serving.monitoring_panel import render_monitoring_panel
 from medai.serving.security_panel import render_security_panel
 
 __all__ = [
@@ -448,9 +449,11 @@ def render_dashboard(
     report: CampaignProgress,
     t: Translator | None = None,
     security: Mapping[str, SecuritySummary] | None = None,
+    monitoring: Mapping[str, Any] | None = None,
 ) -> str:
     """The whole dashboard page for ``report``, in the language of ``t`` (English if None),
-    with the security panel of ``security`` (the summaries "24h" and "7d") when given."""
+    with the security panel of ``security`` (the summaries "24h" and "7d") when given, and
+    the served model's monitoring panel of ``monitoring`` (its report) when given."""
     t = t or Translator("en")
     now = (
         report.generated_at
@@ -516,6 +519,7 @@ def render_dashboard(
         "burnup": escape(t._("Burn-up: plan vs actual")),
         "sites": escape(t._("Sites (silent and late first)")),
         "quarantine": escape(t._("Quarantine reasons")),
+        "act": escape(t._("Act on the quarantine: list, view, release, purge")),
         "targets": escape(t._("Targets")),
     }
     return f"""<!doctype html>
@@ -537,9 +541,11 @@ def render_dashboard(
 <table><thead><tr>{head}</tr></thead><tbody>{site_rows}</tbody></table>
 <h2 data-heading="quarantine">{headings["quarantine"]}</h2>
 {_reasons_svg(t, report.quarantine_reasons)}
+<p><a href="/dashboard/quarantine" data-link="quarantine">{headings["act"]}</a></p>
 <h2 data-heading="targets">{headings["targets"]}</h2>
 {_targets_table(t, report)}
 {render_security_panel(t, security) if security else ""}
+{render_monitoring_panel(t, monitoring) if monitoring else ""}
 {_status_rule(t, report.status_rule)}
 </body></html>
 """

@@ -8,24 +8,42 @@
 
 :func:`build_openapi` adds the 401/403 answers to every route that checks a key (those
 FastAPI marks with the bearer scheme of :func:`medai.serving.deps.authenticate`).
+
+The browser's code comes from the service itself, not a CDN: a hospital network often
+reaches no CDN, and a page that loads scripts from elsewhere runs whatever that host
+serves. ``GET /docs/assets/{name}`` answers the Swagger UI files (JavaScript, CSS,
+favicon) that the ``fastapi-offline`` package ships (a current Swagger UI 5, which reads
+FastAPI's OpenAPI 3.1; ``swagger-ui-bundle``'s 4.x does not). They are open, like any
+site's static files: public code, no data; only the listed files, so no path reaches
+anything else.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from importlib.resources import files
+from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from medai.serving.auth import Caller
 from medai.serving.dashboard import cookie_caller
 from medai.serving.deps import CallerDep, EngineDep, ServiceDep, authenticate
 
-__all__ = ["build_openapi", "router"]
+__all__ = ["ASSETS_PATH", "build_openapi", "router"]
 
 router = APIRouter(include_in_schema=False)
+
+ASSETS_PATH: Final = "/docs/assets"
+# name -> media type of the Swagger UI files the pages load (fastapi-offline's static/).
+_ASSETS: Final = {
+    "swagger-ui-bundle.js": "text/javascript",
+    "swagger-ui.css": "text/css",
+    "favicon.png": "image/png",
+}
+_LISTED: Final = ", ".join(sorted(_ASSETS))
 
 _ERROR = {
     "content": {
@@ -78,11 +96,29 @@ def _swagger(openapi_url: str) -> HTMLResponse:
     page = get_swagger_ui_html(
         openapi_url=openapi_url,
         title="medai API",
+        swagger_js_url=f"{ASSETS_PATH}/swagger-ui-bundle.js",
+        swagger_css_url=f"{ASSETS_PATH}/swagger-ui.css",
+        swagger_favicon_url=f"{ASSETS_PATH}/favicon.png",
         swagger_ui_parameters={"persistAuthorization": False, "tryItOutEnabled": False},
     )
     page.headers["Cache-Control"] = "no-store"
     page.headers["X-Frame-Options"] = "DENY"
     return page
+
+
+@router.get(ASSETS_PATH + "/{name}")
+def docs_asset(name: str) -> FileResponse:
+    """One Swagger UI file, from the installed package (open: public code, no data)."""
+    media_type = _ASSETS.get(name)
+    if media_type is None:
+        raise HTTPException(404, detail=f"no such file; the API browser's files are {_LISTED}")
+    path = files("fastapi_offline").joinpath("static", name)
+    # The package is a plain directory in site-packages (a wheel is never imported zipped).
+    return FileResponse(
+        str(path),
+        media_type=media_type,
+        headers={"Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"},
+    )
 
 
 @router.get("/openapi.json")

@@ -2,10 +2,20 @@
 
 Both are open (no API key), for load balancers and service managers. ``/readyz``
 answers 200 only when the catalog is reachable and migrated to the schema this code
-expects, a campaign is initialised in it and the campaign's key file is readable, and
-(when the service serves a model, ``serve_model``) the model is loaded and the serving
-key readable; otherwise 503 with ``{"status": "not-ready", "detail": "<what to do>"}``.
-Neither says which model version is served: that is ``GET /v1/models``, with a key.
+expects (every deployment keeps its API keys and audit log there), and
+
+- for a campaign deployment (``serve_campaign``, the default): a campaign is initialised
+  in it and the campaign's key file is readable and is the campaign's;
+- when the service serves a model (``serve_model``): the model is loaded and the serving
+  key readable;
+
+otherwise 503 with ``{"status": "not-ready", "detail": "<what to do>"}``. Neither says
+which model version is served: that is ``GET /v1/models``, with a key.
+
+Why an explicit setting rather than guessing from what is there: a campaign deployment
+whose key file went missing (a volume not mounted, a restore without the key) looks
+exactly like an inference-only one. Guessing would answer "ready" for a service whose
+STOW-RS refuses every upload; ``MEDAI_SERVE_CAMPAIGN=false`` says it on purpose.
 """
 
 from __future__ import annotations
@@ -41,7 +51,18 @@ def _schema_heads() -> frozenset[str]:
 
 def readiness_problem(service: Service) -> str | None:
     """Why the service cannot take requests yet (a sentence saying what to do), or None."""
-    init_hint = "run `medai campaign init FILE`"
+    campaign = service.settings.serve_campaign
+    if not campaign and not service.settings.serve_model:
+        return (
+            "this service serves neither a campaign (MEDAI_SERVE_CAMPAIGN=false) nor a model "
+            "(MEDAI_SERVE_MODEL is empty): set one of them"
+        )
+    # An inference-only service needs a migrated catalog (keys, audit), not a campaign.
+    init_hint = (
+        "run `medai campaign init FILE`"
+        if campaign
+        else "run `medai keys create` (it sets the catalog up for an inference-only service)"
+    )
     url = service.engine.url
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
         if not Path(url.database).exists():
@@ -56,6 +77,8 @@ def readiness_problem(service: Service) -> str | None:
                 f"the catalog is not migrated ({state}; this medai expects "
                 f"{', '.join(sorted(_schema_heads()))}): {init_hint}"
             )
+        if not campaign:
+            return None
         with session_factory(reader)() as session:
             stored_campaign(session)
             recorded = session.scalars(
@@ -97,8 +120,8 @@ def _inference_problem(request: Request) -> str | None:
 
 @router.get(
     "/readyz",
-    summary="The catalog is reachable and migrated, the campaign is initialised, "
-    "the model is loaded",
+    summary="The catalog is reachable and migrated, the campaign is initialised "
+    "(unless MEDAI_SERVE_CAMPAIGN=false), the model is loaded",
     responses={503: {"description": "Not ready; `detail` says what to do"}},
 )
 def readyz(request: Request, service: ServiceDep) -> JSONResponse:

@@ -12,6 +12,8 @@ Roles: ``clinician`` (inference), ``steward`` (data collection: STOW-RS, progres
 ``edge``: the key of one site's edge gateway (``api_keys.site_id``), which may only STOW
 that site's de-identified instances, post heartbeats and read that site's receipts; it is
 granted nothing else, and admin is not granted it (an admin is not a site's gateway).
+``researcher``: may browse the de-identified collection (QIDO-RS, WADO-RS) and nothing
+else: it cannot upload, see progress or the dashboard, or run inference.
 ``monitoring``: a metrics scraper's key, which may read ``/metrics`` and nothing else (a
 stolen one tells request counts, not data).
 Creating and revoking a key appends an audit record (``apikey.create``,
@@ -58,7 +60,7 @@ __all__ = [
 ]
 
 KEY_PREFIX: Final = "medai_"
-ROLES: Final = ("clinician", "steward", "admin", "edge", "monitoring")
+ROLES: Final = ("clinician", "steward", "researcher", "admin", "edge", "monitoring")
 # The role of a site's edge gateway: bound to one site (api_keys.site_id).
 EDGE_ROLE: Final = "edge"
 # The role of a metrics scraper: it may read /metrics and nothing else.
@@ -68,7 +70,8 @@ MONITORING_ROLE: Final = "monitoring"
 _IMPLIED: Final[dict[str, frozenset[str]]] = {
     "clinician": frozenset({"clinician"}),
     "steward": frozenset({"steward"}),
-    "admin": frozenset({"clinician", "steward", "admin"}),
+    "researcher": frozenset({"researcher"}),
+    "admin": frozenset({"clinician", "steward", "researcher", "admin"}),
     EDGE_ROLE: frozenset({EDGE_ROLE}),
     MONITORING_ROLE: frozenset({MONITORING_ROLE}),
 }

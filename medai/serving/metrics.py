@@ -241,6 +241,16 @@ class ServiceMetrics:
             buckets=_SECONDS_BUCKETS,
             registry=r,
         )
+        # Where a prediction's time goes, stage by stage (issue 16): decode (parse and pixel
+        # decoding), preprocess (resize, intensity), queue, forward, postprocess (findings
+        # and the answer), audit, gradcam (only when a heatmap or report is asked for).
+        self.stage_seconds = Histogram(
+            "medai_inference_stage_seconds",
+            "Time one prediction spent in a stage (decode and preprocess: over its instances).",
+            ["stage"],
+            buckets=_SECONDS_BUCKETS,
+            registry=r,
+        )
         self.predictions = Counter(
             "medai_predictions",
             "Studies predicted, by model and version.",
@@ -273,6 +283,10 @@ class ServiceMetrics:
         self.batch_size.observe(size)
         self.queue_seconds.observe(queue_s)
         self.inference_seconds.observe(inference_s)
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        """Record ``seconds`` spent in ``stage`` (see ``stage_seconds``)."""
+        self.stage_seconds.labels(stage).observe(seconds)
 
     def serving(self, name: str, version: str, alias: str, previous: str | None) -> None:
         """Record that ``version`` replaced ``previous`` (None: the first load)."""

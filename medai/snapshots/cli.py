@@ -209,22 +209,82 @@ def show_command(
 def export_command(
     name: Annotated[str, typer.Argument(metavar="NAME", help="The snapshot.")],
     out_dir: Annotated[
-        Path, typer.Argument(metavar="DIR", help="A new or empty directory to write to.")
-    ],
+        Path | None,
+        typer.Argument(
+            metavar="DIR",
+            help="A new or empty directory for the partner's tree (or give --to instead).",
+        ),
+    ] = None,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to",
+            metavar="DEST",
+            help="Send it to DEST instead: a folder (DICOM media with a DICOMDIR), an "
+            "http(s):// DICOMweb root (STOW-RS) or a DICOM node AE@HOST:PORT (C-STORE).",
+        ),
+    ] = None,
+    header: Annotated[
+        list[str] | None,
+        typer.Option("--header", "-H", help="With --to URL: extra header 'Name: value'."),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            help="With --to URL: bearer token (or set MEDAI_PULL_TOKEN, kept out of the "
+            "shell history).",
+        ),
+    ] = None,
+    ae_title: Annotated[
+        str, typer.Option("--ae-title", help="With --to AE@HOST:PORT: medai's calling AE title.")
+    ] = "MEDAI",
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca-file", metavar="PEM", help="With --to https://: the CA to verify it against."
+        ),
+    ] = None,
+    max_attempts: Annotated[
+        int,
+        typer.Option("--max-attempts", min=1, help="Attempts per request before stopping."),
+    ] = 6,
+    verify_find: Annotated[
+        bool,
+        typer.Option(
+            "--verify-find",
+            help="With --to AE@HOST:PORT: then ask the node (C-FIND) whether it holds every "
+            "instance; what it lacks is sent again by the next run.",
+        ),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Write a snapshot as a de-identified DICOM tree (patient/study/series) for sharing.
+    """Write a snapshot as a de-identified DICOM tree for sharing, or send it --to DEST.
 
-    Beside the files: manifest.parquet (hash-checked), manifest.csv (with each file's path)
-    and snapshot.json (name, content hash, counts, query). Every file is checked against its
-    sha256 in the store while copying. Refuses a non-empty directory.
+    DIR: a tree (patient/study/series) beside manifest.parquet (hash-checked), manifest.csv
+    (with each file's path) and snapshot.json (name, content hash, counts, query); refuses a
+    non-empty directory. --to: a DICOMDIR folder (with the same manifests), a STOW-RS server
+    or a C-STORE node; every instance is confirmed (re-hashed, or acknowledged by the
+    receiver), and the same command run again after a stop sends only the rest. Every file
+    is checked against its sha256 in the store.
     """
     from rich.progress import MofNCompleteColumn
 
     from medai.snapshots import export_snapshot, get_snapshot
 
+    if (out_dir is None) == (to is None):
+        raise fail(
+            "give either DIR (the partner's tree) or --to DEST, not both",
+            "e.g. `medai snapshot export chest-v1 ./out` or `... --to PACS@10.0.0.5:104`",
+        )
     info: SnapshotInfo = _run(lambda: get_snapshot(name))
     total = int(info.counts.get("total", {}).get("instances", 0))
+    if to is not None:
+        _export_to(
+            name, to, header, token, ae_title, ca_file, max_attempts, verify_find, total, as_json
+        )
+        return
+    assert out_dir is not None
     with progress_bar(MofNCompleteColumn(), transient=True, disable=as_json) as bar:
         task = bar.add_task("exporting", total=total)
         result = _run(
@@ -240,6 +300,58 @@ def export_command(
     typer.echo(
         f"Exported snapshot {result.name}: {result.files} files, {result.bytes} bytes "
         f"to {result.out_dir} (content hash {result.content_hash})"
+    )
+
+
+def _export_to(
+    name: str,
+    to: str,
+    header: list[str] | None,
+    token: str | None,
+    ae_title: str,
+    ca_file: Path | None,
+    max_attempts: int,
+    verify_find: bool,
+    total: int,
+    as_json: bool,
+) -> None:
+    """``export --to DEST``: send, confirm, resume."""
+    from rich.progress import MofNCompleteColumn, TimeElapsedColumn
+
+    from medai.collection.receivers.cli import parse_header
+    from medai.collection.receivers.dicomweb_retry import RetryPolicy
+    from medai.config import get_settings
+    from medai.snapshots.export import export_to
+
+    headers = dict(parse_header(item) for item in header or ())
+    settings = get_settings()
+    if token is None and settings.pull_token is not None:
+        token = settings.pull_token.get_secret_value()
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    columns = (MofNCompleteColumn(), TimeElapsedColumn())
+    with progress_bar(*columns, transient=True, disable=as_json) as bar:
+        task = bar.add_task(f"exporting {name}", total=total)
+        result = _run(
+            lambda: export_to(
+                name,
+                to,
+                settings=settings,
+                headers=headers,
+                ae_title=ae_title,
+                retry=RetryPolicy(max_attempts=max_attempts),
+                ca_file=ca_file,
+                verify_find=verify_find,
+                progress=lambda done, rows: bar.update(task, completed=done, total=rows),
+            )
+        )
+    if as_json:
+        print_json(result.to_dict())
+        return
+    typer.echo(
+        f"Exported snapshot {result.name} to {result.destination} ({result.kind}): "
+        f"{result.instances} instances confirmed ({result.sent} sent now, {result.already} "
+        f"by an earlier run; {result.bytes} bytes; {result.retries} retries)"
     )
 
 

@@ -323,3 +323,64 @@ def export_command(
         ),
         soft_wrap=True,
     )
+
+
+@models_app.command("feedback-export")
+def feedback_export_command(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    out: Annotated[Path, typer.Option("--out", help="CSV file to write.")] = Path("feedback.csv"),
+    version: Annotated[
+        str | None, typer.Option("--version", help="Only this version's predictions.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Export clinicians' feedback on NAME's predictions as labels (CSV) for the next snapshot.
+
+    One row per prediction and clinician, in the sheet format `medai labels import` reads:
+    the study's research pseudonym (PseudonymizedStudyInstanceUID, kept at prediction time
+    in a campaign deployment), the label each verdict implies per finding (1/0), the final
+    diagnosis code. No patient identifier is written.
+    """
+    require_campaign(campaign=False)
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from medai.cli_support import progress_bar
+    from medai.config import get_settings
+    from medai.training.feedback_export import export_feedback
+
+    try:
+        with progress_bar(disable=as_json) as bar:
+            task = bar.add_task(f"feedback on {name}", total=None)
+            result = export_feedback(
+                name,
+                out,
+                get_settings(),
+                version=version,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+    except OSError as exc:
+        raise fail(f"cannot write {out}: {exc.strerror}", "choose another --out") from None
+    except SQLAlchemyError as exc:
+        what = f"the catalog cannot be read ({type(exc).__name__})"
+        raise fail(what, "run medai doctor") from None
+    if as_json:
+        print_json(result)
+        return
+    console().print(
+        plain(
+            f"{result.verdicts} verdict(s) on {result.rows} prediction(s) of {name} written "
+            f"to {result.path}"
+            + (f" (findings: {', '.join(result.findings)})" if result.findings else "")
+        ),
+        soft_wrap=True,
+    )
+    if result.without_study:
+        console().print(
+            plain(
+                f"{result.without_study} row(s) have no PseudonymizedStudyInstanceUID: their "
+                "predictions were served without the campaign key (an inference-only "
+                "deployment), so `medai labels import` cannot match them to a study"
+            ),
+            soft_wrap=True,
+        )

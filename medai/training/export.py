@@ -74,6 +74,7 @@ __all__ = [
     "rebuild_network",
     "verify_bundle",
     "verify_onnx",
+    "write_onnx",
 ]
 
 ExportFormat = Literal["bundle", "onnx"]
@@ -663,6 +664,13 @@ def _write_onnx(version: RegisteredVersion, path: Path, images: CheckImages) -> 
     onnx.helper.set_model_props(model, props)
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
+
+
+def write_onnx(version: RegisteredVersion, path: Path, images: CheckImages) -> None:
+    """Write ``model.onnx`` of ``version`` to ``path`` (as ``medai models export`` does),
+    unchecked: the service compares it with its torch network itself at load
+    (:mod:`medai.serving.inference.fast_path`). Raises :class:`ExportFailed`."""
+    _write_onnx(version, path, images)
 
 
 def verify_onnx(path: Path, version: RegisteredVersion, images: CheckImages) -> float:

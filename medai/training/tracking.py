@@ -92,6 +92,7 @@ from medai.training.provenance import (
     log_snapshot_inputs,
     source_tags,
 )
+from medai.training.reference_stats import log_reference
 from medai.training.registry import (
     CANDIDATE_ALIAS,
     CHAMPION_ALIAS,
@@ -455,6 +456,8 @@ def _train_logged(
                     resume=resume,
                     on_checkpoint=_log_checkpoint,
                 )
+                # What the service watches its inputs and scores against (monitoring).
+                log_reference(config, settings, data, result.model, result.device)
                 return _finish_run(config, client, run_id, experiment_id, work, result)
             mlflow.log_params(flatten(config))
             provenance = source_tags()
@@ -483,6 +486,8 @@ def _train_logged(
                 data=data,
                 on_checkpoint=_log_checkpoint,
             )
+            # What the service watches its inputs and scores against (monitoring).
+            log_reference(config, settings, data, result.model, result.device)
             return _finish_run(config, client, run_id, experiment_id, work, result)
 
 

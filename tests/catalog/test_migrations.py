@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 from medai.catalog.db import alembic_config, create_engine_for, upgrade
 from medai.catalog.models import Base
 
-HEAD = "0008"
+HEAD = "0009"
 
 
 def _schema_diff(engine: Engine) -> list[Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -12,11 +12,17 @@ import pytest
 
 
 @contextmanager
-def chromium(accept_language: str | None = None) -> Iterator[Any]:
+def chromium(
+    accept_language: str | None = None,
+    arguments: Sequence[str] = (),
+    network_log: bool = False,
+) -> Iterator[Any]:
     """A headless chromium (a selenium ``WebDriver``); skipped where none is installed.
 
     ``accept_language``: the languages the browser asks for, as its user would set them
     (for example ``"vi-VN,vi"``); chromium's own default (English) when None.
+    ``arguments``: more command-line switches. ``network_log``: keep the DevTools network
+    events, read with ``driver.get_log("performance")``.
     """
     binary = shutil.which("chromium")
     driver_path = shutil.which("chromedriver")
@@ -33,6 +39,10 @@ def chromium(accept_language: str | None = None) -> Iterator[Any]:
     options.binary_location = binary
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1800"):
         options.add_argument(flag)
+    for flag in arguments:
+        options.add_argument(flag)
+    if network_log:
+        options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
     if accept_language:
         options.add_argument(f"--lang={accept_language.split(',')[0]}")
         options.add_experimental_option("prefs", {"intl.accept_languages": accept_language})

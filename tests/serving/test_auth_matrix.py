@@ -17,13 +17,15 @@ from medai.serving.app import create_app
 from medai.serving.dashboard import COOKIE
 from tests.serving.helpers import TestClient, bearer, multipart, new_key
 
-ROLES: Final = ("clinician", "steward", "admin", "edge", "monitoring")
+ROLES: Final = ("clinician", "steward", "researcher", "admin", "edge", "monitoring")
 OPEN: Final = "open"
 ANY_KEY: Final = "any key"  # any person's key: not a site's edge key
 METRICS: Final = "any key or monitoring"  # /metrics: a person's key or a scraper's monitoring key
 STOW: Final = "steward or edge"  # STOW-RS: a steward, or site-a's own edge key
 RECEIPTS: Final = "steward or edge (reads)"
+BROWSE: Final = "steward or researcher"  # QIDO-RS/WADO-RS: the de-identified collection
 SIGN_IN: Final = "sign-in"  # takes a steward key in its form (see the last test)
+WADO_INSTANCE: Final = "/dicomweb/studies/{study}/series/{series}/instances/{instance}"
 # (method, path) -> who may use it: a role (admin may use every role's routes), any valid
 # key, or open (health checks; the dashboard's own sign-in pages, which take a key in a form).
 MATRIX: Final[dict[tuple[str, str], str]] = {
@@ -34,8 +36,27 @@ MATRIX: Final[dict[tuple[str, str], str]] = {
     ("GET", "/v1/predictions/{prediction_id}/heatmap.png"): "clinician",
     ("GET", "/v1/models"): "clinician",
     ("POST", "/v1/models/reload"): "admin",
+    ("GET", "/v1/models/{name}/monitoring"): "clinician",
+    ("POST", "/v1/predictions/{prediction_id}/feedback"): "clinician",
     ("POST", "/dicomweb/studies"): STOW,
     ("POST", "/dicomweb/studies/{study}"): STOW,
+    # QIDO-RS and WADO-RS (browsing the de-identified collection): steward keys.
+    ("GET", "/dicomweb/studies"): BROWSE,
+    ("GET", "/dicomweb/series"): BROWSE,
+    ("GET", "/dicomweb/instances"): BROWSE,
+    ("GET", "/dicomweb/studies/{study}/series"): BROWSE,
+    ("GET", "/dicomweb/studies/{study}/instances"): BROWSE,
+    ("GET", "/dicomweb/studies/{study}/series/{series}/instances"): BROWSE,
+    ("GET", "/dicomweb/studies/{study}"): BROWSE,
+    ("GET", "/dicomweb/studies/{study}/series/{series}"): BROWSE,
+    ("GET", WADO_INSTANCE): BROWSE,
+    ("GET", "/dicomweb/studies/{study}/metadata"): BROWSE,
+    ("GET", "/dicomweb/studies/{study}/series/{series}/metadata"): BROWSE,
+    ("GET", WADO_INSTANCE + "/metadata"): BROWSE,
+    ("GET", WADO_INSTANCE + "/frames/{frames}"): BROWSE,
+    ("GET", WADO_INSTANCE + "/rendered"): BROWSE,
+    ("GET", WADO_INSTANCE + "/frames/{frame}/rendered"): BROWSE,
+    ("GET", WADO_INSTANCE + "/bulkdata/{tag}"): BROWSE,
     ("POST", "/v1/edge/heartbeat"): "edge",
     ("POST", "/v1/edge/study-keys"): "edge",
     ("GET", "/v1/edge/receipts"): RECEIPTS,
@@ -45,13 +66,31 @@ MATRIX: Final[dict[tuple[str, str], str]] = {
     ("GET", "/dashboard/login"): OPEN,
     ("POST", "/dashboard/login"): SIGN_IN,
     ("POST", "/dashboard/logout"): OPEN,
+    # The dashboard's quarantine takes the sign-in cookie (a redirect to sign in without one),
+    # never a bearer key; its form also needs the session's CSRF token
+    # (tests/serving/test_quarantine_page.py).
+    ("GET", "/dashboard/quarantine"): OPEN,
+    ("GET", "/dashboard/quarantine/{entry_id}"): OPEN,
+    ("POST", "/dashboard/quarantine/action"): OPEN,
 }
 # Not in the OpenAPI document: the document itself and the API browser.
 HIDDEN: Final[dict[tuple[str, str], str]] = {
     ("GET", "/openapi.json"): ANY_KEY,
     ("GET", "/docs"): ANY_KEY,
+    # The API browser's own Swagger UI files (public code, no data), served without a CDN.
+    ("GET", "/docs/assets/swagger-ui-bundle.js"): OPEN,
 }
-SAMPLE: Final = {"{prediction_id}": "0b6f3c52-8a0e-4d7e-9c55-5f0f4b1b7c1e", "{study}": "1.2.3"}
+SAMPLE: Final = {
+    "{prediction_id}": "0b6f3c52-8a0e-4d7e-9c55-5f0f4b1b7c1e",
+    "{study}": "1.2.3",
+    "{name}": "no-such-model",
+    "{entry_id}": "1",
+    "{series}": "1.2.4",
+    "{instance}": "1.2.5",
+    "{frames}": "1",
+    "{frame}": "1",
+    "{tag}": "7FE00010",
+}
 
 
 def _url(path: str) -> str:
@@ -75,6 +114,8 @@ def _status(client: TestClient, method: str, url: str, headers: dict[str, str]) 
 def _allowed(rule: str, role: str) -> bool:
     if rule in (STOW, RECEIPTS):
         return role in ("steward", "admin", "edge")
+    if rule == BROWSE:
+        return role in ("steward", "researcher", "admin")
     if rule == "edge":
         return role == "edge"  # admin is not granted a site's gateway role
     if role == "monitoring":
@@ -87,8 +128,13 @@ def _allowed(rule: str, role: str) -> bool:
 @pytest.fixture
 def app_client(campaign: Settings) -> TestClient:
     # A served model that does not exist: inference routes answer 503 after the key check.
+    # No throttle: the matrix sends an unknown key to every route, more than 20 a minute.
     settings = campaign.model_copy(
-        update={"serve_model": "no-such-model", "model_poll_seconds": 0.0}
+        update={
+            "serve_model": "no-such-model",
+            "model_poll_seconds": 0.0,
+            "auth_failures_per_minute": 0,
+        }
     )
     return TestClient(create_app(settings))
 
@@ -177,7 +223,7 @@ def test_the_api_browser_takes_the_dashboard_sign_in(
                 headers={"Content-Type": "application/x-www-form-urlencoded"},
                 follow_redirects=False,
             )
-            if role in ("clinician", "edge", "monitoring"):  # for stewards (and admins)
+            if role in ("clinician", "researcher", "edge", "monitoring"):  # stewards, admins
                 assert signed.status_code == 403
                 continue
             assert signed.status_code == 303 and COOKIE in signed.cookies

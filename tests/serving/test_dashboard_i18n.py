@@ -49,6 +49,9 @@ SOURCES = (
     Path(dashboard_module.__file__),
     Path(page_module.__file__),
     Path(page_module.__file__).with_name("security_panel.py"),
+    Path(page_module.__file__).with_name("monitoring_panel.py"),
+    Path(page_module.__file__).with_name("quarantine_page.py"),
+    Path(page_module.__file__).with_name("quarantine_routes.py"),
 )
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 

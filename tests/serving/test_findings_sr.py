@@ -1,4 +1,4 @@
-"""The findings SR: a standard Comprehensive SR in the source's study, read back intact."""
+"""The findings SR: an IHE AIR Comprehensive 3D SR in the source's study, read back intact."""
 
 from __future__ import annotations
 
@@ -8,15 +8,22 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import highdicom as hd
 import pydicom
 import pytest
 from pydicom import config, dcmread, dcmwrite
 from pydicom.dataset import Dataset
-from pydicom.uid import ComprehensiveSRStorage
+from pydicom.uid import PYDICOM_ROOT_UID, Comprehensive3DSRStorage
 
 from medai.dicom.synth import generate
 from medai.serving.inference.findings import Finding
-from medai.serving.inference.report import PRIVATE_SCHEME, build_findings_sr, finding_code
+from medai.serving.inference.report import (
+    MANUFACTURER,
+    PRIVATE_SCHEME,
+    build_findings_sr,
+    finding_code,
+)
+from tests.utils.dciodvfy import DCIODVFY, errors
 
 FINDINGS = (
     Finding("nodule", 0.8312, 0.5, True),
@@ -24,6 +31,8 @@ FINDINGS = (
     Finding("cardiomegaly", 0.61, 0.55, True),
 )
 MODEL, VERSION = "chest-xray-triage", "7"
+ORG_ROOT = "1.2.826.0.1.9999999.77"
+"""An organisation's UID root, for the tests (not a registered one)."""
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +80,7 @@ def _groups(ds: Dataset) -> dict[str, Dataset]:
 def test_sr_is_in_the_source_study_with_the_patient(source: Dataset) -> None:
     sr = _round_trip(build_findings_sr(source, FINDINGS, model_name=MODEL, model_version=VERSION))
 
-    assert sr.SOPClassUID == ComprehensiveSRStorage
+    assert sr.SOPClassUID == Comprehensive3DSRStorage  # the IOD of IHE AIR
     assert sr.Modality == "SR"
     assert sr.StudyInstanceUID == source.StudyInstanceUID
     assert sr.SeriesInstanceUID != source.SeriesInstanceUID
@@ -188,6 +197,166 @@ def test_dcmtk_reads_the_sr_without_complaint(source: Dataset, tmp_path: Path) -
     )
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
-    assert "Comprehensive SR Document" in done.stdout
+    assert "Comprehensive 3D SR Document" in done.stdout
     assert "TID 1500" in done.stdout and "TID 1501" in done.stdout
     assert "Certainty of Finding" in done.stdout
+
+
+def _uids(ds: Dataset) -> dict[str, str]:
+    """The UIDs the SR made itself: series, instance, device observer, tracking."""
+    made = {"series": str(ds.SeriesInstanceUID), "instance": str(ds.SOPInstanceUID)}
+    for item in _items(ds):
+        if item.ValueType == "UIDREF":
+            made[f"{_name(item)} {len(made)}"] = str(item.UID)
+    return made
+
+
+def test_every_uid_made_is_under_the_organisation_root(source: Dataset) -> None:
+    root = ORG_ROOT
+    sr = _round_trip(
+        build_findings_sr(source, FINDINGS, model_name=MODEL, model_version=VERSION, uid_root=root)
+    )
+    made = _uids(sr)
+    assert len(made) == 2 + 1 + len(FINDINGS)  # series, instance, device, one per finding
+    for uid in made.values():
+        assert uid.startswith(root + "."), uid
+        assert len(uid) <= 64
+    assert len(set(made.values())) == len(made)
+
+
+def test_without_a_root_the_uids_are_uuid_derived_never_pydicoms(source: Dataset) -> None:
+    sr = _round_trip(build_findings_sr(source, FINDINGS, model_name=MODEL, model_version=VERSION))
+    for uid in _uids(sr).values():
+        assert uid.startswith("2.25."), uid
+        assert not uid.startswith(PYDICOM_ROOT_UID)
+        assert len(uid) <= 64
+
+
+def test_a_bad_uid_root_is_refused(source: Dataset) -> None:
+    with pytest.raises(ValueError, match="MEDAI_ORG_UID_ROOT"):
+        build_findings_sr(source, FINDINGS, model_name=MODEL, model_version="1", uid_root="1.02")
+
+
+def test_the_sr_has_what_ihe_air_requires_of_an_ai_result(source: Dataset) -> None:
+    """IHE AI Results (AIR): the content items an AIR image display relies on."""
+    sr = _round_trip(build_findings_sr(source, FINDINGS, model_name=MODEL, model_version=VERSION))
+    assert sr.SOPClassUID == Comprehensive3DSRStorage
+    # General Equipment: the software that made the result.
+    assert (sr.Manufacturer, sr.ManufacturerModelName) == (MANUFACTURER, MODEL)
+    assert sr.SoftwareVersions
+    # TID 1500 at the root: Imaging Measurement Report.
+    title = sr.ConceptNameCodeSequence[0]
+    assert (title.CodeValue, title.CodingSchemeDesignator) == ("126000", "DCM")
+    assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    root = {_name(item): item for item in sr.ContentSequence}
+    assert "Language of Content Item and Descendants" in root
+    assert "Procedure reported" in root
+    # Observer context: the model is the device (TID 1004).
+    assert root["Observer Type"].ConceptCodeSequence[0].CodeValue == "121007"  # Device
+    assert root["Device Observer UID"].UID
+    assert root["Device Observer Name"].TextValue == MODEL
+    assert root["Device Observer Manufacturer"].TextValue == MANUFACTURER
+    assert root["Device Observer Model Name"].TextValue == MODEL
+    # Referenced instances: the image library and the evidence list name the source.
+    library = [i for i in _items(root["Image Library"]) if i.ValueType == "IMAGE"]
+    assert [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in library] == [
+        source.SOPInstanceUID
+    ]
+    (evidence,) = sr.CurrentRequestedProcedureEvidenceSequence
+    assert evidence.StudyInstanceUID == source.StudyInstanceUID
+    # One TID 1501 group per finding: finding, algorithm (TID 4019), probability as a
+    # measurement, qualitative evaluation, source image.
+    groups = _groups(sr)
+    assert len(groups) == len(FINDINGS)
+    for group in groups.values():
+        assert group.ContentTemplateSequence[0].TemplateIdentifier == "1501"
+        items = {_name(item): item for item in group.ContentSequence}
+        assert {"Tracking Identifier", "Tracking Unique Identifier", "Finding"} <= set(items)
+        assert items["Algorithm Name"].RelationshipType == "HAS CONCEPT MOD"
+        assert items["Algorithm Version"].TextValue == VERSION
+        assert items["Certainty of Finding"].ValueType == "NUM"
+        finding = items["Finding"].ConceptCodeSequence[0].CodeMeaning
+        assert items[finding].ValueType == "CODE"  # the qualitative evaluation
+        assert items["Source of Measurement"].ValueType == "IMAGE"
+
+
+def test_highdicom_reads_the_sr_back(source: Dataset) -> None:
+    written = _round_trip(
+        build_findings_sr(source, FINDINGS, model_name=MODEL, model_version=VERSION)
+    )
+    sr = hd.sr.Comprehensive3DSR.from_dataset(written)
+    report = sr.content
+    assert isinstance(report, hd.sr.MeasurementReport)
+    (observer,) = report.get_observer_contexts()
+    assert observer.observer_type.value == "121007"
+    device = observer.observer_identifying_attributes
+    assert isinstance(device, hd.sr.DeviceObserverIdentifyingAttributes)
+    assert device.model_name == MODEL
+    groups = report.get_image_measurement_groups()
+    assert [g.tracking_identifier for g in groups] == [f.label for f in FINDINGS]
+    for group, finding in zip(groups, FINDINGS, strict=True):
+        assert group.finding_type is not None
+        assert group.finding_type.value == finding_code(finding.label).value
+        (certainty,) = group.get_measurements(name=hd.sr.CodedConcept("111012", "DCM", "x"))
+        assert certainty.value == pytest.approx(100 * finding.probability)
+        (evaluation,) = group.get_qualitative_evaluations()
+        decision = evaluation.value
+        assert isinstance(decision, hd.sr.CodedConcept)
+        assert decision.meaning == ("Present" if finding.positive else "Absent")
+        (image,) = group.source_images
+        assert image.referenced_sop_instance_uid == source.SOPInstanceUID
+
+
+@pytest.mark.skipif(DCIODVFY is None, reason="dciodvfy (dicom3tools) is not installed")
+@pytest.mark.parametrize("series_level", [False, True], ids=["image", "series"])
+def test_dciodvfy_finds_no_error_in_the_sr(
+    source: Dataset, series_level: bool, tmp_path: Path
+) -> None:
+    series: list[Dataset] = []
+    if series_level:  # a volume's slices, all referenced
+        for number in range(3):
+            slice_ = Dataset()
+            slice_.update(source)
+            slice_.SOPInstanceUID = f"{source.SOPInstanceUID}.{number + 1}"
+            series.append(slice_)
+    sr = build_findings_sr(
+        source,
+        FINDINGS,
+        model_name=MODEL,
+        model_version=VERSION,
+        series=series,
+        uid_root=ORG_ROOT,
+    )
+    buffer = io.BytesIO()
+    dcmwrite(buffer, sr, enforce_file_format=True)
+    assert errors(buffer.getvalue()) == []
+
+
+@pytest.mark.slow
+def test_a_pacs_stores_the_sr_in_the_source_study(source: Dataset) -> None:
+    """A real PACS (Orthanc) takes the SR over STOW-RS and files it beside the image."""
+    from dicomweb_client.api import DICOMwebClient
+
+    from tests.utils.orthanc import Orthanc, require_orthanc
+
+    require_orthanc()
+    sr = build_findings_sr(
+        source, FINDINGS, model_name=MODEL, model_version=VERSION, uid_root=ORG_ROOT
+    )
+    image = io.BytesIO()
+    dcmwrite(image, source, enforce_file_format=True)
+    extra = {"DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
+    with Orthanc(aet="STMARY_PACS", extra_config=extra) as pacs:
+        pacs.upload(image.getvalue())
+        client = DICOMwebClient(url=pacs.dicomweb_url)
+        stored = client.store_instances([_round_trip(sr)])
+        assert not stored.get("FailedSOPSequence")
+        (accepted,) = stored.ReferencedSOPSequence
+        assert accepted.ReferencedSOPInstanceUID == sr.SOPInstanceUID
+        found = client.search_for_instances(study_instance_uid=source.StudyInstanceUID)
+        classes = {Dataset.from_json(item).SOPClassUID for item in found}
+        assert classes == {source.SOPClassUID, Comprehensive3DSRStorage}
+        back = client.retrieve_instance(
+            source.StudyInstanceUID, sr.SeriesInstanceUID, sr.SOPInstanceUID
+        )
+        assert back.ContentSequence == _round_trip(sr).ContentSequence

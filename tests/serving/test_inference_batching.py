@@ -133,6 +133,39 @@ def test_an_idle_batcher_waits_at_most_max_wait_for_company() -> None:
     assert alone_result.queue_s < 1.0
 
 
+def test_a_batch_waits_for_company_only_while_some_is_on_its_way() -> None:
+    expected = [0]
+
+    async def scenario() -> tuple[float, list[int]]:
+        network = Counting(seed=2)
+        model = served_model(network)
+        batcher = MicroBatcher(max_batch_size=8, max_wait_s=2.0, expecting=lambda: expected[0])
+        await batcher.start()
+        try:
+            # Nothing on its way: a lone image goes at once, not after max_wait_s.
+            started = time.perf_counter()
+            (result,) = await batcher.infer(model, images(1))
+            alone_s = time.perf_counter() - started
+            assert result.batch_size == 1
+            # A request being decoded: the first image waits for it and they share a pass.
+            expected[0] = 1
+
+            async def later() -> list[InstanceResult]:
+                await asyncio.sleep(0.2)
+                expected[0] = 0
+                return await batcher.infer(model, images(1, seed=1))
+
+            first, second = await asyncio.gather(batcher.infer(model, images(1)), later())
+            assert first[0].batch_size == second[0].batch_size == 2
+            return alone_s, network.batches
+        finally:
+            await batcher.stop()
+
+    alone_s, batches = asyncio.run(scenario())
+    assert alone_s < 1.0
+    assert batches == [1, 2]
+
+
 def test_a_batch_never_mixes_model_versions() -> None:
     old, new = Counting(seed=3), Counting(seed=4)
     models = [served_model(old, "1"), served_model(new, "2")]

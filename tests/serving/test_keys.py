@@ -122,7 +122,7 @@ def test_user_errors_exit_2(campaign: Settings) -> None:
     assert code == 2 and "exists already" in err
     assert out == ""  # no key printed
     code, out, err = keys("create", "--role", "root", "--name", "b")
-    assert code == 2 and "clinician, steward, admin" in err and out == ""
+    assert code == 2 and "clinician, steward, researcher, admin" in err and out == ""
     code, _, err = keys("create", "--role", "admin", "--name", "no spaces")
     assert code == 2 and "invalid key name" in err
     code, _, err = keys("revoke", "nobody")

@@ -261,7 +261,7 @@ def test_the_findings_as_a_dicom_sr_for_the_pacs(
     prediction_id = response.headers["Medai-Prediction-Id"]
     sr = pydicom.dcmread(io.BytesIO(response.content))
     assert sr.Modality == "SR"
-    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR (IHE AIR)
     assert sr.StudyInstanceUID == source.StudyInstanceUID  # it goes back to the study
     assert sr.PatientID == source.PatientID
     assert sr.SOPInstanceUID != source.SOPInstanceUID
@@ -498,8 +498,11 @@ def test_medai_serve_with_two_workers_answers_curl(
         assert _probabilities(body) == pytest.approx(expected, abs=1e-5)
         # One connection stays with one worker: its heatmap is found there.
         with httpx.Client(base_url=server.url, timeout=60, headers=bearer(key)) as client:
-            answer = client.post("/v1/predict", content=path.read_bytes(), headers=DICOM).json()
-            assert client.get(answer["heatmap_url"]).status_code == 200
+            # This connection may reach the other worker, still loading its model copy.
+            wait_ready(client, timeout=180)
+            response = client.post("/v1/predict", content=path.read_bytes(), headers=DICOM)
+            assert response.status_code == 200, response.text
+            assert client.get(response.json()["heatmap_url"]).status_code == 200
             metrics = client.get("/metrics").text
             info = f'alias="champion",model="{champion.name}",version="1"'
             assert f"medai_model_info{{{info}}} 1.0" in metrics

@@ -141,7 +141,16 @@ def import_label_sheet(
         rows, rejected = parse_rows(sheet, columns, mapping, site, pseudonymizer)
         with audited_transaction(sessions) as session:
             result = _import(
-                session, sheet, site, mapping, rows, rejected, actor or operator(), force, progress
+                session,
+                sheet,
+                site,
+                mapping,
+                rows,
+                rejected,
+                actor or operator(),
+                force,
+                progress,
+                pseudonymized=columns.pseudonymized,
             )
     finally:
         engine.dispose()
@@ -169,6 +178,8 @@ def _import(
     actor: str,
     force: bool,
     progress: Callable[[int, int], None] | None,
+    *,
+    pseudonymized: bool = False,
 ) -> LabelImportResult:
     result = LabelImportResult(
         site=site, sheet_sha256=sheet.sha256, rows=len(sheet.rows), import_id=None
@@ -188,7 +199,10 @@ def _import(
     session.flush()
     result.import_id = record.id
     result.rejected = rejected
-    kind = REF_ACCESSION if mapping.study_key_kind == "accession_number" else REF_STUDY_UID
+    # A sheet keyed by already-pseudonymized study UIDs (a feedback export) is matched
+    # like a study-UID sheet whose keys were hashed here.
+    by_accession = mapping.study_key_kind == "accession_number" and not pseudonymized
+    kind = REF_ACCESSION if by_accession else REF_STUDY_UID
     labeller = Labeller(session)
     row_ids: list[int] = []
     for start in range(0, len(rows), CHUNK):

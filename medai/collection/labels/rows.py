@@ -15,6 +15,7 @@ from medai.errors import LabelSheetError
 
 __all__ = [
     "CHUNK",
+    "PSEUDONYMIZED_STUDY_UID",
     "REF_ACCESSION",
     "REF_STUDY_UID",
     "ROW_STATUSES",
@@ -33,6 +34,9 @@ REF_ACCESSION = "accession"
 """``LabelRow.ref_kind`` of a row keyed by the keyed hash of an accession number."""
 REF_STUDY_UID = "study_uid"
 """``LabelRow.ref_kind`` of a row keyed by the pseudonymized StudyInstanceUID."""
+PSEUDONYMIZED_STUDY_UID = "PseudonymizedStudyInstanceUID"
+"""A sheet column holding study UIDs pseudonymized already (a clinician feedback export):
+used as they are, never hashed again, and preferred to the mapping's study key column."""
 
 RowStatus = Literal["matched", "duplicate", "conflict", "mismatch", "unmatched"]
 ROW_STATUSES: tuple[RowStatus, ...] = ("matched", "duplicate", "conflict", "mismatch", "unmatched")
@@ -58,6 +62,7 @@ class Columns:
     patient_id: int | None
     findings: dict[str, int]
     names: list[str]
+    pseudonymized: bool = False  # study_key is the PSEUDONYMIZED_STUDY_UID column
 
 
 def locate_columns(header: Sequence[str], mapping: SiteLabelMapping, site: str) -> Columns:
@@ -69,10 +74,22 @@ def locate_columns(header: Sequence[str], mapping: SiteLabelMapping, site: str) 
     for position, name in enumerate(header):
         if name.strip():
             positions[name.strip().casefold()].append(position)
-    wanted = [("study_key", mapping.study_key)]
-    if mapping.patient_id:
-        wanted.append(("patient_id", mapping.patient_id))
-    wanted += [(f"findings.{f}", column) for f, column in mapping.findings.items()]
+    pseudonymized = PSEUDONYMIZED_STUDY_UID.casefold() in positions
+    if pseudonymized:
+        # A feedback export: keyed by research pseudonyms, no patient column, and a
+        # finding's column named as the mapping says or by the finding itself.
+        # Findings the export lacks are left out (their columns would be blank anyway).
+        findings = [
+            (f"findings.{f}", column if column.casefold() in positions else f)
+            for f, column in mapping.findings.items()
+        ]
+        present = [(role, column) for role, column in findings if column.casefold() in positions]
+        wanted = [("study_key", PSEUDONYMIZED_STUDY_UID), *(present or findings)]
+    else:
+        wanted = [("study_key", mapping.study_key)]
+        if mapping.patient_id:
+            wanted.append(("patient_id", mapping.patient_id))
+        wanted += [(f"findings.{f}", column) for f, column in mapping.findings.items()]
     missing = [(role, column) for role, column in wanted if column.casefold() not in positions]
     if missing:
         names = ", ".join(f"{column!r} ({role})" for role, column in missing)
@@ -97,8 +114,9 @@ def locate_columns(header: Sequence[str], mapping: SiteLabelMapping, site: str) 
     return Columns(
         study_key=index["study_key"],
         patient_id=index.get("patient_id"),
-        findings={f: index[f"findings.{f}"] for f in mapping.findings},
+        findings={f: index[f"findings.{f}"] for f in mapping.findings if f"findings.{f}" in index},
         names=list(header),
+        pseudonymized=pseudonymized,
     )
 
 
@@ -195,7 +213,12 @@ def parse_rows(
         if not key:
             rejected.append(RejectedRow(number, f"empty study key (column {key_name!r})"))
             continue
-        if mapping.study_key_kind == "study_uid":
+        if columns.pseudonymized:
+            if len(key) > _UID_MAX or not _UID.fullmatch(key):
+                rejected.append(RejectedRow(number, f"column {key_name!r} is not a DICOM UID"))
+                continue
+            ref = key  # pseudonymized already: hashing it again would match nothing
+        elif mapping.study_key_kind == "study_uid":
             if len(key) > _UID_MAX or not _UID.fullmatch(key):
                 rejected.append(RejectedRow(number, f"column {key_name!r} is not a DICOM UID"))
                 continue

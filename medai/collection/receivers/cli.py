@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -40,6 +41,8 @@ from medai.cli_tls import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from medai.collection.receivers.dicomweb_pull import PullSummary
     from medai.collection.receivers.folder import ImportSummary
 
@@ -287,6 +290,48 @@ def listen_command(
         pipeline.engine.dispose()
 
 
+DimseOption = Annotated[
+    str | None,
+    typer.Option(
+        "--dimse",
+        metavar="AE@HOST:PORT",
+        help="Pull from a DICOM node (C-FIND, then C-MOVE or C-GET) instead of --url, "
+        "e.g. PACS@10.0.0.5:104.",
+    ),
+]
+
+
+class RetrieveBy(StrEnum):
+    """How a DIMSE pull retrieves each study."""
+
+    MOVE = "move"
+    GET = "get"
+
+
+RetrieveOption = Annotated[
+    RetrieveBy,
+    typer.Option(
+        "--retrieve",
+        help="With --dimse: C-MOVE to medai's storage SCP, or C-GET on one association.",
+    ),
+]
+PullAeTitleOption = Annotated[
+    str, typer.Option("--ae-title", help="With --dimse: medai's AE title (and move destination).")
+]
+StorePortOption = Annotated[
+    int,
+    typer.Option(
+        "--store-port",
+        min=1,
+        max=65535,
+        help="With --dimse and C-MOVE: the port of medai's storage SCP the PACS sends to.",
+    ),
+]
+WindowDaysOption = Annotated[
+    int, typer.Option("--window-days", min=1, help="With --dimse: days per C-FIND search.")
+]
+
+
 def parse_header(value: str) -> tuple[str, str]:
     """A request header given as ``'Name: value'``.
 
@@ -305,13 +350,6 @@ def pull_command(
     site: Annotated[
         str, typer.Option("--site", help="The campaign site id the archive belongs to.")
     ],
-    url: Annotated[
-        str,
-        typer.Option(
-            "--url",
-            help="The archive's DICOMweb root, e.g. http://pacs.example.org:8042/dicom-web.",
-        ),
-    ],
     since: Annotated[
         dt.date,
         typer.Option(
@@ -321,6 +359,18 @@ def pull_command(
             help="First StudyDate to pull (YYYY-MM-DD or YYYYMMDD).",
         ),
     ],
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url",
+            help="The archive's DICOMweb root, e.g. http://pacs.example.org:8042/dicom-web.",
+        ),
+    ] = None,
+    dimse: DimseOption = None,
+    retrieve: RetrieveOption = RetrieveBy.MOVE,
+    ae_title: PullAeTitleOption = "MEDAI",
+    store_port: StorePortOption = 11113,
+    window_days: WindowDaysOption = 1,
     until: Annotated[
         dt.date | None,
         typer.Option(
@@ -369,24 +419,50 @@ def pull_command(
     ] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Pull a site's studies in a date window from its DICOMweb archive.
+    """Pull a site's studies in a date window from its archive: DICOMweb (--url) or DIMSE (--dimse).
 
     Every instance is de-identified and catalogued like any other input. Stopped or
     cut off, the same command run again resumes where it stopped: studies done are
-    skipped and nothing already catalogued is downloaded again.
+    skipped and nothing already catalogued is downloaded again (over DIMSE, a study
+    retrieved again is de-duplicated: each instance is stored once).
+
+    Over DIMSE the PACS is searched by C-FIND (--window-days per search) and each study
+    retrieved by C-MOVE to medai's storage SCP on --store-port (the PACS must know
+    --ae-title at this host and port) or by C-GET (--retrieve get).
     """
-    from rich.progress import TimeElapsedColumn
 
     from medai.collection.receivers.dicomweb_pull import RetryPolicy, pull_site
     from medai.config import get_settings
-    from medai.errors import MedaiError, PullStopped
+    from medai.errors import MedaiError
     from medai.tls import client_context
 
     first, last = since, until
     if last is not None and last < first:
         raise fail(f"--until {last} is before --since {first}")
+    if (url is None) == (dimse is None):
+        raise fail(
+            "give either --url (a DICOMweb archive) or --dimse (a DICOM node), not both",
+            "e.g. --url http://pacs:8042/dicom-web or --dimse PACS@10.0.0.5:104",
+        )
     settings = get_settings()
     require_campaign(settings)
+    if dimse is not None:
+        _pull_dimse(
+            site,
+            dimse,
+            first,
+            last,
+            retrieve,
+            ae_title,
+            store_port,
+            window_days,
+            max_attempts,
+            timeout,
+            fresh,
+            as_json,
+        )
+        return
+    assert url is not None
     if ca_file is not None:
         try:
             client_context(ca_file)  # the file named now if it is missing or not PEM
@@ -399,6 +475,46 @@ def pull_command(
         headers["Authorization"] = f"Bearer {token}"
     window = f"{first} to {last}" if last else f"from {first}"
 
+    _run_pull(
+        site,
+        window,
+        as_json,
+        f"Pull run {{run}}: {site}, studies {window}",
+        lambda on_total, on_study, on_outcome: pull_site(
+            site,
+            url,
+            first,
+            last,
+            headers=headers,
+            retry=RetryPolicy(max_attempts=max_attempts),
+            timeout=(min(10.0, timeout), timeout),
+            fresh=fresh,
+            ca_file=ca_file,
+            on_total=on_total,
+            on_study=on_study,
+            on_outcome=on_outcome,
+        ),
+    )
+
+
+def _run_pull(
+    site: str,
+    window: str,
+    as_json: bool,
+    title: str,
+    start: Callable[
+        [Callable[[int], None], Callable[[], None], Callable[[object], None]], PullSummary
+    ],
+    steps: str = "studies",
+) -> None:
+    """Run a pull (``start(on_total, on_study, on_outcome)``) under a bar; print its summary.
+
+    A pull stopped part-way (PullStopped) prints what it did, then ends with its error.
+    """
+    from rich.progress import TimeElapsedColumn
+
+    from medai.errors import MedaiError, PullStopped
+
     stopped: PullStopped | None = None
     columns = (MofNCompleteColumn(), TimeElapsedColumn())
     with progress_bar(*columns, transient=True, disable=as_json) as bar:
@@ -406,33 +522,20 @@ def pull_command(
         offered = [0]
 
         def set_total(total: int) -> None:
-            bar.update(task, total=total, description=f"pulling {site}'s studies")
+            bar.update(task, total=total, description=f"pulling {site}'s {steps}")
 
         def study_done() -> None:
             bar.advance(task)
 
         def instance_done(_outcome: object) -> None:
             offered[0] += 1
-            bar.update(task, description=f"pulling {site}'s studies ({offered[0]} instances)")
+            bar.update(task, description=f"pulling {site}'s {steps} ({offered[0]} instances)")
 
         try:
-            summary = pull_site(
-                site,
-                url,
-                first,
-                last,
-                headers=headers,
-                retry=RetryPolicy(max_attempts=max_attempts),
-                timeout=(min(10.0, timeout), timeout),
-                fresh=fresh,
-                ca_file=ca_file,
-                on_total=set_total,
-                on_study=study_done,
-                on_outcome=instance_done,
-            )
+            summary = start(set_total, study_done, instance_done)
         except PullStopped as exc:
             stopped, summary = exc, exc.summary
-        except MedaiError as exc:  # before anything was fetched: site, URL, campaign
+        except MedaiError as exc:  # before anything was fetched: site, archive, campaign
             bar.stop()
             raise fail(exc) from None
 
@@ -440,9 +543,53 @@ def pull_command(
         extra = {"site": site, "window": window, "downloaded": summary.downloaded}
         print_json({**jsonable(summary), **extra})
     else:
-        _print_pull(summary, title=f"Pull run {summary.run_id}: {site}, studies {window}")
+        _print_pull(summary, title=title.format(run=summary.run_id))
     if stopped is not None:
         raise fail(stopped, code=EXIT_PROBLEM)
+
+
+def _pull_dimse(
+    site: str,
+    peer: str,
+    first: dt.date,
+    last: dt.date | None,
+    retrieve: RetrieveBy,
+    ae_title: str,
+    store_port: int,
+    window_days: int,
+    max_attempts: int,
+    timeout: float,
+    fresh: bool,
+    as_json: bool,
+) -> None:
+    """``pull --dimse``: C-FIND by date windows, then C-MOVE or C-GET per study."""
+    from medai.collection.receivers.dicomweb_retry import RetryPolicy
+    from medai.collection.receivers.dimse_pull import pull_site_dimse
+
+    window = f"{first} to {last}" if last else f"from {first}"
+    _run_pull(
+        site,
+        window,
+        as_json,
+        f"DIMSE pull run {{run}}: {site}, studies {window}",
+        lambda on_total, on_window, on_outcome: pull_site_dimse(
+            site,
+            peer,
+            first,
+            last,
+            retrieve="get" if retrieve is RetrieveBy.GET else "move",
+            ae_title=ae_title,
+            store_port=store_port,
+            window_days=window_days,
+            retry=RetryPolicy(max_attempts=max_attempts),
+            timeout=timeout,
+            fresh=fresh,
+            on_total=on_total,
+            on_study=on_window,
+            on_outcome=on_outcome,
+        ),
+        steps="date windows",
+    )
 
 
 def _print_pull(summary: PullSummary, title: str) -> None:

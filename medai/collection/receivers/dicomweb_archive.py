@@ -47,9 +47,11 @@ __all__ = [
     "RemoteInstance",
     "RemoteStudy",
     "RetryPolicy",
+    "TrustingAdapter",
     "part10_from_response",
     "quiet_identifying_loggers",
     "redact_url",
+    "split_credentials",
 ]
 
 logger = logging.getLogger(__name__)
@@ -83,7 +85,7 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
 
 
-def _split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
+def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
     """The URL without its ``user:password@`` part, and those credentials.
 
     Raises
@@ -200,7 +202,7 @@ def _date_range(since: dt.date, until: dt.date | None) -> str:
     return f"{since:%Y%m%d}-{until:%Y%m%d}" if until else f"{since:%Y%m%d}-"
 
 
-class _TrustingAdapter(requests.adapters.HTTPAdapter):
+class TrustingAdapter(requests.adapters.HTTPAdapter):
     """Verifies every HTTPS request against one CA file, whatever the environment says."""
 
     def __init__(self, ca_file: str) -> None:
@@ -250,7 +252,7 @@ class DicomwebSource:
         page_size: int = 200,
         ca_file: Path | None = None,
     ) -> None:
-        self.url, auth = _split_credentials(url)
+        self.url, auth = split_credentials(url)
         self.retry = retry or RetryPolicy()
         self.timeout = timeout
         self.page_size = page_size
@@ -258,7 +260,7 @@ class DicomwebSource:
         self.session = requests.Session()
         if ca_file is not None:
             # Not session.verify: requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override it.
-            self.session.mount("https://", _TrustingAdapter(str(ca_file)))
+            self.session.mount("https://", TrustingAdapter(str(ca_file)))
         if auth is not None:
             self.session.auth = auth
         try:

@@ -32,16 +32,9 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select, update
-
-from medai.audit import actors, append_audit, audited_transaction
-from medai.catalog.db import session_factory
-from medai.catalog.models import ImportRun, Instance, utcnow
-from medai.collection.labels import rematch_labels
-from medai.collection.outcomes import Offer, Outcome, OutcomeCounts
+from medai.collection.outcomes import Offer, Outcome
 from medai.collection.pipeline import IngestPipeline
 from medai.collection.pseudonymize import Pseudonymizer
 from medai.collection.receivers.dicomweb_archive import (
@@ -50,13 +43,17 @@ from medai.collection.receivers.dicomweb_archive import (
     quiet_identifying_loggers,
 )
 from medai.collection.receivers.dicomweb_retry import RetryPolicy
-from medai.collection.receivers.pull_checkpoint import (
-    SOURCE,
-    PullCheckpoint,
-    previous_checkpoint,
+from medai.collection.receivers.pull_checkpoint import SOURCE, PullCheckpoint
+from medai.collection.receivers.pull_run import (
+    PullBatches,
+    PullSummary,
+    finish_run,
+    resume_checkpoint,
+    start_run,
+    stopped_run,
 )
 from medai.config import Settings, get_settings
-from medai.errors import PullError, PullStopped, TooLarge
+from medai.errors import PullError, TooLarge
 
 __all__ = [
     "SOURCE",
@@ -69,43 +66,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ACTOR = actors.system("pull")
-_BATCH_SIZE = 16  # instances per catalog transaction, as in the folder import
-_BATCH_BYTES = 256 * 1024**2  # ... or fewer when they are large
-_QUERY_CHUNK = 500  # pseudonymized UIDs per catalog look-up
-
 
 # -- the pull ---------------------------------------------------------------------------
 
 
-@dataclass(kw_only=True)
-class PullSummary(OutcomeCounts):
-    """What one run of a pull did."""
-
-    run_id: int
-    studies_found: int = 0
-    studies_pulled: int = 0  # completed by this run
-    studies_skipped: int = 0  # completed by an earlier run, unchanged since
-    instances_found: int = 0  # listed in the studies this run looked into
-    instances_skipped: int = 0  # already catalogued or quarantined: not downloaded
-    retries: int = 0
-    seconds: float = 0.0
-    complete: bool = False
-
-    @property
-    def downloaded(self) -> int:
-        """Instances fetched and offered to the pipeline (this run's inputs)."""
-        return self.accounted
-
-
-@dataclass
-class _Pending:
-    study: str  # pseudonymized UIDs
-    sop: str
-    offer: Offer
-
-
-class _Pull:
+class _Pull(PullBatches):
     """One run: walks the studies, feeds the pipeline in batches, keeps the checkpoint."""
 
     def __init__(
@@ -120,18 +85,13 @@ class _Pull:
         max_bytes: int,
         on_outcome: Callable[[Outcome], None] | None,
     ) -> None:
-        self.pipeline = pipeline
+        super().__init__(
+            pipeline=pipeline, checkpoint=checkpoint, summary=summary, on_outcome=on_outcome
+        )
         self.source = source
         self.pseudo = pseudonymizer
         self.site = site
-        self.checkpoint = checkpoint
-        self.summary = summary
         self.max_bytes = max_bytes
-        self.on_outcome = on_outcome
-        self.pending: list[_Pending] = []
-        self.pending_bytes = 0
-        self._sessions = session_factory(pipeline.engine)
-        self._reads = session_factory(pipeline.engine.execution_options(sqlite_begin="DEFERRED"))
 
     def study(self, study: RemoteStudy) -> None:
         """Pull what is missing of one study, then mark it done."""
@@ -141,7 +101,7 @@ class _Pull:
             self.summary.studies_skipped += 1
             return
         listed = {self.pseudo.uid(i.sop_uid): i for i in self.source.instances(study)}
-        skip = self._catalogued(list(listed)) | set(self.checkpoint.quarantined.get(key, ()))
+        skip = self.catalogued(list(listed)) | set(self.checkpoint.quarantined.get(key, ()))
         todo = [(sop, instance) for sop, instance in listed.items() if sop not in skip]
         self.summary.instances_found += len(listed)
         self.summary.instances_skipped += len(listed) - len(todo)
@@ -151,10 +111,7 @@ class _Pull:
                 offer = Offer(b"", self.site, SOURCE, self.summary.run_id, rejected=data)
             else:
                 offer = Offer(data, self.site, SOURCE, self.summary.run_id)
-            self.pending.append(_Pending(key, sop, offer))
-            self.pending_bytes += len(offer.data)
-            if len(self.pending) >= _BATCH_SIZE or self.pending_bytes >= _BATCH_BYTES:
-                self.flush()
+            self.add(key, sop, offer)
         self.flush()
         self.checkpoint.done[key] = len(listed)
         self.summary.studies_pulled += 1
@@ -165,48 +122,6 @@ class _Pull:
             len(listed),
             len(listed) - len(todo),
         )
-
-    def flush(self) -> None:
-        """Offer the downloaded instances to the pipeline (one catalog transaction)."""
-        if not self.pending:
-            return
-        batch, self.pending, self.pending_bytes = self.pending, [], 0
-        outcomes = self.pipeline.ingest_many([item.offer for item in batch])
-        quarantined = False
-        for item, outcome in zip(batch, outcomes, strict=True):
-            self.summary.add(outcome)
-            if outcome.kind == "quarantined":
-                held = self.checkpoint.quarantined.setdefault(item.study, [])
-                if item.sop not in held:
-                    held.append(item.sop)
-                quarantined = True
-            if self.on_outcome:
-                self.on_outcome(outcome)
-        if quarantined:
-            self.save()
-
-    def save(self) -> None:
-        """Write the checkpoint and the inputs accounted for so far to the run's row."""
-        with self._sessions.begin() as session:
-            session.execute(
-                update(ImportRun)
-                .where(ImportRun.id == self.summary.run_id)
-                .values(checkpoint=self.checkpoint.to_json(), inputs_found=self.summary.downloaded)
-            )
-
-    def _catalogued(self, sop_uids: list[str]) -> set[str]:
-        found: set[str] = set()
-        with self._reads() as session:
-            for start in range(0, len(sop_uids), _QUERY_CHUNK):
-                chunk = sop_uids[start : start + _QUERY_CHUNK]
-                found.update(
-                    session.scalars(
-                        select(Instance.sop_instance_uid).where(
-                            Instance.sop_instance_uid.in_(chunk)
-                        )
-                    )
-                )
-        return found
 
 
 def pull_site(
@@ -282,18 +197,11 @@ def pull_site(
             ca_file=ca_file,
         )
     ) as source:
-        identity = PullCheckpoint.identity(site, source.url, since, until)
-        previous = None if fresh else previous_checkpoint(pipeline.engine, site, identity)
-        checkpoint = PullCheckpoint(
-            pull=identity,
-            url=source.url,
-            since=since.isoformat(),
-            until=until.isoformat() if until else None,
-            done=dict(previous.done) if previous else {},
-            quarantined={k: list(v) for k, v in previous.quarantined.items()} if previous else {},
+        checkpoint = resume_checkpoint(
+            pipeline, site, SOURCE, source.url, since, until, fresh=fresh
         )
         started = time.perf_counter()
-        summary = PullSummary(run_id=_start_run(pipeline, site, checkpoint))
+        summary = PullSummary(run_id=start_run(pipeline, site, SOURCE, checkpoint))
         pull = _Pull(
             pipeline=pipeline,
             source=source,
@@ -316,66 +224,7 @@ def pull_site(
         except PullError as exc:
             # Keep every instance fully downloaded so far; the run ends balanced.
             pull.flush()
-            checkpoint.error = str(exc)
-            _finish_run(pull, time.perf_counter() - started)
-            raise PullStopped(
-                f"{exc}. What was pulled is kept; run the same pull again to resume it", summary
-            ) from None
+            raise stopped_run(pull, exc, time.perf_counter() - started, source.retries) from None
         checkpoint.complete = summary.complete = True
-        _finish_run(pull, time.perf_counter() - started)
+        finish_run(pull, time.perf_counter() - started, source.retries)
         return summary
-
-
-def _start_run(pipeline: IngestPipeline, site: str, checkpoint: PullCheckpoint) -> int:
-    with audited_transaction(pipeline.engine) as session:
-        run = ImportRun(site_id=site, source=SOURCE, checkpoint=checkpoint.to_json())
-        session.add(run)
-        session.flush()
-        append_audit(
-            session,
-            actor=ACTOR,
-            action="pull.start",
-            subject=f"run:{run.id}",
-            details={
-                "site": site,
-                "url": checkpoint.url,
-                "since": checkpoint.since,
-                "until": checkpoint.until,
-                "studies_done_before": len(checkpoint.done),
-            },
-        )
-        return run.id
-
-
-def _finish_run(pull: _Pull, seconds: float) -> None:
-    summary = pull.summary
-    summary.retries = pull.source.retries
-    summary.seconds = seconds
-    with audited_transaction(pull.pipeline.engine) as session:
-        session.execute(
-            update(ImportRun)
-            .where(ImportRun.id == summary.run_id)
-            .values(
-                checkpoint=pull.checkpoint.to_json(),
-                inputs_found=summary.downloaded,
-                finished_at=utcnow(),
-            )
-        )
-        append_audit(
-            session,
-            actor=ACTOR,
-            action="pull.finish",
-            subject=f"run:{summary.run_id}",
-            details={
-                "complete": pull.checkpoint.complete,
-                "studies_pulled": summary.studies_pulled,
-                "studies_skipped": summary.studies_skipped,
-                "stored": summary.stored,
-                "duplicate": summary.duplicate,
-                "quarantined": dict(summary.quarantined),
-                "skipped": summary.instances_skipped,
-                "retries": summary.retries,
-            },
-        )
-        # Label-sheet rows imported before these images can find their studies now.
-        rematch_labels(session, actor=ACTOR)

@@ -1,4 +1,4 @@
-"""A DICOMweb pull's state in the catalog: what it has done, in pseudonymized UIDs only.
+"""A pull's (DICOMweb or DIMSE) state in the catalog: what it has done, in pseudonymized UIDs only.
 
 A pull is identified by its site, URL (without credentials) and date window; its
 :class:`PullCheckpoint` lives in the ``checkpoint`` column of each run's
@@ -42,6 +42,9 @@ class PullCheckpoint:
     until: str | None
     done: dict[str, int] = field(default_factory=dict)
     quarantined: dict[str, list[str]] = field(default_factory=dict)
+    # Date windows ("first/last", ISO dates) whose every study is done, all in the past:
+    # a DIMSE pull does not search them again.
+    windows_done: list[str] = field(default_factory=list)
     studies_found: int | None = None
     complete: bool = False
     error: str | None = None
@@ -65,13 +68,19 @@ class PullCheckpoint:
         return cls(**{name: data[name] for name in names if name in data})
 
 
-def previous_checkpoint(engine: Engine, site: str, pull: str) -> PullCheckpoint | None:
-    """The newest checkpoint of the same pull (each run carries all earlier progress)."""
+def previous_checkpoint(
+    engine: Engine, site: str, pull: str, source: str = SOURCE
+) -> PullCheckpoint | None:
+    """The newest checkpoint of the same pull (each run carries all earlier progress).
+
+    ``source`` is the runs' ``ImportRun.source`` (``dicomweb-pull`` or ``dimse-pull``); the
+    checkpoint's own format is the same for both.
+    """
     reads = session_factory(engine.execution_options(sqlite_begin="DEFERRED"))
     with reads() as session:
         rows = session.scalars(
             select(ImportRun.checkpoint)
-            .where(ImportRun.site_id == site, ImportRun.source == SOURCE)
+            .where(ImportRun.site_id == site, ImportRun.source == source)
             .order_by(ImportRun.id.desc())
         )
         for data in rows:

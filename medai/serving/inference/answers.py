@@ -1,7 +1,7 @@
 """How predictions are answered: JSON or a DICOM SR, heatmaps' instance, the model's card.
 
 Content negotiation is on ``Accept``: ``application/dicom`` preferred to JSON (by its
-q-value) gives the Comprehensive SR built by
+q-value) gives the Comprehensive 3D SR built by
 :func:`medai.serving.inference.report.build_findings_sr`; anything else, JSON. Every
 answer about a study carries ``Cache-Control: no-store``: it is clinical data.
 """
@@ -55,15 +55,20 @@ def wants_dicom(accept: str | None) -> bool:
     return dicom > 0 and dicom >= json_q
 
 
-async def answer(stored: StoredPrediction, accept: str | None) -> Response:
-    """A prediction's answer: its JSON, or its DICOM SR when ``accept`` prefers that."""
+async def answer(
+    stored: StoredPrediction, accept: str | None, uid_root: str | None = None
+) -> Response:
+    """A prediction's answer: its JSON, or its DICOM SR when ``accept`` prefers that.
+
+    ``uid_root``: the organisation's UID root for the SR's UIDs (``org_uid_root``).
+    """
     if wants_dicom(accept):
-        return await report_response(stored)
+        return await report_response(stored, uid_root)
     return JSONResponse(stored.response, headers=NO_STORE)
 
 
-async def report_response(stored: StoredPrediction) -> Response:
-    """The prediction's DICOM Comprehensive SR, built once (the same instance UID after).
+async def report_response(stored: StoredPrediction, uid_root: str | None = None) -> Response:
+    """The prediction's DICOM Comprehensive 3D SR, built once (the same instance UID after).
 
     Raises
     ------
@@ -82,6 +87,7 @@ async def report_response(stored: StoredPrediction) -> Response:
                 model_name=stored.model.name,
                 model_version=stored.model.version,
                 series=stored.series,
+                uid_root=uid_root,
             )
             buffer = io.BytesIO()
             pydicom.dcmwrite(buffer, sr, enforce_file_format=True)

@@ -23,7 +23,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from medai.audit import append_audit, audited_transaction
+from medai.audit import AuditEntry, append_audit, audited_transaction
 from medai.keyfile import ensure_key_file, load_key
 
 if TYPE_CHECKING:
@@ -39,6 +39,7 @@ __all__ = [
     "audit_prediction",
     "audit_switch",
     "load_or_create_serving_key",
+    "prediction_entry",
     "study_hash",
 ]
 
@@ -81,23 +82,46 @@ def audit_prediction(
     findings: Sequence[Finding],
 ) -> None:
     """Append the ``inference.predict`` record of one prediction (its own transaction)."""
+    entry = prediction_entry(
+        actor=actor, study=study, prediction_id=prediction_id, model=model, version=version,
+        instances=instances, findings=findings,
+    )  # fmt: skip
     with audited_transaction(engine) as session:
         append_audit(
             session,
-            actor=actor,
-            action=PREDICT_ACTION,
-            subject=study,
-            details={
-                "prediction": prediction_id,
-                "model": model,
-                "version": version,
-                "instances": instances,
-                "findings": {
-                    f.label: {"probability": round(f.probability, 6), "positive": f.positive}
-                    for f in findings
-                },
-            },
+            actor=entry.actor,
+            action=entry.action,
+            subject=entry.subject,
+            details=entry.details,
         )
+
+
+def prediction_entry(
+    *,
+    actor: str,
+    study: str,
+    prediction_id: str,
+    model: str,
+    version: str,
+    instances: int,
+    findings: Sequence[Finding],
+) -> AuditEntry:
+    """The ``inference.predict`` record of one prediction, to append (possibly with others)."""
+    return AuditEntry(
+        actor,
+        PREDICT_ACTION,
+        study,
+        {
+            "prediction": prediction_id,
+            "model": model,
+            "version": version,
+            "instances": instances,
+            "findings": {
+                f.label: {"probability": round(f.probability, 6), "positive": f.positive}
+                for f in findings
+            },
+        },
+    )
 
 
 def audit_switch(

@@ -6,6 +6,10 @@ more; the batch runs on the one inference thread, and each request's future gets
 rows. While a batch runs, newly queued images wait and form the next batch, so under
 load batches fill up by themselves and the wait only applies to an idle service.
 
+With ``expecting`` (the service counts the requests still being decoded), the first
+image waits for company only while some is on its way: a lone request on an idle
+service is forwarded at once instead of paying ``max_wait_s`` for nothing.
+
 A batch holds images of one model version only: during an alias switch, images of
 requests that started on the old version are forwarded by the old network.
 
@@ -83,6 +87,9 @@ class MicroBatcher:
         How long the first image of a batch waits for others.
     on_batch
         Called as ``on_batch(size, queue_s, inference_s)`` after each forward pass (metrics).
+    expecting
+        How many images (or requests) are being prepared and will be queued soon; a batch
+        waits for more only while it is above zero. None: always wait up to ``max_wait_s``.
     """
 
     def __init__(
@@ -91,12 +98,14 @@ class MicroBatcher:
         max_batch_size: int,
         max_wait_s: float,
         on_batch: Callable[[int, float, float], None] | None = None,
+        expecting: Callable[[], int] | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         self.max_batch_size = max_batch_size
         self.max_wait_s = max(0.0, max_wait_s)
         self._on_batch = on_batch
+        self._expecting = expecting
         self._queue: asyncio.Queue[_Item] | None = None
         self._taken: list[_Item] = []
         self._worker: asyncio.Task[None] | None = None
@@ -181,7 +190,7 @@ class MicroBatcher:
             except asyncio.QueueEmpty:
                 pass
             remaining = deadline - time.perf_counter()
-            if remaining <= 0:
+            if remaining <= 0 or (self._expecting is not None and self._expecting() <= 0):
                 break
             try:
                 taken.append(await asyncio.wait_for(queue.get(), remaining))

@@ -98,11 +98,12 @@ class ModelHolder:
             self.current = model  # the swap: later requests take the new version
             self.problem = None
         logger.info(
-            "serving %s version %s (@%s) on %s%s",
+            "serving %s version %s (@%s) on %s, forward pass by %s%s",
             model.name,
             model.version,
             model.alias,
             model.device,
+            model.backend_name,
             "" if served is None else f", replacing version {served.version}",
         )
         if self._on_switch is not None:

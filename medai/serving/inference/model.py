@@ -43,6 +43,7 @@ from medai.serving.inference.card import (
     read_model_card,
     render_metrics,
 )
+from medai.serving.inference.fast_path import Backend, choose_backend, torch_backend
 from medai.serving.inference.findings import Finding
 
 if TYPE_CHECKING:
@@ -98,6 +99,10 @@ class ServedModel:
     tags
         The version's ``medai.*`` registry tags (snapshot hash, labels, and a gate
         override with its reason, who and when), as ``GET /v1/models`` shows them.
+    backend
+        What runs :meth:`predict` (:mod:`~medai.serving.inference.fast_path`): ONNX
+        Runtime checked against ``network`` at load, or ``network`` itself. None: the
+        torch network.
     """
 
     name: str
@@ -112,6 +117,7 @@ class ServedModel:
     loaded_at: dt.datetime
     _chain: Any = field(repr=False)
     tags: dict[str, str] = field(default_factory=dict)
+    backend: Backend | None = field(default=None, repr=False)
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -131,10 +137,18 @@ class ServedModel:
         torch.Tensor
             float32 ``(1, *image_size)``.
         """
+        return self.transform(self.decode(ds))
+
+    def decode(self, ds: Dataset) -> npt.NDArray[np.float32]:
+        """The displayed image of ``ds`` (pixel decoding, modality and VOI steps), ``(C, H, W)``."""
         from medai.training.reader import dataset_to_image
 
-        image: torch.Tensor = self._chain({"image": dataset_to_image(ds)})["image"]
-        return image
+        return dataset_to_image(ds)
+
+    def transform(self, image: npt.NDArray[np.float32]) -> torch.Tensor:
+        """Training's evaluation transforms (resize, intensity) of a decoded image."""
+        tensor: torch.Tensor = self._chain({"image": image})["image"]
+        return tensor
 
     @property
     def series_level(self) -> bool:
@@ -175,12 +189,13 @@ class ServedModel:
 
         Call it from one thread at a time (the batcher's inference thread).
         """
-        import torch
+        backend = self.backend or torch_backend(self.network, self.device, "")
+        return backend.forward(batch)
 
-        with torch.inference_mode():
-            logits = self.network(batch.to(self.device, non_blocking=True))
-            probabilities: npt.NDArray[np.float32] = torch.sigmoid(logits.float()).cpu().numpy()
-        return probabilities
+    @property
+    def backend_name(self) -> str:
+        """``"onnx"`` or ``"torch"``: what runs :meth:`predict`."""
+        return "torch" if self.backend is None else self.backend.name
 
     def findings(self, probabilities: Sequence[float]) -> list[Finding]:
         """One :class:`Finding` per label: positive when ``probability >= threshold``."""
@@ -364,6 +379,10 @@ def load_served_model(
             alias=alias,
         )
     network.eval().to(device)
+    backend = choose_backend(
+        network, config, device, settings, name=name, version=number, run_id=run_id,
+        thresholds=thresholds,
+    )  # fmt: skip
     return ServedModel(
         name=name,
         version=number,
@@ -377,4 +396,5 @@ def load_served_model(
         loaded_at=dt.datetime.now(dt.UTC),
         _chain=build_transforms(config.transforms, train=False),
         tags={k: str(v) for k, v in sorted(tags.items()) if k.startswith("medai.")},
+        backend=backend,
     )

@@ -1,10 +1,13 @@
-"""The findings of one prediction as a DICOM Comprehensive SR (highdicom), to go back to PACS.
+"""The findings of one prediction as a DICOM Comprehensive 3D SR (highdicom), to go back to PACS.
 
 :func:`build_findings_sr` writes an Imaging Measurement Report (TID 1500) in a new series
-of the source's study:
+of the source's study, as the IHE AI Results profile (AIR, an IHE Radiology supplement)
+asks of an AI result: the Comprehensive 3D SR IOD (the one AIR's Evidence Creator writes),
+TID 1500 as the root template, and in it
 
-- the observation context names the model as a device observer (TID 1004: name, the
-  manufacturer "medai", a device UID derived from the model's name and version);
+- the observation context names the model as a device observer (TID 1004: the device
+  UID, derived from the model's name and version, its name and model name, the
+  manufacturer "medai");
 - the image library (TID 1600) lists the source instance;
 - one measurement group (TID 1501) per finding, whatever its outcome, with
     - the finding type: the label's code (:func:`finding_code`),
@@ -17,6 +20,14 @@ of the source's study:
     - the source image it was computed from (its SOP Class and Instance UID); for a
       series-level model (a CT volume), every slice of the series that made the volume,
       which the image library and the evidence list too, so the SR references the series.
+
+AIR primitives that do not apply: regions, segmentations and parametric maps (the model
+classifies whole images; its Grad-CAM heatmap is a PNG for people, not a DICOM result),
+and tracking across studies (each finding's tracking identifier is new).
+
+UIDs (series, instance, tracking, device) are made under the organisation's root
+(``MEDAI_ORG_UID_ROOT``) or, without one, as ``2.25`` UUID UIDs
+(:mod:`medai.dicom.uids`): never under pydicom's shared root.
 
 The document is complete (every label is reported) but preliminary and unverified: a
 model's output until a radiologist signs it. Patient and study modules are copied from the
@@ -39,7 +50,7 @@ import highdicom as hd
 from highdicom.sr import (
     AlgorithmIdentification,
     CodedConcept,
-    ComprehensiveSR,
+    Comprehensive3DSR,
     DeviceObserverIdentifyingAttributes,
     Measurement,
     MeasurementReport,
@@ -53,9 +64,9 @@ from highdicom.sr import (
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
-from pydicom.uid import generate_uid
 
 from medai import __version__
+from medai.dicom.uids import derived_uid, new_uid
 from medai.serving.inference.findings import Finding
 
 __all__ = [
@@ -131,8 +142,9 @@ def build_findings_sr(
     model_name: str,
     model_version: str,
     series: Sequence[Dataset] = (),
+    uid_root: str | None = None,
 ) -> Dataset:
-    """A Comprehensive SR of ``findings`` in the study of ``source`` (see the module docstring).
+    """A Comprehensive 3D SR of ``findings`` in the study of ``source`` (see the module docstring).
 
     Parameters
     ----------
@@ -146,19 +158,22 @@ def build_findings_sr(
     series
         For a prediction on a whole series (a volume): the headers of its slices, in
         order, all referenced as the findings' source; empty for one image's findings.
+    uid_root
+        The organisation's UID root (``Settings.org_uid_root``) for the SR's new UIDs;
+        None: ``2.25`` UUID-derived UIDs.
 
     Returns
     -------
     pydicom.dataset.Dataset
-        A :class:`highdicom.sr.ComprehensiveSR`: same StudyInstanceUID as ``source``, new
+        A :class:`highdicom.sr.Comprehensive3DSR`: same StudyInstanceUID as ``source``, new
         series and instance UIDs, series description naming the model. Write it with
         ``dcmwrite(buffer, sr)``.
 
     Raises
     ------
     ValueError
-        ``source`` lacks the UIDs the SR must reference, or a probability or threshold is
-        outside [0, 1].
+        ``source`` lacks the UIDs the SR must reference, a probability or threshold is
+        outside [0, 1], or ``uid_root`` is not a UID root.
     """
     missing = [k for k in ("StudyInstanceUID", "SOPClassUID", "SOPInstanceUID") if k not in source]
     if missing:
@@ -171,14 +186,14 @@ def build_findings_sr(
             )
     sources = list(series) or [source]
     evidence = [_evidence(ds) for ds in sources]
-    groups = [_group(finding, sources, model_name, model_version) for finding in findings]
+    groups = [_group(finding, sources, model_name, model_version, uid_root) for finding in findings]
     report = MeasurementReport(
         observation_context=ObservationContext(
             observer_device_context=ObserverContext(
                 observer_type=codes.cid270.Device,
                 observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
                     # The same model version is always the same device.
-                    uid=generate_uid(entropy_srcs=["medai-model", model_name, model_version]),
+                    uid=derived_uid(uid_root, "medai-model", model_name, model_version),
                     name=model_name[:_LO],
                     manufacturer_name=MANUFACTURER,
                     model_name=model_name[:_LO],
@@ -202,12 +217,12 @@ def build_findings_sr(
         if private
         else None
     )
-    sr: Dataset = ComprehensiveSR(
+    sr: Dataset = Comprehensive3DSR(
         evidence=evidence,
         content=report,
-        series_instance_uid=generate_uid(),
+        series_instance_uid=new_uid(uid_root),
         series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=generate_uid(),
+        sop_instance_uid=new_uid(uid_root),
         instance_number=1,
         manufacturer=MANUFACTURER,
         is_complete=True,
@@ -238,7 +253,11 @@ def _evidence(source: Dataset) -> Dataset:
 
 
 def _group(
-    finding: Finding, sources: Sequence[Dataset], model_name: str, model_version: str
+    finding: Finding,
+    sources: Sequence[Dataset],
+    model_name: str,
+    model_version: str,
+    uid_root: str | None,
 ) -> MeasurementsAndQualitativeEvaluations:
     concept = finding_code(finding.label)
     algorithm = AlgorithmIdentification(
@@ -247,7 +266,7 @@ def _group(
         parameters=[f"operating threshold {finding.threshold:.6g}"],
     )
     return MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=TrackingIdentifier(uid=generate_uid(), identifier=finding.label),
+        tracking_identifier=TrackingIdentifier(uid=new_uid(uid_root), identifier=finding.label),
         finding_type=concept,
         algorithm_id=algorithm,
         measurements=[

@@ -2,7 +2,7 @@
 
 - ``POST /v1/predict`` (clinician): one study, as ``application/dicom`` (one instance) or
   ``multipart/related; type="application/dicom"`` (several). Answers the findings as JSON,
-  or with ``Accept: application/dicom`` as a DICOM Comprehensive SR for the PACS. The
+  or with ``Accept: application/dicom`` as a DICOM Comprehensive 3D SR for the PACS. The
   study-level probability of a finding is the highest over its instances.
 - ``GET /v1/predictions/{id}`` (clinician): the same answer again, JSON or SR.
 - ``GET /v1/predictions/{id}/heatmap.png`` (clinician): Grad-CAM of the positive findings.
@@ -24,11 +24,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 
 from medai.errors import ModelUnavailable
 from medai.serving.auth import Caller
 from medai.serving.deps import AdminDep, ClinicianDep, SettingsDep
 from medai.serving.inference.answers import DICOM, NO_STORE, answer, default_instance, model_out
+from medai.serving.inference.audit import study_hash
 from medai.serving.inference.predictions import StoredPrediction
 from medai.serving.inference.schemas import ModelsOut, PredictionOut, Problem, ReloadOut
 from medai.serving.inference.service import InferenceService
@@ -92,7 +94,7 @@ _PREDICT_BODY = {
 _FINDINGS_200: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The findings (JSON), or with `Accept: application/dicom` a DICOM "
-        "Comprehensive SR of them",
+        "Comprehensive 3D SR (IHE AI Results) of them",
         "content": {DICOM: _BINARY},
     },
 }
@@ -153,7 +155,12 @@ async def predict(
         caller=caller,
         reference=_reference(reference, reference_header),
     )
-    return await answer(stored, request.headers.get("accept"))
+    monitor = getattr(request.app.state, "monitor", None)
+    if monitor is not None:  # drift windows, and what feedback needs (serving.monitoring)
+        study = study_hash(inference.key or b"", str(stored.source.get("StudyInstanceUID", "")))
+        site = caller.site_id or caller.name  # the service knows no other site of a study
+        await run_in_threadpool(monitor.observe, stored, site=site, study=study)
+    return await answer(stored, request.headers.get("accept"), settings.org_uid_root)
 
 
 @router.get(
@@ -170,7 +177,8 @@ async def get_prediction(
     request: Request, prediction_id: PredictionId, caller: ClinicianDep, inference: InferenceDep
 ) -> Response:
     """The answer given for ``prediction_id`` (same timings), while it is kept."""
-    return await answer(_owned(inference, prediction_id, caller), request.headers.get("accept"))
+    stored = _owned(inference, prediction_id, caller)
+    return await answer(stored, request.headers.get("accept"), inference.settings.org_uid_root)
 
 
 @router.get(

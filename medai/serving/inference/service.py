@@ -12,6 +12,13 @@ binds HTTP to it): check the upload's type, read it, parse the study, preprocess
 images, batch them through the network, audit the prediction, keep it for its heatmap
 and report. It raises domain errors, which :mod:`medai.serving.errors` answers.
 
+Parsing, decoding and preprocessing run in the service's own thread pool, one thread per
+core (the instances of a study in parallel), beside the one inference thread; the
+batcher waits for company only while other requests are being decoded; audit records of
+concurrent predictions share one transaction (:mod:`~medai.serving.inference.audit_writer`).
+Each stage of a request is timed into ``medai_inference_stage_seconds`` (decode,
+preprocess, queue, forward, postprocess, audit, and gradcam when a heatmap is drawn).
+
 A series-level model (``[data] level = "series"``, e.g. ``ct-nodule``) takes all the
 instances of one series instead: they are assembled into one volume by
 :func:`medai.dicom.series_geometry.assemble_series` (refused with
@@ -27,11 +34,12 @@ import logging
 import os
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
-from starlette.concurrency import run_in_threadpool
 
 from medai.audit import actors
 from medai.errors import (
@@ -43,11 +51,12 @@ from medai.errors import (
     UnreadableStudy,
 )
 from medai.serving.inference.audit import (
-    audit_prediction,
     audit_switch,
     load_or_create_serving_key,
+    prediction_entry,
     study_hash,
 )
+from medai.serving.inference.audit_writer import AuditWriter
 from medai.serving.inference.batcher import MicroBatcher
 from medai.serving.inference.holder import ModelHolder, Refresh
 from medai.serving.inference.model import ServedModel
@@ -119,6 +128,7 @@ class InferenceService:
             max_batch_size=settings.max_batch_size,
             max_wait_s=settings.max_batch_wait_ms / 1000.0,
             on_batch=metrics.observe_batch,
+            expecting=lambda: self._preparing,
         )
         self.predictions = PredictionStore(
             ttl_s=settings.prediction_ttl_seconds, max_items=settings.max_kept_predictions
@@ -126,6 +136,22 @@ class InferenceService:
         self.key: bytes | None = None
         self.key_problem: str | None = None
         self._poller: asyncio.Task[None] | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self.audit = AuditWriter(engine)
+        # Requests between their body and the batcher (on the event loop: a plain int).
+        self._preparing = 0
+
+    def _decode_pool(self) -> ThreadPoolExecutor:
+        """Threads for parsing, decoding and preprocessing: one per core of this process.
+
+        Off the event loop and apart from the inference thread, so that decoding the next
+        requests overlaps the forward pass of this one; sized to the cores because the work
+        is CPU-bound (pydicom's and numpy's decoders release the GIL for the pixel work).
+        """
+        if self._pool is None:
+            threads = cpu_threads(0, self.settings.serve_workers)
+            self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="medai-decode")
+        return self._pool
 
     @property
     def model(self) -> ServedModel | None:
@@ -194,45 +220,46 @@ class InferenceService:
         settings = self.settings
         max_bytes = min(settings.max_predict_bytes, settings.max_request_bytes)
         body = await read_body(max_bytes=max_bytes, too_large=study_too_large(max_bytes))
-        datasets = await run_in_threadpool(
-            parse_study,
-            kind,
-            content_type or "",
-            body,
-            max_instance_bytes=settings.max_instance_bytes,
-        )
+        # Counted until its images are queued: the batcher waits for company only then.
+        self._preparing += 1
+        try:
+            datasets, images, instances, slices = await self._prepare(
+                model, kind, content_type or "", body
+            )
+        finally:
+            self._preparing -= 1
         del body  # the data sets hold what is needed: do not keep the PHI twice
-        instances, slices = len(datasets), None
-        if model.series_level:
-            image, used = await run_in_threadpool(_preprocess_series, model, datasets)
-            images, slices = [image], len(used)
-            # The SR references the series: every slice that made the volume, in order.
-            datasets = [datasets[i] for i in used]
-        else:
-            images = await run_in_threadpool(_preprocess, model, datasets)
         results = await self.batcher.infer(model, images)
+        self.metrics.observe_stage("queue", max(result.queue_s for result in results))
+        self.metrics.observe_stage("forward", max(result.inference_s for result in results))
+        postprocessed_at = time.perf_counter()
         probabilities = np.stack([result.probabilities for result in results])
         findings = model.findings(probabilities.max(axis=0).tolist())
         prediction_id = str(uuid.uuid4())
+        postprocess_s = time.perf_counter() - postprocessed_at
+        audited_at = time.perf_counter()
         try:
-            await run_in_threadpool(
-                audit_prediction,
-                self.engine,
-                actor=caller.actor,
-                study=study_hash(key, str(datasets[0].StudyInstanceUID)),
-                prediction_id=prediction_id,
-                model=model.name,
-                version=model.version,
-                instances=instances,
-                findings=findings,
+            # Written with the records of concurrent predictions, in one transaction.
+            await self.audit.append(
+                prediction_entry(
+                    actor=caller.actor,
+                    study=study_hash(key, str(datasets[0].StudyInstanceUID)),
+                    prediction_id=prediction_id,
+                    model=model.name,
+                    version=model.version,
+                    instances=instances,
+                    findings=findings,
+                )
             )
-        except (SQLAlchemyError, MedaiError) as exc:
+        except (SQLAlchemyError, MedaiError, ValueError) as exc:
             logger.error(
                 "prediction %s could not be audited: %s", prediction_id, type(exc).__name__
             )
             raise NotAudited(
                 "the prediction could not be audited, so it is not answered; retry"
             ) from None
+        self.metrics.observe_stage("audit", time.perf_counter() - audited_at)
+        answered_at = time.perf_counter()
         self.metrics.predictions.labels(model.name, model.version).inc()
         answer = PredictionOut.model_validate(
             {
@@ -263,7 +290,49 @@ class InferenceService:
             series=tuple(header_only(ds) for ds in datasets) if slices is not None else (),
         )
         self.predictions.put(stored)
+        self.metrics.observe_stage("postprocess", postprocess_s + time.perf_counter() - answered_at)
         return stored
+
+    async def _prepare(
+        self, model: ServedModel, kind: str, content_type: str, body: bytes
+    ) -> tuple[list[Dataset], list[torch.Tensor], int, int | None]:
+        """Parse the upload and make the network's inputs, in the decode pool (timed).
+
+        Returns the data sets (for a series model: those that made the volume, in slice
+        order), the inputs, the number of instances sent, and the slices (None for an
+        instance-level model).
+        """
+        loop, pool = asyncio.get_running_loop(), self._decode_pool()
+        parsed_at = time.perf_counter()
+        datasets = await loop.run_in_executor(
+            pool,
+            partial(
+                parse_study,
+                kind,
+                content_type,
+                body,
+                max_instance_bytes=self.settings.max_instance_bytes,
+            ),
+        )
+        parse_s = time.perf_counter() - parsed_at
+        instances = len(datasets)
+        if model.series_level:
+            assembled_at = time.perf_counter()
+            image, used = await loop.run_in_executor(pool, _preprocess_series, model, datasets)
+            # Assembling a volume decodes and resamples at once: counted as decoding.
+            self.metrics.observe_stage("decode", parse_s + time.perf_counter() - assembled_at)
+            # The SR references the series: every slice that made the volume, in order.
+            return [datasets[i] for i in used], [image], instances, len(used)
+        # The instances of a study are decoded in parallel, one per thread of the pool.
+        prepared = await asyncio.gather(
+            *(
+                loop.run_in_executor(pool, _prepare_instance, model, ds, number)
+                for number, ds in enumerate(datasets, 1)
+            )
+        )
+        self.metrics.observe_stage("decode", parse_s + sum(d for _, d, _ in prepared))
+        self.metrics.observe_stage("preprocess", sum(p for _, _, p in prepared))
+        return datasets, [image for image, _, _ in prepared], instances, None
 
     def prediction(self, prediction_id: str, caller: Caller) -> StoredPrediction | None:
         """A kept prediction of ``caller`` (an admin may read any); None otherwise.
@@ -293,7 +362,9 @@ class InferenceService:
             def draw() -> bytes:
                 return gradcam_overlay_png(model.network, image, positive, model.labels)
 
+            started = time.perf_counter()
             png = await self.batcher.run_exclusive(draw)
+            self.metrics.observe_stage("gradcam", time.perf_counter() - started)
             stored.heatmaps[index] = png
         return png
 
@@ -339,6 +410,10 @@ class InferenceService:
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
         await self.batcher.stop()
+        await self.audit.drain()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await asyncio.to_thread(pool.shutdown, wait=True)
         self.predictions.clear()
 
     async def refresh(self, actor: str) -> Refresh:
@@ -425,13 +500,17 @@ def _preprocess_series(
         ) from None
 
 
-def _preprocess(model: ServedModel, datasets: list[Dataset]) -> list[torch.Tensor]:
-    images = []
-    for number, ds in enumerate(datasets, 1):
-        try:
-            images.append(model.preprocess(ds))
-        except Exception as exc:  # decoding, or a photometric the reader cannot show
-            raise UnreadableStudy(
-                f"the image of instance {number} cannot be decoded or shown ({type(exc).__name__})"
-            ) from None
-    return images
+def _prepare_instance(
+    model: ServedModel, ds: Dataset, number: int
+) -> tuple[torch.Tensor, float, float]:
+    """The network input of instance ``number``, and the seconds its decode and transforms took."""
+    started = time.perf_counter()
+    try:
+        decoded = model.decode(ds)
+        decoded_at = time.perf_counter()
+        image = model.transform(decoded)
+    except Exception as exc:  # decoding, or a photometric the reader cannot show
+        raise UnreadableStudy(
+            f"the image of instance {number} cannot be decoded or shown ({type(exc).__name__})"
+        ) from None
+    return image, decoded_at - started, time.perf_counter() - decoded_at

@@ -1,0 +1,1 @@
+"""Watching the served model: input and score drift against its training reference, feedback."""
