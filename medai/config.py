@@ -5,9 +5,10 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, StringConstraints, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings", "get_settings"]
 
@@ -153,6 +154,13 @@ class Settings(BaseSettings):
         description="Addresses of a TLS-terminating proxy in front of `medai serve` (comma-"
         "separated IPs or networks) whose X-Forwarded-Proto and X-Forwarded-For are believed, "
         "so the dashboard's cookie is Secure behind it; empty: no proxy header is believed.",
+    )
+    # NoDecode: the variable is comma-separated origins, not JSON (see _split_origins).
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Exact origins (scheme://host[:port], comma-separated) of browser DICOMweb "
+        "viewers allowed to call /dicomweb from another origin (CORS); empty: no CORS headers, "
+        "browsers refuse cross-origin calls. '*' is refused: these routes carry bearer keys.",
     )
 
     # -- TLS of the listeners (medai.tls): `collect listen`, `edge run`, `serve` ----------
@@ -364,6 +372,13 @@ class Settings(BaseSettings):
         description="Monitoring: a shift counts only when its two-sample test rejects at "
         "this level (divided by the number of features tested).",
     )
+    monitoring_retention_days: int = Field(
+        default=90,
+        ge=1,
+        description="Monitoring: days a served prediction's record (drift windows, what "
+        "feedback needs) is kept; older ones without clinician feedback are deleted, "
+        "hourly. Records with feedback stay (they are exported as labels).",
+    )
     models_dir: Path = Field(
         default=Path("models"),
         description="Folder of the model folders (<models_dir>/<model>/MODEL_CARD.md).",
@@ -390,6 +405,19 @@ class Settings(BaseSettings):
                 "set your registered root, or leave MEDAI_ORG_UID_ROOT unset for 2.25 UIDs"
             )
         return root
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, origins: object) -> object:
+        # From the environment: `a,b` (`MEDAI_CORS_ORIGINS=` is none), as in medai.env.
+        if isinstance(origins, str):
+            return tuple(part.strip() for part in origins.split(",") if part.strip())
+        return origins
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _exact_origins(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_exact_origin(origin) for origin in origins)
 
     @property
     def resolved_home(self) -> Path:
@@ -447,8 +475,48 @@ class Settings(BaseSettings):
                 continue
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
+            elif isinstance(value, tuple):  # cors_origins: read back comma-separated
+                value = ",".join(value)
             environment[f"MEDAI_{name.upper()}"] = str(value)
         return environment
+
+
+def _exact_origin(origin: str) -> str:
+    """``origin`` as a browser's ``Origin`` header spells it, or ValueError saying why not."""
+    if "*" in origin:
+        # A wildcard would let any web page read these routes' answers with a key it holds.
+        raise ValueError(
+            f"{origin!r}: wildcards are refused in MEDAI_CORS_ORIGINS, because the /dicomweb "
+            "routes carry bearer keys to identifiable-adjacent data; list each viewer's exact "
+            "origin, e.g. https://viewer.hospital.example"
+        )
+    try:
+        parts = urlsplit(origin)
+        port = parts.port  # ValueError when not a number in 0..65535
+    except ValueError as error:
+        raise ValueError(f"{origin!r} is not a URL origin: {error}") from None
+    if (
+        parts.scheme.lower() not in ("http", "https")
+        or not parts.hostname
+        or parts.username is not None
+        or parts.password is not None
+        or parts.path
+        or parts.query
+        or parts.fragment
+        or origin.endswith(("?", "#"))
+    ):
+        raise ValueError(
+            f"{origin!r} is not an origin: write scheme://host[:port] with no path, not even a "
+            "trailing /, e.g. https://viewer.hospital.example or http://localhost:3000"
+        )
+    if port == 0:
+        raise ValueError(f"{origin!r}: port 0 is no port a browser sends from")
+    # Browsers send the scheme and host in lower case and no default port: compare like
+    # with like, or the listed origin would silently never match.
+    scheme, host = parts.scheme.lower(), parts.hostname
+    host = f"[{host}]" if ":" in host else host
+    default = {"http": 80, "https": 443}[scheme]
+    return f"{scheme}://{host}" if port in (None, default) else f"{scheme}://{host}:{port}"
 
 
 @lru_cache(maxsize=1)

@@ -13,6 +13,14 @@ What is checked, and why:
 * ``campaign-key``: the key file's fingerprint against the one the catalog records
   (:mod:`medai.collection.key_guard` refuses a mismatch; here it is found before an import
   is). ``key-escrow``: the key was exported to an escrow at least once.
+
+An inference-only deployment (``MEDAI_SERVE_CAMPAIGN=false``) needs what ``/readyz`` needs
+of it (:func:`medai.serving.health.readiness_problem`): a catalog migrated to head, for its
+API keys and audit log, but no campaign. Its ``database`` check then accepts a catalog
+without a campaign (and says how such a catalog is set up: ``medai keys create``), and the
+campaign-only checks (:data:`CAMPAIGN_CHECKS`) are ``skipped``, saying why. Unless the
+catalog holds a campaign after all: its key is then needed by whatever collects into it
+(``medai collect listen``), whatever the web service serves, so it is checked.
 * ``listeners``: the TCP sockets this machine listens on, owned by medai processes of this
   deployment (read from ``/proc``), that accept connections on a non-loopback address
   without TLS (a process started with ``--tls-cert``, or with a TLS certificate setting in
@@ -77,6 +85,17 @@ CLOCK_SKEW_SECONDS = 60.0
 """A clock further off than this (from the database server, the audit log) is a warning."""
 
 INIT_COMMAND = "medai campaign init CAMPAIGN.toml"
+
+INFERENCE_INIT_COMMAND = "medai keys create --role admin --name NAME"
+"""Sets an inference-only catalog up (the keys commands migrate it; no campaign needed)."""
+
+CAMPAIGN_CHECKS = ("campaign-key", "key-escrow")
+"""Checks only a deployment with a campaign needs (skipped for an inference-only one)."""
+
+INFERENCE_ONLY = (
+    "an inference-only deployment (MEDAI_SERVE_CAMPAIGN=false) with no campaign needs "
+    "no campaign key"
+)
 
 
 @dataclass(frozen=True)
@@ -150,7 +169,9 @@ def check_home(settings: Settings) -> Check:
             "home",
             "problem",
             f"the home {home} does not exist",
-            f"check MEDAI_HOME, or run `{INIT_COMMAND}` to set it up",
+            f"check MEDAI_HOME, or run `{INIT_COMMAND}` to set it up"
+            if settings.serve_campaign
+            else f"check MEDAI_HOME, or create it: `mkdir -m 700 {home}`",
             {"path": str(home)},
         )
     mode = _mode(home)
@@ -260,10 +281,10 @@ def check_database(settings: Settings, state: CatalogState, engine: Engine | Non
     """
     where = _shown_url(settings)
     details: dict[str, Any] = {"url": where, "state": state}
+    # What sets a catalog up: a campaign's init, or (inference only) the keys commands.
+    init = INIT_COMMAND if settings.serve_campaign else INFERENCE_INIT_COMMAND
     if state == "missing":
-        return Check(
-            "database", "problem", f"no catalog at {where}", f"run `{INIT_COMMAND}`", details
-        )
+        return Check("database", "problem", f"no catalog at {where}", f"run `{init}`", details)
     if state == "unreachable" or engine is None:
         return Check(
             "database",
@@ -289,15 +310,19 @@ def check_database(settings: Settings, state: CatalogState, engine: Engine | Non
     if state == "not-migrated":
         return Check(
             "database", "problem", f"the catalog at {where} has no schema",
-            f"run `{INIT_COMMAND}`", details,
+            f"run `{init}`", details,
         )  # fmt: skip
     if state == "outdated":
+        migrate = (
+            f"run `{INIT_COMMAND}` again to migrate it"
+            if settings.serve_campaign
+            else "run `medai keys list` to migrate it"
+        )
         return Check(
             "database",
             "problem",
             f"the catalog at {where} is at revision {at}, behind this medai's {head}",
-            f"run `{INIT_COMMAND}` again to migrate it (back it up first: "
-            "`medai backup create DEST`)",
+            f"{migrate} (back it up first: `medai backup create DEST`)",
             details,
         )
     if not current <= known:
@@ -306,6 +331,15 @@ def check_database(settings: Settings, state: CatalogState, engine: Engine | Non
             "warning",
             f"the catalog at {where} is at revision {at}, newer than this medai knows ({head})",
             "upgrade medai on this machine to the version that migrated the catalog",
+            details,
+        )
+    if state == "no-campaign" and not settings.serve_campaign:
+        return Check(
+            "database",
+            "ok",
+            f"the catalog at {where} is at head ({at}); no campaign, as an inference-only "
+            "deployment (MEDAI_SERVE_CAMPAIGN=false) needs none",
+            None,
             details,
         )
     if state == "no-campaign":
@@ -412,12 +446,28 @@ def _last_backup(session: Session) -> dt.datetime | None:
     return last_backup(session)
 
 
-def check_backup(settings: Settings, session: Session, now: dt.datetime) -> Check:
-    """The newest backup is younger than ``MEDAI_BACKUP_STALE_HOURS``."""
+def check_backup(
+    settings: Settings, session: Session, now: dt.datetime, *, inference_only: bool = False
+) -> Check:
+    """The newest backup is younger than ``MEDAI_BACKUP_STALE_HOURS``.
+
+    ``inference_only``: a home without a campaign, which ``medai backup create`` refuses
+    (it backs campaigns up); its catalog (API keys, audit log) still wants a backup, made
+    with the database's own tool, which medai cannot see: a warning, not a problem.
+    """
     stale_hours = float(getattr(settings, "backup_stale_hours", DEFAULT_BACKUP_STALE_HOURS))
     at = _last_backup(session)
     details: dict[str, Any] = {"stale_hours": stale_hours}
     remedy = "`medai backup create DEST` (and enable the nightly timer, serving/medai-backup.timer)"
+    if at is None and inference_only:
+        return Check(
+            "backup",
+            "warning",
+            "no backup recorded; `medai backup create` backs up campaign deployments only",
+            "back the catalog (API keys, audit log) up with its database's own tool "
+            "(`sqlite3 CATALOG '.backup DEST'`, `pg_dump`)",
+            details,
+        )
     if at is None:
         return Check("backup", "problem", "no backup recorded", remedy, details)
     details["last_backup"] = at.isoformat()
@@ -751,7 +801,7 @@ def check_listeners(settings: Settings) -> Check:
 
 # -- all of them -----------------------------------------------------------------------------
 
-CATALOG_CHECKS = ("campaign-key", "key-escrow", "backup", "audit-anchor", "clock")
+CATALOG_CHECKS = (*CAMPAIGN_CHECKS, "backup", "audit-anchor", "clock")
 
 
 def run_checks(settings: Settings) -> DoctorReport:
@@ -761,7 +811,9 @@ def run_checks(settings: Settings) -> DoctorReport:
     -------
     DoctorReport
         One :class:`Check` per check, in a fixed order. Checks that need the catalog are
-        ``skipped`` unless the ``database`` check is ``ok`` (or only warns).
+        ``skipped`` unless the ``database`` check is ``ok`` (or only warns); the campaign's
+        (:data:`CAMPAIGN_CHECKS`) are also ``skipped`` in an inference-only deployment
+        without a campaign (see the module docstring).
     """
     from medai.catalog.db import catalog_state, create_engine_for, session_factory
 
@@ -776,10 +828,15 @@ def run_checks(settings: Settings) -> DoctorReport:
         checks.append(database)
         if engine is not None and database.status in ("ok", "warning"):
             read = engine.execution_options(sqlite_begin="DEFERRED")
+            skip_campaign = not settings.serve_campaign and state == "no-campaign"
             catalog: list[Callable[[Session], Check]] = [
-                lambda s: check_campaign_key(settings, s),
-                check_escrow,
-                lambda s: check_backup(settings, s, now),
+                (lambda s: Check("campaign-key", "skipped", INFERENCE_ONLY))
+                if skip_campaign
+                else (lambda s: check_campaign_key(settings, s)),
+                (lambda s: Check("key-escrow", "skipped", INFERENCE_ONLY))
+                if skip_campaign
+                else check_escrow,
+                lambda s: check_backup(settings, s, now, inference_only=skip_campaign),
                 lambda s: check_anchor(settings, s, now),
                 lambda s: check_clock(settings, s, now),
             ]

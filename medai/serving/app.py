@@ -34,6 +34,7 @@ from medai.serving import (
     quarantine_routes,
 )
 from medai.serving.context import Service
+from medai.serving.cors import DicomwebCORSMiddleware
 from medai.serving.docs import build_openapi
 from medai.serving.errors import install_error_handlers
 from medai.serving.inference import routes as inference_routes
@@ -151,6 +152,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.inference = inference
     app.state.monitor = monitor
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    if settings.cors_origins:
+        # Around the body limit (its 413 reaches the viewer readable) and before routing,
+        # so a preflight (no Authorization) is answered here, never by the key dependency.
+        app.add_middleware(DicomwebCORSMiddleware, origins=settings.cors_origins)
     # Outermost: it counts the body limit's 413s too.
     app.add_middleware(MetricsMiddleware, metrics=service_metrics)
     install_error_handlers(app)

@@ -324,3 +324,94 @@ def test_sockets_are_read_from_proc(tmp_path: Path) -> None:
     ]
     assert [s.loopback for s in found] == [True, False]
     assert doctor.listening_medai_sockets(settings, proc=tmp_path / "no-proc") is None
+
+
+# -- an inference-only deployment (MEDAI_SERVE_CAMPAIGN=false) ------------------------------
+
+
+@pytest.fixture
+def inference_only(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """A home of an inference-only service: an API key (which migrates the catalog) and an
+    audit anchor; no campaign, no campaign key (and no `medai backup`: it needs a campaign)."""
+    monkeypatch.setenv("MEDAI_SERVE_CAMPAIGN", "false")
+    settings.resolved_home.mkdir(mode=0o700)
+    for args in (("keys", "create", "--role", "admin", "--name", "ops"), ("audit", "anchor")):
+        code, output = _invoke(*args)
+        assert code == 0, output
+    assert _invoke("backup", "create", str(tmp_path / "backups"))[0] != 0
+    assert not settings.resolved_key_file.exists()
+    return settings
+
+
+@SQLITE_ONLY
+def test_an_inference_only_home_passes_without_a_campaign(
+    inference_only: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, output = _invoke("doctor")
+    assert code == 0, output
+    assert output.strip().splitlines()[-1] == "0 problems, 1 warning"
+    code, report = _doctor()
+    assert code == 0 and report["problems"] == 0 and report["warnings"] == 1
+    statuses = {check["name"]: check["status"] for check in report["checks"]}
+    assert statuses == dict.fromkeys(CHECKS, "ok") | dict.fromkeys(
+        ["campaign-key", "key-escrow"], "skipped"
+    ) | {"backup": "warning"}
+    backup = _check(report, "backup")
+    assert "campaign deployments only" in backup["summary"] and "pg_dump" in backup["remedy"]
+    for name in ("campaign-key", "key-escrow"):
+        assert "MEDAI_SERVE_CAMPAIGN=false" in _check(report, name)["summary"]
+    assert "no campaign" in _check(report, "database")["summary"]
+
+    # The same home read as a campaign deployment (the default): its campaign is missing.
+    monkeypatch.delenv("MEDAI_SERVE_CAMPAIGN")
+    code, report = _doctor()
+    database = _check(report, "database")
+    assert code == 1 and database["status"] == "problem"
+    assert "holds no campaign" in database["summary"]
+    assert database["remedy"] == "run `medai campaign init CAMPAIGN.toml`"
+    assert _check(report, "campaign-key")["status"] == "skipped"
+
+
+@SQLITE_ONLY
+def test_an_inference_only_home_still_needs_a_migrated_catalog(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MEDAI_SERVE_CAMPAIGN", "false")
+    code, report = _doctor()  # no catalog yet: set up by the keys commands, not a campaign
+    database = _check(report, "database")
+    assert code == 1 and database["status"] == "problem"
+    assert database["remedy"] == "run `medai keys create --role admin --name NAME`"
+    home = _check(report, "home")
+    assert (
+        home["remedy"] == f"check MEDAI_HOME, or create it: `mkdir -m 700 {settings.resolved_home}`"
+    )
+    assert _check(report, "campaign-key")["status"] == "skipped"
+    assert "needs the catalog" in _check(report, "campaign-key")["summary"]
+
+    assert _invoke("keys", "create", "--role", "admin", "--name", "ops")[0] == 0
+    command.downgrade(alembic_config(url=settings.resolved_database_url), "-1")
+    code, report = _doctor()
+    database = _check(report, "database")
+    assert code == 1 and database["status"] == "problem" and "behind" in database["summary"]
+    assert database["remedy"] is not None and "`medai keys list`" in database["remedy"]
+    # The remedy it names does migrate it.
+    assert _invoke("keys", "list")[0] == 0
+    _, report = _doctor()
+    assert _check(report, "database")["status"] == "ok"
+    assert _check(report, "campaign-key")["status"] == "skipped"
+
+
+@SQLITE_ONLY
+def test_a_campaign_in_the_catalog_keeps_its_key_checked(
+    healthy: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The web service serves no campaign, but the catalog holds one (collected into by
+    # `medai collect listen`, say): its key is still needed, and checked.
+    monkeypatch.setenv("MEDAI_SERVE_CAMPAIGN", "false")
+    code, report = _doctor()
+    assert code == 0 and _check(report, "campaign-key")["status"] == "ok"
+    assert _check(report, "key-escrow")["status"] == "ok"
+    healthy.resolved_key_file.unlink()
+    code, report = _doctor()
+    check = _check(report, "campaign-key")
+    assert code == 1 and check["status"] == "problem" and "missing" in check["summary"]

@@ -10,27 +10,34 @@ lets ``medai models feedback-export`` write sheets ``medai labels import`` match
 Feedback is one row per finding and clinician (``prediction_feedback``; a later verdict
 of the same clinician on the same finding replaces the earlier one) and an
 ``inference.feedback`` audit record, in one transaction.
+
+``served_predictions`` would otherwise grow by one row per prediction forever:
+:func:`prune_served` deletes the rows older than the retention that no clinician gave
+feedback on. A row with feedback stays, since ``prediction_feedback`` references it (a
+foreign key without cascade) and the export of feedback as labels reads it.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, exists, func, select
 from sqlalchemy.orm import Session
 
 from medai.audit import append_audit, audited_transaction
 from medai.catalog.models import PredictionFeedback, ServedPrediction
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
+    from sqlalchemy import CursorResult, Engine
 
 __all__ = [
     "FEEDBACK_ACTION",
     "Verdict",
     "agreement",
+    "prune_served",
     "record_feedback",
     "recent_stats",
     "record_served",
@@ -76,6 +83,40 @@ def record_served(
                 stats=dict(stats),
             )
         )
+
+
+def prune_served(engine: Engine, before: dt.datetime, *, batch: int, most: int) -> int:
+    """Delete the served predictions made before ``before`` that have no feedback.
+
+    In transactions of at most ``batch`` rows each (a SQLite writer waiting for the lock
+    waits for one short batch, not the whole sweep), ``most`` rows at most in all. Returns
+    how many were deleted (``most``: there may be more to delete).
+    """
+    unjudged = ~exists().where(PredictionFeedback.prediction_id == ServedPrediction.prediction_id)
+    expired = (ServedPrediction.created_at < before, unjudged)
+    examined = deleted = 0
+    while examined < most:
+        with Session(engine) as session, session.begin():
+            ids = list(
+                session.scalars(
+                    select(ServedPrediction.prediction_id)
+                    .where(*expired)
+                    .limit(min(batch, most - examined))
+                )
+            )
+            if not ids:
+                break
+            # The condition again: feedback may have come in since the select.
+            result = session.execute(
+                delete(ServedPrediction)
+                .where(ServedPrediction.prediction_id.in_(ids), *expired)
+                .execution_options(synchronize_session=False)
+            )
+        examined += len(ids)
+        deleted += cast("CursorResult[Any]", result).rowcount
+        if len(ids) < batch:
+            break
+    return deleted
 
 
 def recent_stats(

@@ -17,11 +17,20 @@ it existed has none, and its status is ``unknown`` ("no baseline"), never ``ok``
 report feeds the Prometheus gauges (:class:`DriftCollector`) at each scrape.
 
 A site's window is its last predictions whenever they were made: a site that stopped
-sending keeps its last status.
+sending keeps its last status (until its records pass the retention).
+
+Retention: the records are deleted ``monitoring_retention_days`` after their prediction
+unless a clinician gave feedback on it (:func:`.feedback.prune_served`). The monitor does
+it where it writes them, in :meth:`DriftMonitor.observe`, at most once an hour per process
+(the first prediction after start, then hourly) rather than on every prediction; a sweep
+deletes at most :data:`PRUNE_MOST` rows, so the prediction that runs it waits little, and
+one that hit that bound (a backlog, e.g. a first sweep) makes the next due after
+:data:`PRUNE_CATCH_UP_S` instead.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import tempfile
@@ -49,7 +58,12 @@ from medai.serving.monitoring.drift import (
     psi,
     worst,
 )
-from medai.serving.monitoring.feedback import agreement, recent_stats, record_served
+from medai.serving.monitoring.feedback import (
+    agreement,
+    prune_served,
+    recent_stats,
+    record_served,
+)
 from medai.training.reference_features import (
     CATEGORICAL,
     HISTOGRAM_EDGES,
@@ -73,10 +87,20 @@ logger = logging.getLogger(__name__)
 
 # A reference that could not be fetched (MLflow down) is asked for again after this.
 _RETRY_S = 300.0
+# Retention sweeps (see the module docstring): how often, and how much at a time.
+PRUNE_INTERVAL_S = 3600.0
+PRUNE_CATCH_UP_S = 60.0
+PRUNE_BATCH = 500
+PRUNE_MOST = 5000
 _NO_BASELINE = (
     "no baseline: this version was trained without a monitoring reference; "
     "retrain it (medai train) to get one"
 )
+
+
+def _monotonic() -> float:
+    """Seconds of a clock that only goes forward (tests replace it to pass an hour)."""
+    return time.monotonic()
 
 
 def normalize_modality(value: object) -> str | None:
@@ -185,6 +209,8 @@ class DriftMonitor:
         self._lock = threading.Lock()
         # The campaign's pseudonymizer (checked key), loaded on first use; False: none.
         self._pseudonymizer: Pseudonymizer | bool | None = None
+        # When the next retention sweep is due (_monotonic()); the first is at once.
+        self._next_prune = 0.0
 
     def research_study_uid(self, source: Dataset) -> str | None:
         """The pseudonymous StudyInstanceUID ingest gives ``source``'s study, or None.
@@ -249,6 +275,29 @@ class DriftMonitor:
             stats=asdict(observation),
             research_study_uid=self.research_study_uid(prediction.source),
         )
+        self._prune_if_due()
+
+    def _prune_if_due(self) -> None:
+        """Delete expired records without feedback, when a sweep is due (see the docstring)."""
+        now = _monotonic()
+        with self._lock:
+            if now < self._next_prune:
+                return
+            # Claimed before the sweep: another thread of this process does not start one too.
+            self._next_prune = now + PRUNE_INTERVAL_S
+        before = dt.datetime.now(dt.UTC) - dt.timedelta(
+            days=self.settings.monitoring_retention_days
+        )
+        try:
+            deleted = prune_served(self.engine, before, batch=PRUNE_BATCH, most=PRUNE_MOST)
+        except Exception as exc:  # the prediction was recorded; the next sweep tries again
+            logger.warning("served predictions could not be pruned: %s", type(exc).__name__)
+            return
+        if deleted:
+            logger.info("pruned %d served prediction record(s) past the retention", deleted)
+        if deleted >= PRUNE_MOST:
+            with self._lock:
+                self._next_prune = min(self._next_prune, _monotonic() + PRUNE_CATCH_UP_S)
 
     # -- the reference -----------------------------------------------------------------
 
