@@ -48,11 +48,12 @@ from medai.serving.keys import (
     authenticate_key,
     role_grants,
 )
+from medai.serving.sessions import SESSION_COOKIE
 
 __all__ = ["COOKIE", "cookie_caller", "router"]
 
 router = APIRouter(tags=["campaign"])
-COOKIE = "medai_dashboard_session"
+COOKIE = SESSION_COOKIE
 # Where earlier versions kept the key itself: deleted from the browser at sign-in and out.
 _OLD_KEY_COOKIE = "medai_dashboard_key"
 _COOKIE_PATH = "/dashboard"
@@ -121,13 +122,8 @@ def cookie_caller(request: Request, service: Service) -> Caller | None:
     Call it from a worker thread: a token whose signature and expiry hold is checked
     against the catalog, so a revoked key is refused at once.
     """
-    token = request.cookies.get(COOKIE)
-    if not token:
-        return None
-    info = service.dashboard_sessions.check(service.engine, token)
-    if info is None or not role_grants(info.role, "steward"):
-        return None
-    return Caller(info.name, info.role)
+    info = service.dashboard_sessions.steward(service.engine, request.cookies.get(COOKIE))
+    return None if info is None else Caller(info.name, info.role)
 
 
 def _monitoring(request: Request) -> dict[str, Any] | None:

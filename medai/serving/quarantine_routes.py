@@ -17,7 +17,8 @@ action is audited under the steward's key (``apikey:<name>``) by
 :mod:`medai.collection.quarantine_actions`.
 
 This router imports no other router (the ``routers-independent`` contract): the cookie's
-name is repeated here, and a test checks it equals :data:`medai.serving.dashboard.COOKIE`.
+name and the steward's session check come from :mod:`medai.serving.sessions`, as the
+dashboard's do.
 """
 
 from __future__ import annotations
@@ -50,18 +51,17 @@ from medai.serving.auth import Caller
 from medai.serving.context import Service
 from medai.serving.deps import ServiceDep
 from medai.serving.i18n import LANG_COOKIE, Translator, negotiate
-from medai.serving.keys import role_grants
 from medai.serving.quarantine_page import (
     render_confirm,
     render_entry,
     render_list,
     render_results,
 )
+from medai.serving.sessions import SESSION_COOKIE
 
 __all__ = ["SESSION_COOKIE", "csrf_token", "router"]
 
 router = APIRouter(tags=["campaign"])
-SESSION_COOKIE: Final = "medai_dashboard_session"  # = medai.serving.dashboard.COOKIE
 _CSRF_DOMAIN: Final = b"medai/v1/dashboard-csrf\x00"
 _BODY_LIMIT: Final = 64 * 1024
 _PER_PAGE: Final = 50
@@ -85,10 +85,8 @@ def _translator(request: Request) -> Translator:
 def _steward(request: Request, service: Service) -> tuple[Caller, str] | None:
     """The steward signed in by cookie and their session token, or None (worker thread)."""
     token = request.cookies.get(SESSION_COOKIE)
-    if not token:
-        return None
-    info = service.dashboard_sessions.check(service.engine, token)
-    if info is None or not role_grants(info.role, "steward"):
+    info = service.dashboard_sessions.steward(service.engine, token)
+    if info is None or token is None:
         return None
     return Caller(info.name, info.role), token
 

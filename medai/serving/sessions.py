@@ -43,14 +43,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from medai.errors import KeyFileError
-from medai.serving.keys import KeyInfo, key_by_id
+from medai.serving.keys import KeyInfo, key_by_id, role_grants
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from medai.config import Settings
 
-__all__ = ["SECRET_FILE_NAME", "DashboardSessions", "load_or_create_secret"]
+__all__ = ["SECRET_FILE_NAME", "SESSION_COOKIE", "DashboardSessions", "load_or_create_secret"]
+
+# The browser cookie that holds a session token; every dashboard page reads it from here.
+SESSION_COOKIE: Final = "medai_dashboard_session"
 
 logger = logging.getLogger(__name__)
 
@@ -208,3 +211,12 @@ class DashboardSessions:
         if key is None or key.revoked or not hmac.compare_digest(match["tag"], self._tag(key)):
             return None
         return key
+
+    def steward(self, engine: Engine, token: str | None) -> KeyInfo | None:
+        """:meth:`check`, for a key whose role grants the steward's (the dashboard's users)."""
+        if not token:
+            return None
+        info = self.check(engine, token)
+        if info is None or not role_grants(info.role, "steward"):
+            return None
+        return info

@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 __all__ = [
     "PREDICT_ACTION",
     "SWITCH_ACTION",
-    "audit_prediction",
     "audit_switch",
     "load_or_create_serving_key",
     "prediction_entry",
@@ -68,32 +67,6 @@ def study_hash(key: bytes, study_instance_uid: str) -> str:
     """The keyed hash (64 hex digits) that names a study in the audit log."""
     value = study_instance_uid.strip().rstrip("\x00").strip()
     return hmac.new(key, _DOMAIN_STUDY + value.encode("utf-8"), hashlib.sha256).hexdigest()
-
-
-def audit_prediction(
-    engine: Engine,
-    *,
-    actor: str,
-    study: str,
-    prediction_id: str,
-    model: str,
-    version: str,
-    instances: int,
-    findings: Sequence[Finding],
-) -> None:
-    """Append the ``inference.predict`` record of one prediction (its own transaction)."""
-    entry = prediction_entry(
-        actor=actor, study=study, prediction_id=prediction_id, model=model, version=version,
-        instances=instances, findings=findings,
-    )  # fmt: skip
-    with audited_transaction(engine) as session:
-        append_audit(
-            session,
-            actor=entry.actor,
-            action=entry.action,
-            subject=entry.subject,
-            details=entry.details,
-        )
 
 
 def prediction_entry(
