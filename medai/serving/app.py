@@ -131,6 +131,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            if monitor is not None:  # the records of predictions answered last
+                await monitor.recorder.drain()
             if inference is not None:
                 await inference.stop()
             service.close()

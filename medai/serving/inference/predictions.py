@@ -30,13 +30,17 @@ __all__ = ["PredictionStore", "StoredPrediction", "header_only"]
 
 
 def header_only(ds: Dataset) -> Dataset:
-    """A copy of ``ds`` without its pixel data (group 0x7FE0), sharing the other elements."""
+    """A copy of ``ds`` without its pixel data (group 0x7FE0), sharing the other elements.
+
+    The elements are copied as they are, read or not: iterating the data set would convert
+    every raw element (milliseconds a request, on the event loop), the SR reads a few.
+    """
     from pydicom.dataset import Dataset
 
     header = Dataset()
-    for element in ds:
-        if element.tag.group != 0x7FE0:
-            header.add(element)
+    for tag, element in ds.items():
+        if tag.group != 0x7FE0:
+            header[tag] = element
     if hasattr(ds, "file_meta"):
         header.file_meta = ds.file_meta
     return header

@@ -24,7 +24,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
 from fastapi.responses import Response
-from starlette.concurrency import run_in_threadpool
 
 from medai.errors import ModelUnavailable
 from medai.serving.auth import Caller
@@ -159,7 +158,8 @@ async def predict(
     if monitor is not None:  # drift windows, and what feedback needs (serving.monitoring)
         study = study_hash(inference.key or b"", str(stored.source.get("StudyInstanceUID", "")))
         site = caller.site_id or caller.name  # the service knows no other site of a study
-        await run_in_threadpool(monitor.observe, stored, site=site, study=study)
+        # Recorded with the predictions answered meanwhile, after this answer.
+        monitor.submit(stored, site=site, study=study)
     return await answer(stored, request.headers.get("accept"), settings.org_uid_root)
 
 

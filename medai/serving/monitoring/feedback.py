@@ -40,6 +40,7 @@ __all__ = [
     "prune_served",
     "record_feedback",
     "recent_stats",
+    "Served",
     "record_served",
     "served_prediction",
 ]
@@ -55,33 +56,37 @@ class Verdict:
     agree: bool
 
 
-def record_served(
-    engine: Engine,
-    *,
-    prediction_id: str,
-    model: str,
-    version: str,
-    study: str,
-    site: str,
-    owner: str,
-    findings: Mapping[str, Mapping[str, Any]],
-    stats: Mapping[str, Any],
-    research_study_uid: str | None = None,
-) -> None:
-    """Keep what feedback on ``prediction_id`` and the drift windows need (own transaction)."""
+@dataclass(frozen=True)
+class Served:
+    """What feedback on one prediction and the drift windows need (a ``served_predictions`` row)."""
+
+    prediction_id: str
+    model: str
+    version: str
+    study: str
+    site: str
+    owner: str
+    findings: Mapping[str, Mapping[str, Any]]
+    stats: Mapping[str, Any]
+    research_study_uid: str | None = None
+
+
+def record_served(engine: Engine, served: Sequence[Served]) -> None:
+    """Keep ``served`` predictions, in one transaction (the monitor's group commit)."""
     with Session(engine) as session, session.begin():
-        session.add(
+        session.add_all(
             ServedPrediction(
-                prediction_id=prediction_id,
-                model=model,
-                version=version,
-                study=study,
-                site=site,
-                research_study_uid=research_study_uid,
-                owner=owner,
-                findings=dict(findings),
-                stats=dict(stats),
+                prediction_id=row.prediction_id,
+                model=row.model,
+                version=row.version,
+                study=row.study,
+                site=row.site,
+                research_study_uid=row.research_study_uid,
+                owner=row.owner,
+                findings=dict(row.findings),
+                stats=dict(row.stats),
             )
+            for row in served
         )
 
 

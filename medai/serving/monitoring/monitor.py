@@ -1,10 +1,12 @@
 """Sliding windows of the served model's inputs and scores, compared with its reference.
 
 :class:`DriftMonitor` lives in ``app.state.monitor`` while the app serves a model. The
-predict route hands it each answered prediction (:meth:`DriftMonitor.observe`): the
+predict route hands it each answered prediction (:meth:`DriftMonitor.submit`): the
 study's first header (modality, view position, manufacturer, pixel spacing), the model
 inputs (their mean, standard deviation and histogram) and each finding's probability are
-written with the prediction's feedback record (``served_predictions``). The windows are
+written with the prediction's feedback record (``served_predictions``), the records of
+the predictions answered meanwhile together, in one transaction, off the request's path
+(the feedback route waits for them: :meth:`DriftMonitor.flush`). The windows are
 the last ``drift_window`` predictions of the caller's site and of all, read back from the
 catalog, so every worker process and a restarted service see the same windows. The
 *site* is the edge site of the caller's key when it has one, and the API key's name
@@ -21,7 +23,7 @@ sending keeps its last status (until its records pass the retention).
 
 Retention: the records are deleted ``monitoring_retention_days`` after their prediction
 unless a clinician gave feedback on it (:func:`.feedback.prune_served`). The monitor does
-it where it writes them, in :meth:`DriftMonitor.observe`, at most once an hour per process
+it where it writes them, after a group of records, at most once an hour per process
 (the first prediction after start, then hourly) rather than on every prediction; a sweep
 deletes at most :data:`PRUNE_MOST` rows, so the prediction that runs it waits little, and
 one that hit that bound (a backlog, e.g. a first sweep) makes the next due after
@@ -49,6 +51,7 @@ from medai.collection.key_guard import campaign_pseudonymizer
 from medai.collection.pseudonymize import Pseudonymizer
 from medai.dicom.metadata import normalize_manufacturer, normalize_view_position
 from medai.errors import MedaiError
+from medai.serving.group_commit import GroupCommit
 from medai.serving.monitoring.drift import (
     STATUSES,
     FeatureDrift,
@@ -59,6 +62,7 @@ from medai.serving.monitoring.drift import (
     worst,
 )
 from medai.serving.monitoring.feedback import (
+    Served,
     agreement,
     prune_served,
     recent_stats,
@@ -211,6 +215,10 @@ class DriftMonitor:
         self._pseudonymizer: Pseudonymizer | bool | None = None
         # When the next retention sweep is due (_monotonic()); the first is at once.
         self._next_prune = 0.0
+        # The records of answered predictions, written together after their answers.
+        self.recorder: GroupCommit[tuple[PredictionLike, str, str]] = GroupCommit(
+            self._record, "served prediction records"
+        )
 
     def research_study_uid(self, source: Dataset) -> str | None:
         """The pseudonymous StudyInstanceUID ingest gives ``source``'s study, or None.
@@ -238,21 +246,45 @@ class DriftMonitor:
 
     # -- recording ---------------------------------------------------------------------
 
-    def observe(self, prediction: PredictionLike, *, site: str, study: str) -> None:
-        """Add ``prediction`` to its windows and keep what feedback on it needs.
+    def submit(self, prediction: PredictionLike, *, site: str, study: str) -> None:
+        """Record ``prediction`` soon, after it is answered (call it on the event loop).
 
-        Blocking (database, maybe MLflow): call it in a worker thread. It never raises:
-        the prediction is answered whatever happens to its monitoring (logged; feedback
-        on it is then refused as unknown).
+        The records of the predictions answered meanwhile are written together, in one
+        transaction and off the request's path (:class:`~medai.serving.group_commit.GroupCommit`);
+        :meth:`flush` waits for them. A failure is logged, never raised: the prediction
+        was answered whatever happens to its monitoring (feedback on it is then refused
+        as unknown).
         """
+        self.recorder.submit((prediction, site, study))
+
+    async def flush(self) -> None:
+        """Wait until the predictions submitted so far are recorded (feedback reads them)."""
+        await self.recorder.flush()
+
+    def observe(self, prediction: PredictionLike, *, site: str, study: str) -> None:
+        """Record ``prediction`` now, in its own transaction (blocking; never raises)."""
         try:
-            self._observe(prediction, site=site, study=study)
+            self._record([(prediction, site, study)])
         except Exception as exc:
             logger.error(
                 "prediction %s could not be monitored: %s", prediction.id, type(exc).__name__
             )
 
-    def _observe(self, prediction: PredictionLike, *, site: str, study: str) -> None:
+    def _record(self, items: list[tuple[PredictionLike, str, str]]) -> None:
+        """Write the records of ``items`` in one transaction, then sweep if one is due."""
+        rows = []
+        for prediction, site, study in items:
+            try:
+                rows.append(self._served(prediction, site=site, study=study))
+            except Exception as exc:  # one unreadable prediction does not lose the others
+                logger.error(
+                    "prediction %s could not be monitored: %s", prediction.id, type(exc).__name__
+                )
+        if rows:
+            record_served(self.engine, rows)
+        self._prune_if_due()
+
+    def _served(self, prediction: PredictionLike, *, site: str, study: str) -> Served:
         model = prediction.model
         self.reference(model.run_id)  # fetched once per version, before it is needed
         observation = observation_of(
@@ -260,8 +292,7 @@ class DriftMonitor:
             prediction.images,
             {f.label: f.probability for f in prediction.findings},
         )
-        record_served(
-            self.engine,
+        return Served(
             prediction_id=prediction.id,
             model=model.name,
             version=model.version,
@@ -275,7 +306,6 @@ class DriftMonitor:
             stats=asdict(observation),
             research_study_uid=self.research_study_uid(prediction.source),
         )
-        self._prune_if_due()
 
     def _prune_if_due(self) -> None:
         """Delete expired records without feedback, when a sweep is due (see the docstring)."""

@@ -63,6 +63,7 @@ async def monitoring(
         raise ModelUnavailable("no model is loaded yet: see /readyz")
     if name != model.name:
         raise HTTPException(404, detail=f"this service serves {model.name!r}, not {name!r}")
+    await monitor.flush()  # the windows hold the predictions answered so far
     report = await run_in_threadpool(monitor.report, model.name, model.version, model.run_id)
     return MonitoringOut.model_validate(report)
 
@@ -78,12 +79,16 @@ async def monitoring(
     },
 )
 async def feedback(
+    request: Request,
     body: FeedbackIn,
     caller: ClinicianDep,
     engine: EngineDep,
     prediction_id: Annotated[str, Path(max_length=36, pattern=r"^[0-9a-f-]{36}$")],
 ) -> FeedbackOut:
     """Store the verdicts pseudonymously (model version, keyed study hash, key name)."""
+    monitor: DriftMonitor | None = getattr(request.app.state, "monitor", None)
+    if monitor is not None:  # a prediction just answered is recorded after its answer
+        await monitor.flush()
     served = await run_in_threadpool(served_prediction, engine, prediction_id)
     if served is None or (served.owner != caller.name and not role_grants(caller.role, "admin")):
         raise HTTPException(404, detail=f"no prediction {prediction_id!r} of yours")
