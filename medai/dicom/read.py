@@ -6,9 +6,14 @@ import functools
 import io
 import re
 import struct
+import threading
+import weakref
 import zlib
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Final
 
+import numpy as np
 from pydicom import dcmread
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
@@ -26,7 +31,7 @@ from medai.errors import (
     UndecodableTransferSyntax,
 )
 
-__all__ = ["HEAD_BYTES", "REQUIRED_UIDS", "parse_instance", "readable_head"]
+__all__ = ["HEAD_BYTES", "REQUIRED_UIDS", "parse_instance", "readable_head", "take_checked_frame"]
 
 REQUIRED_UIDS: Final = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 _SOP_CLASS, _SOP_INSTANCE = 0x00080016, 0x00080018
@@ -58,6 +63,21 @@ HEAD_BYTES: Final = 1024 * 1024  # enough for the leading elements of any real d
 _META_SEARCH: Final = 1024  # the transfer syntax lies in the first few hundred bytes
 _UID_PATTERN: Final = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 _UIDS_PATTERN: Final = re.compile(r"\\".join([_UID_PATTERN.pattern] * len(_UID_TAGS)))
+# What the kept first frames (see take_checked_frame) may hold at most, all together.
+KEPT_FRAMES_BYTES: Final = 64 * 1024 * 1024
+# What a frame decodes to depends on these as well as on the pixel data.
+_LAYOUT: Final = (
+    "Rows",
+    "Columns",
+    "SamplesPerPixel",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "PhotometricInterpretation",
+    "PlanarConfiguration",
+    "NumberOfFrames",
+)
 
 
 def _too_large_element(length: int, max_bytes: int) -> TooLarge:
@@ -263,7 +283,11 @@ def _check_native_pixels(elements: dict[int, _Element], pixel_data: _Element) ->
 
 
 def _check_encapsulated_pixels(
-    ds: Dataset, elements: dict[int, _Element], transfer_syntax: UID, max_bytes: int
+    ds: Dataset,
+    elements: dict[int, _Element],
+    transfer_syntax: UID,
+    max_bytes: int,
+    keep_first_frame: bool,
 ) -> None:
     try:
         available = get_decoder(transfer_syntax).is_available
@@ -280,12 +304,107 @@ def _check_encapsulated_pixels(
         # Frame by frame bounds the memory; every frame is decoded once to prove the data
         # can be used downstream. (iter_pixels fails on some valid files in pydicom 3.0.)
         for index in range(frames):
-            pixel_array(ds, index=index, raw=True)
+            frame = pixel_array(ds, index=index, raw=True)
+            if keep_first_frame and index == 0 and samples == 1:  # raw or not, grey is grey
+                _keep_first_frame(ds, frame)
     except Exception:  # each decoder plugin fails in its own way
         raise UndecodableTransferSyntax(
             f"the pixel data could not be decoded as {transfer_syntax.name}: it is corrupt "
             "or uses features the installed decoders lack"
         ) from None
+
+
+# ---------------------------------------------------------------- the checked first frame
+#
+# parse_instance decodes encapsulated pixel data to prove it can be decoded; the service
+# decodes the same first frame again right after (medai.training.reader). The first frame
+# of a grey image is kept here, aside from the data set, so that the second decode can be
+# skipped (asked for with keep_first_frame; ingest does not ask). Kept aside rather than
+# on the data set: a copy of the data set must not carry it, and nothing holds it once the
+# data set is gone.
+
+
+@dataclass(frozen=True)
+class _KeptFrame:
+    owner: weakref.ref[Dataset]
+    pixel_data: object  # the Pixel Data value that was decoded: compared by identity
+    layout: tuple[object, ...]
+    frame: np.ndarray
+
+
+_kept: OrderedDict[int, _KeptFrame] = OrderedDict()
+_kept_bytes = 0
+# Re-entrant: a data set freed while the lock is held runs _drop through its weak reference.
+_kept_lock = threading.RLock()
+
+
+def _layout(ds: Dataset) -> tuple[object, ...]:
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    return (str(syntax), *(ds.get(keyword) for keyword in _LAYOUT))
+
+
+def _pixel_value(ds: Dataset) -> object:
+    element = ds.get(_PIXEL_DATA)
+    return None if element is None else element.value
+
+
+def _drop(key: int) -> _KeptFrame | None:
+    global _kept_bytes
+    with _kept_lock:
+        entry = _kept.pop(key, None)
+        if entry is not None:
+            _kept_bytes -= entry.frame.nbytes
+        return entry
+
+
+def _forget(key: int, _: object) -> None:
+    _drop(key)
+
+
+def _keep_first_frame(ds: Dataset, frame: np.ndarray) -> None:
+    """Keep ``frame``, the first frame of ``ds`` just decoded, for :func:`take_checked_frame`."""
+    global _kept_bytes
+    if frame.nbytes > KEPT_FRAMES_BYTES:
+        return
+    key = id(ds)
+    # The entry goes when the data set does: nothing is held for a data set nobody has.
+    owner = weakref.ref(ds, functools.partial(_forget, key))
+    entry = _KeptFrame(owner, _pixel_value(ds), _layout(ds), frame)
+    with _kept_lock:
+        _drop(key)
+        _kept[key] = entry
+        _kept_bytes += frame.nbytes
+        # Oldest out first while over the budget (frames nobody took, e.g. at ingest).
+        while _kept_bytes > KEPT_FRAMES_BYTES and _kept:
+            _drop(next(iter(_kept)))
+
+
+def take_checked_frame(ds: Dataset) -> np.ndarray | None:
+    """The first frame :func:`parse_instance` decoded from ``ds``, handed out once.
+
+    Kept for grey (one sample per pixel) encapsulated images, whose first frame is the
+    same with or without pydicom's colour conversion, while ``ds`` lives and until
+    taken, within :data:`KEPT_FRAMES_BYTES` for all data sets together (the oldest go
+    first). None when there is no such frame, or when the Pixel Data or the attributes
+    that describe it (transfer syntax, rows, columns, bits, ...) changed since.
+
+    Parameters
+    ----------
+    ds
+        A data set returned by :func:`parse_instance`.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        ``pydicom.pixels.pixel_array(ds, index=0)``, (Rows, Columns); the caller owns it.
+    """
+    entry = _drop(id(ds))
+    if entry is None or entry.owner() is not ds:
+        return None
+    if _pixel_value(ds) is not entry.pixel_data or _layout(ds) != entry.layout:
+        return None
+    return entry.frame
 
 
 @functools.lru_cache(maxsize=64)
@@ -365,7 +484,11 @@ def readable_head(data: bytes, size: int = HEAD_BYTES) -> bytes:
 
 
 def parse_instance(
-    data: bytes, *, max_bytes: int, max_inflate_ratio: float = DEFAULT_MAX_RATIO
+    data: bytes,
+    *,
+    max_bytes: int,
+    max_inflate_ratio: float = DEFAULT_MAX_RATIO,
+    keep_first_frame: bool = False,
 ) -> Dataset:
     """Parse one DICOM instance from ``data`` and check that it can be ingested.
 
@@ -390,6 +513,9 @@ def parse_instance(
         Past it, inflation stops and :class:`~medai.errors.DecompressionBomb` (a
         :class:`TooLarge`) is raised: pydicom never sees the data set, since it would
         inflate it whole.
+    keep_first_frame : bool
+        Keep the first frame the check decodes, for :func:`take_checked_frame` (the
+        service, which decodes it next; ingest does not need it and keeps nothing).
 
     Returns
     -------
@@ -449,5 +575,5 @@ def parse_instance(
     elif not _syntax_facts(syntax)[1]:
         _check_native_pixels(elements, pixel_data)
     else:
-        _check_encapsulated_pixels(ds, elements, UID(syntax), max_bytes)
+        _check_encapsulated_pixels(ds, elements, UID(syntax), max_bytes, keep_first_frame)
     return ds

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -42,6 +42,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi_lut
 from pydicom.pixels.utils import pixel_array
 
+from medai.dicom.read import take_checked_frame
 from medai.store import ObjectStore
 
 __all__ = [
@@ -62,6 +63,8 @@ _MONOCHROME = frozenset({"MONOCHROME1", "MONOCHROME2"})
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
 # Probe values far outside any stored range: the VOI step maps them to its output bounds.
 _PROBE = np.array([-1e15, 1e15], dtype=np.float64)
+# The most entries of a lookup table of stored values (see _gray_to_unit): 16-bit images.
+_TABLE_MAX = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -136,7 +139,9 @@ def dataset_to_image(ds: Dataset, options: ReadOptions | None = None) -> FloatIm
     # Decode only the first frame where that is all we need (a large cine loop otherwise
     # costs its whole decode for one image).
     index = 0 if opts.frames == "first" and frames > 1 else None
-    raw = np.asarray(pixel_array(ds, index=index))
+    # The first frame parse_instance already decoded to check the data, where it kept it.
+    kept = take_checked_frame(ds) if frames == 1 or index == 0 else None
+    raw = np.asarray(pixel_array(ds, index=index)) if kept is None else kept
     # pydicom drops the frame axis for one frame; put it back so every path sees F first.
     stacked = raw if (frames > 1 and index is None) else raw[np.newaxis, ...]
 
@@ -147,9 +152,9 @@ def dataset_to_image(ds: Dataset, options: ReadOptions | None = None) -> FloatIm
     elif samples > 1:
         image = _color_to_unit(stacked, bits=int(ds.get("BitsStored") or 8), opts=opts)
     else:
-        image = _gray_to_unit(stacked, ds, opts)[:, np.newaxis]  # (F, 1, H, W)
-        if photometric == "MONOCHROME1":
-            image = 1.0 - image
+        # Already float32 in [0, 1]; MONOCHROME1 inverted so that higher is brighter.
+        gray = _gray_to_unit(stacked, ds, opts, invert=photometric == "MONOCHROME1")
+        return gray[:1] if opts.frames == "first" else gray[np.newaxis]  # (1, H, W) | (1, F, H, W)
 
     # (F, C, H, W) -> (C, H, W) for one frame, (C, F, H, W) for all.
     if opts.frames == "first":
@@ -159,26 +164,99 @@ def dataset_to_image(ds: Dataset, options: ReadOptions | None = None) -> FloatIm
     return np.ascontiguousarray(np.clip(out, 0.0, 1.0), dtype=np.float32)
 
 
-def _gray_to_unit(stored: np.ndarray, ds: Dataset, opts: ReadOptions) -> np.ndarray:
-    """Stored values ``(F, H, W)`` -> [0, 1] through the modality and VOI steps."""
+def _gray_to_unit(
+    stored: np.ndarray, ds: Dataset, opts: ReadOptions, *, invert: bool
+) -> FloatImage:
+    """Stored values ``(F, H, W)`` -> float32 [0, 1] through the modality and VOI steps.
+
+    Every step is a function of one stored value, except the full-range window, whose
+    bounds are the image's own extremes. So integer images with at most 65536 distinct
+    possible values go through a table: the steps run (in float64, through the same
+    pydicom calls) over each value from the smallest needed to the largest present, and
+    the image looks its values up. That costs a few thousand evaluations instead of one
+    per pixel, and gives the same numbers as running the steps over the image (which is
+    what happens to float and 32-bit images).
+    """
+    span = _table_span(stored)
+    if span is None:
+        # Over the image itself: its extremes are those of its modality values.
+        return _unit_values(stored, ds, opts, invert=invert, extremes=_min_max)
+    start, stop = span
+    table = _unit_values(
+        np.arange(start, stop, dtype=stored.dtype),
+        ds,
+        opts,
+        invert=invert,
+        extremes=lambda modality: _present_extremes(modality, stored, start, ds),
+    )
+    indices = stored if start == 0 else np.subtract(stored, start, dtype=np.intp)
+    return np.take(table, indices)
+
+
+def _table_span(stored: np.ndarray) -> tuple[int, int] | None:
+    """``[start, stop)``: the stored values a lookup table covers; None: no table."""
+    if stored.dtype.kind not in "iu" or stored.size == 0:
+        return None
+    low, high = int(stored.min()), int(stored.max())
+    # From 0 where that is possible: the image then indexes the table directly.
+    start = 0 if low >= 0 and high < _TABLE_MAX else low
+    if high - start >= _TABLE_MAX:
+        return None
+    return start, high + 1
+
+
+def _present_extremes(
+    modality: np.ndarray, stored: np.ndarray, start: int, ds: Dataset
+) -> tuple[float, float]:
+    """The extremes of the modality values of ``stored``, from their table ``modality``."""
+    if not ds.get("ModalityLUTSequence"):
+        # No LUT: identity or ``value * slope + intercept``, monotonic even as rounded, so
+        # the extremes lie at the smallest and largest stored values.
+        ends = modality[[int(stored.min()) - start, int(stored.max()) - start]]
+        return float(ends.min()), float(ends.max())
+    present = np.zeros(modality.shape, dtype=bool)
+    present[(stored if start == 0 else np.subtract(stored, start, dtype=np.intp)).ravel()] = True
+    return _min_max(modality[present])
+
+
+def _min_max(values: np.ndarray) -> tuple[float, float]:
+    return float(values.min()), float(values.max())
+
+
+def _unit_values(
+    stored: np.ndarray,
+    ds: Dataset,
+    opts: ReadOptions,
+    *,
+    invert: bool,
+    extremes: Callable[[np.ndarray], tuple[float, float]],
+) -> FloatImage:
+    """The modality and VOI steps, the [0, 1] mapping and MONOCHROME1's inversion.
+
+    Element by element in float64, except ``extremes``: the smallest and largest modality
+    value of the image (its window when it has no other), given the modality values of
+    ``stored``.
+    """
     modality = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
     has_voi = "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)
     if opts.apply_voi and has_voi:
         # A VOI LUT is indexed by integer input values; rescaled values are floats.
         voi_input = np.rint(modality).astype(np.int64) if "VOILUTSequence" in ds else modality
-        shown = np.asarray(apply_voi_lut(voi_input, ds, index=opts.window_index), np.float64)
-        # The VOI output range: what the lowest and highest possible inputs map to (for a
-        # window, pydicom's y_min/y_max; for a LUT, its first and last entries).
-        with np.errstate(over="ignore"):  # a SIGMOID window saturates on the probe
+        # A SIGMOID window saturates far from its centre (a table spans such values).
+        with np.errstate(over="ignore"):
+            shown = np.asarray(apply_voi_lut(voi_input, ds, index=opts.window_index), np.float64)
+            # The VOI output range: what the lowest and highest possible inputs map to (for
+            # a window, pydicom's y_min/y_max; for a LUT, its first and last entries).
             probe = apply_voi_lut(_voi_probe(ds, opts.window_index), ds, index=opts.window_index)
         bounds = np.asarray(probe, np.float64)
         low, high = float(bounds.min()), float(bounds.max())
     else:
         shown = modality
-        low, high = float(modality.min()), float(modality.max())
-    if high <= low:
-        return np.zeros_like(shown)
-    return (shown - low) / (high - low)
+        low, high = extremes(modality)
+    unit = np.zeros_like(shown) if high <= low else (shown - low) / (high - low)
+    if invert:
+        unit = 1.0 - unit
+    return np.clip(unit, 0.0, 1.0).astype(np.float32)
 
 
 def _voi_probe(ds: Dataset, index: int) -> np.ndarray:

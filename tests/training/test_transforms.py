@@ -5,6 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from monai.transforms.compose import Compose
+from monai.transforms.intensity.dictionary import ScaleIntensityd
+from monai.transforms.spatial.dictionary import Resized
+from monai.transforms.transform import MapTransform
+from monai.transforms.utility.dictionary import EnsureChannelFirstd, EnsureTyped
 from pydantic import ValidationError
 
 from medai.training.transforms import (
@@ -78,3 +83,46 @@ def test_evaluation_chain_is_deterministic_and_flip_is_opt_in() -> None:
     ]
     with pytest.raises(ValidationError):
         AugmentConfig(flip_prob=2.0)
+
+
+def _monai_evaluation_chain(size: tuple[int, ...], intensity: str) -> Compose:
+    """The evaluation chain as MONAI's own transforms (what build_transforms built before)."""
+    steps: list[MapTransform] = [
+        EnsureChannelFirstd(["image"], channel_dim=0),
+        Resized(["image"], spatial_size=size, mode="area"),
+    ]
+    if intensity == "scale":
+        steps.append(ScaleIntensityd(["image"], minv=0.0, maxv=1.0))
+    steps.append(EnsureTyped(["image"], data_type="tensor", dtype=torch.float32, track_meta=False))
+    return Compose(steps)
+
+
+@pytest.mark.parametrize("intensity", ["scale", "none"])
+@pytest.mark.parametrize(
+    ("shape", "size"),
+    [
+        ((1, 512, 512), (128, 128)),
+        ((1, 48, 40), (32, 32)),  # shrinking by a factor that is not whole
+        ((1, 20, 30), (40, 50)),  # enlarging
+        ((1, 32, 32), (32, 32)),  # already the size
+        ((1, 12, 40, 36), (6, 16, 16)),  # a volume
+        ((3, 24, 24), (16, 16)),  # three channels
+    ],
+)
+def test_evaluation_chain_gives_monai_numbers(
+    intensity: str, shape: tuple[int, ...], size: tuple[int, ...]
+) -> None:
+    image = np.random.default_rng(3).random(shape, dtype=np.float32) * 0.7 + 0.1
+    config = TransformConfig(image_size=size, intensity=intensity)  # type: ignore[arg-type]
+    out = build_transforms(config, train=False)({"image": image})["image"]
+    expected = _monai_evaluation_chain(size, intensity)({"image": image})["image"]
+    assert type(out) is torch.Tensor and out.dtype == torch.float32
+    assert out.shape == expected.shape == (shape[0], *size)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
+
+
+def test_evaluation_chain_of_a_constant_image_is_black() -> None:
+    image = np.full((1, 20, 20), 0.4, np.float32)
+    out = build_transforms(TransformConfig(image_size=(8, 8)), train=False)({"image": image})
+    expected = _monai_evaluation_chain((8, 8), "scale")({"image": image})["image"]
+    torch.testing.assert_close(out["image"], expected, rtol=0, atol=0)

@@ -104,7 +104,8 @@ def parse_study(
     for number, blob in enumerate(blobs, 1):
         where = "the instance" if len(blobs) == 1 else f"instance {number}"
         try:
-            ds = parse_instance(blob, max_bytes=max_instance_bytes)
+            # The first frame decoded by the check is kept for the decode that follows.
+            ds = parse_instance(blob, max_bytes=max_instance_bytes, keep_first_frame=True)
         except Rejected as exc:
             raise UnreadableStudy(
                 f"{where} cannot be read as DICOM ({exc.reason_code}): {exc}"
