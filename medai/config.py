@@ -330,10 +330,12 @@ class Settings(BaseSettings):
     )
     inference_backend: str = Field(
         default="auto",
-        pattern=r"^(auto|torch|onnx)$",
-        description="What runs the forward pass: onnx (ONNX Runtime, CPU), torch, or auto "
-        "(the faster of the two that agrees with the torch network at load). A backend "
-        "that fails its check at load falls back to torch, and the log says why.",
+        pattern=r"^(auto|torch|onnx|int8)$",
+        description="What runs the forward pass: onnx (ONNX Runtime, CPU), int8 (the "
+        "version's int8 ONNX model, made at training with [export] int8 = true), torch, or "
+        "auto (the fastest of those that agree with the torch network at load). A backend "
+        "that fails its check at load falls back (int8: as auto; onnx: to torch), and the "
+        "log says why.",
     )
     max_predict_bytes: int = Field(
         default=256 * 1024**2,

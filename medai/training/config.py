@@ -42,6 +42,9 @@ seed, dataset caching, and how the model is evaluated and gated for promotion::
     threshold = "youden"
     min_auroc_ci_low = 0.7          # promotion gate, per label
 
+    [export]
+    int8 = false                    # an int8 ONNX model for the service, checked at training
+
 Errors name the file and each bad field, as the campaign's
 ``load_campaign`` does
 (``models/x/config.toml: schedule.epochs: Input should be greater than or equal to 1``).
@@ -78,6 +81,7 @@ __all__ = [
     "CONFIG_FILE",
     "DataConfig",
     "EvaluationConfig",
+    "ExportConfig",
     "LossConfig",
     "ModelConfig",
     "NetworkConfig",
@@ -305,6 +309,26 @@ class EvaluationConfig(_Strict):
     min_auroc_ci_low: float = Field(default=0.7, ge=0.0, le=1.0)
 
 
+class ExportConfig(_Strict):
+    """What training makes for the inference service besides the weights.
+
+    Attributes
+    ----------
+    int8
+        Quantize the trained network to an int8 ONNX model
+        (:mod:`medai.training.quantize`: static, per channel, calibrated on validation
+        images) and keep it only if it agrees with the network on the test split (every
+        probability within 0.01, every label's test AUROC within 0.005). Accepted, it is
+        logged as ``serving/model-int8.onnx``, which the service checks again at load and
+        runs on a CPU when it is the fastest (``inference_backend = "auto"`` or
+        ``"int8"``). 2-D instance-level models only (``data.level = "instance"``). A
+        refusal or a failure of the quantizer never fails the training: the run's tag
+        ``medai.int8`` says why.
+    """
+
+    int8: bool = False
+
+
 class ModelConfig(_Strict):
     """A model's training configuration (``models/<name>/config.toml``)."""
 
@@ -318,6 +342,7 @@ class ModelConfig(_Strict):
     loss: LossConfig = LossConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    export: ExportConfig = ExportConfig()
 
     _source: Path | None = PrivateAttr(default=None)
 
@@ -336,6 +361,11 @@ class ModelConfig(_Strict):
             )
         if self.transforms.spacing_mm is not None and self.data.level != "series":
             raise ValueError("transforms.spacing_mm resamples volumes: set data.level = 'series'")
+        if self.export.int8 and self.data.level != "instance":
+            raise ValueError(
+                "export.int8 quantizes 2-D instance-level models only: set it false for "
+                "data.level 'series'"
+            )
         return self
 
     @field_validator("name")

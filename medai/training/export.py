@@ -51,6 +51,7 @@ from medai.config import Settings, get_settings
 from medai.errors import CampaignNotSetUp, ExportFailed, ModelUnavailable, SnapshotNotFound
 from medai.training.config import ModelConfig
 from medai.training.networks import network_from_config
+from medai.training.onnx_graph import INPUT, OUTPUT, export_probabilities
 from medai.training.targets import TRAIN_ONLY_KEY, network_target_filled
 from medai.training.tracking import (
     THRESHOLD_METRIC,
@@ -83,8 +84,8 @@ TOLERANCE: Final = 1e-4
 ONNX_FILE: Final = "model.onnx"
 BUNDLE_CHECKPOINT: Final = "models/model.pt"
 CHECK_IMAGES: Final = 8
-_ONNX_INPUT: Final = "image"
-_ONNX_OUTPUT: Final = "probabilities"
+_ONNX_INPUT: Final = INPUT
+_ONNX_OUTPUT: Final = OUTPUT
 # MONAI's ResNets as medai's named shortcuts build them (medai.training.networks).
 _MONAI_RESNETS: Final = {"resnet18", "resnet34", "resnet50"}
 
@@ -628,22 +629,8 @@ def verify_bundle(root: Path, version: RegisteredVersion, images: CheckImages) -
 def _write_onnx(version: RegisteredVersion, path: Path, images: CheckImages) -> None:
     import onnx
 
-    wrapped = nn.Sequential(version.network(), nn.Sigmoid()).eval()
-    # Two images: torch.export specialises a batch axis of size 1.
-    example = images.batch[:2] if len(images.batch) >= 2 else torch.cat([images.batch] * 2)
-    batch = torch.export.Dim("batch", min=1)
     try:
-        torch.onnx.export(
-            wrapped,
-            (example,),
-            str(path),
-            input_names=[_ONNX_INPUT],
-            output_names=[_ONNX_OUTPUT],
-            dynamo=True,
-            dynamic_shapes=({0: batch},),
-            external_data=False,
-            verbose=False,
-        )
+        export_probabilities(version.network(), images.batch, path)
     except Exception as exc:  # torch.export and the ONNX translation raise many kinds
         raise ExportFailed(
             f"torch.onnx.export cannot export {version.config.network.title}: "

@@ -25,6 +25,10 @@ masked loss and the evaluation settings are :mod:`medai.training.prediction`.
   The best epoch's weights are saved and restored.
 - Finally :func:`medai.training.evaluation.evaluate` on the best weights: thresholds from
   validation, test AUROC with bootstrap CIs, pooled and per site, with plots.
+- With ``[export] int8 = true``, then :func:`medai.training.quantize.quantize_trained`:
+  an int8 ONNX model of the best network, calibrated on validation images and accepted
+  only if it agrees with the network on the test split (``TrainResult.int8``); its
+  refusal or failure never fails the run. Rank 0 only.
 - Under ``torchrun`` (a process group, :mod:`medai.training.distributed`) the network is
   wrapped in DistributedDataParallel and each rank trains on its shard; the epoch's
   training loss is summed over the ranks, validation and test predictions are made on
@@ -79,6 +83,7 @@ from medai.training.prediction import (
     masked_bce_with_logits,
     predict,
 )
+from medai.training.quantize import Int8Result, quantize_trained
 from medai.training.transforms import seed_everything
 
 __all__ = ["CHECKPOINT_NAME", "EpochResult", "TrainResult", "train"]
@@ -165,6 +170,9 @@ class TrainResult:
     test_cases
         Per-case test predictions keyed by manifest row
         (:func:`medai.training.case_predictions.case_predictions`); None without the ids.
+    int8
+        The int8 model and its check (:mod:`medai.training.quantize`) when the
+        configuration asks for one (``[export] int8``), on rank 0; None otherwise.
     """
 
     config: ModelConfig
@@ -180,6 +188,7 @@ class TrainResult:
     example_input: npt.NDArray[np.float32]
     device: str = "cpu"
     test_cases: pd.DataFrame | None = None
+    int8: Int8Result | None = None
 
 
 def _has_both_classes(records: list[dict[str, Any]], n_labels: int) -> bool:
@@ -457,6 +466,8 @@ def train(
     shape = (2, 1, *config.transforms.image_size)
     example = np.random.default_rng(config.seed).random(shape, dtype=np.float32)
     net = net.cpu().eval()
+    # After the test predictions, on the CPU network the service will rebuild; seconds.
+    int8 = quantize_trained(net, config, data, settings) if config.export.int8 and main else None
     return TrainResult(
         config=config,
         model=net,
@@ -475,4 +486,5 @@ def train(
             if data.test_cases is None
             else case_predictions(data.test_cases, labels, test_true, test_prob)
         ),
+        int8=int8,
     )

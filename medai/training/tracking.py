@@ -32,6 +32,10 @@ experiment named after the model and logs:
   :mod:`medai.training.case_predictions`), on which the gate compares it with the champion;
 - the best weights as a state dict (``weights/best.pt``), from which the inference service
   rebuilds the network with ``config/resolved.json``;
+- with ``[export] int8 = true`` (:mod:`medai.training.quantize`), the tag ``medai.int8``
+  (``accepted`` or ``refused: <reason>``), the metrics ``int8/max_abs_prob_diff`` and
+  ``int8/test_auroc_delta/<label>`` (int8 minus float on the test split) and, accepted,
+  the model as ``serving/model-int8.onnx``, which the service may run on a CPU;
 - the best network as a ``torch.export`` program (``pt2``: loading it executes no pickled
   code) with two flavors (:mod:`medai.training.pyfunc`): ``pytorch`` returns logits,
   ``python_function`` a probability column per label and, asked, the positives at the
@@ -92,6 +96,7 @@ from medai.training.provenance import (
     log_snapshot_inputs,
     source_tags,
 )
+from medai.training.quantize import INT8_ARTIFACT, INT8_TAG, Int8Result
 from medai.training.reference_stats import log_reference
 from medai.training.registry import (
     CANDIDATE_ALIAS,
@@ -115,6 +120,7 @@ __all__ = [
     "load_registered",
     "load_run_config",
     "load_run_model",
+    "log_int8",
     "promote",
     "resume_tracked",
     "train_tracked",
@@ -550,6 +556,8 @@ def _finish_run(
     # inference service rebuilds the network from config/resolved.json and these,
     # since Grad-CAM needs the module's layers, which the exported program flattens.
     mlflow.log_artifact(str(result.checkpoint), artifact_path=WEIGHTS_ARTIFACT_DIR)
+    if result.int8 is not None:
+        log_int8(result.int8, work)
 
     info = pyfunc.log_model(
         result.model,
@@ -571,6 +579,24 @@ def _finish_run(
         client.set_model_version_tag(config.name, version, key, value)
     _drop_checkpoints(run_id)
     return TrackedRun.registered(config, run_id, experiment_id, version, result)
+
+
+def log_int8(result: Int8Result, work: Path) -> None:
+    """Log what became of the run's int8 model, inside the active run.
+
+    The tag ``medai.int8`` (``accepted`` or ``refused: <reason>``), the check's metrics
+    (measured ones, refused or not) and, accepted, ``serving/model-int8.onnx`` (written
+    through ``work``, a scratch folder).
+    """
+    # MLflow keeps tag values up to 8000 characters; a reason is a sentence or two.
+    mlflow.set_tag(INT8_TAG, result.tag[:5000])
+    metrics = result.metrics()
+    if metrics:
+        mlflow.log_metrics(metrics)
+    if result.accepted and result.model is not None:
+        path = work / Path(INT8_ARTIFACT).name
+        path.write_bytes(result.model)
+        mlflow.log_artifact(str(path), artifact_path=str(Path(INT8_ARTIFACT).parent))
 
 
 def _drop_checkpoints(run_id: str) -> None:

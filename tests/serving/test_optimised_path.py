@@ -4,7 +4,9 @@ On the tiny champion (a real ResNet-18 trained on synthetic radiographs): the ON
 chosen at load gives the probabilities of the torch network on real synthetic images;
 the service answers the same shape on both backends; an export that disagrees (other
 weights) or fails is refused at load, the torch network serves, and the log says why;
-the per-stage timings reach ``/metrics``.
+the per-stage timings reach ``/metrics``. A version whose run has an int8 model
+(``serving/model-int8.onnx``) serves it as ``onnx-int8`` when asked for or fastest, after
+the same check; asked for on a version without one, the service says why and goes on.
 """
 
 from __future__ import annotations
@@ -27,7 +29,13 @@ from medai.serving.app import create_app
 from medai.serving.inference.fast_path import AGREEMENT, torch_backend
 from medai.serving.inference.model import ServedModel, load_served_model
 from tests.serving.helpers import TestClient, bearer, new_key
-from tests.utils.served_model import Champion, reference_probabilities, shared_champion, wait_ready
+from tests.utils.served_model import (
+    Champion,
+    reference_probabilities,
+    shared_champion,
+    train_champion,
+    wait_ready,
+)
 
 SQLITE = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 DICOM = {"Content-Type": "application/dicom"}
@@ -36,6 +44,36 @@ DICOM = {"Content-Type": "application/dicom"}
 @pytest.fixture(scope="module")
 def champion(tmp_path_factory: pytest.TempPathFactory) -> Champion:
     return shared_champion(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def int8_champion(tmp_path_factory: pytest.TempPathFactory) -> Champion:
+    """A champion of its own whose run has an int8 model, made as training makes it.
+
+    The tiny network's test AUROCs move under int8 (near-ties on 10 images, see
+    tests/training/test_quantize.py), so its AUROC bound is opened here; the service's
+    own check at load (every probability within AGREEMENT) is what these tests exercise.
+    """
+    import mlflow
+
+    from medai.training.data import build_training_data
+    from medai.training.export import load_version
+    from medai.training.quantize import quantize_trained
+    from medai.training.tracking import log_int8
+
+    root = tmp_path_factory.mktemp("int8-champion")
+    champion = train_champion(root, name="tiny-int8")
+    settings = champion.settings
+    version = load_version(champion.name, champion.versions[0], settings)
+    data = build_training_data(champion.config, settings)
+    result = quantize_trained(
+        version.network(), champion.config, data, settings, max_auroc_delta=1.0
+    )
+    assert result.accepted, result.reason
+    mlflow.set_tracking_uri(champion.tracking_uri)
+    with mlflow.start_run(run_id=version.run_id):
+        log_int8(result, root)
+    return champion
 
 
 def _load(champion: Champion, settings: Settings, backend: str) -> ServedModel:
@@ -174,3 +212,58 @@ def test_both_backends_answer_alike_and_time_every_stage(
         assert set(ours) == set(theirs)
         assert ours["label"] == theirs["label"]
         assert ours["probability"] == pytest.approx(theirs["probability"], abs=AGREEMENT)
+
+
+@SQLITE
+def test_int8_agrees_with_the_torch_network_on_real_images(
+    settings: Settings, int8_champion: Champion
+) -> None:
+    model = _load(int8_champion, settings, "int8")
+    assert model.backend_name == "onnx-int8", model.backend and model.backend.reason
+    assert model.backend is not None and model.backend.max_abs_difference is not None
+    assert 0 < model.backend.max_abs_difference <= AGREEMENT  # int8: close, not equal
+    files = [study[0] for study in int8_champion.radiographs]
+    batch = _inputs(model, files)
+    fast = model.predict(batch)
+    reference = torch_backend(model.network, model.device, "reference").forward(batch)
+    assert fast.shape == reference.shape == (len(files), len(model.labels))
+    assert float(np.max(np.abs(fast - reference))) <= AGREEMENT
+    assert float(np.max(np.abs(model.predict(batch[:1]) - reference[:1]))) <= AGREEMENT
+
+
+@SQLITE
+def test_auto_times_the_int8_model_beside_the_others(
+    settings: Settings, int8_champion: Champion
+) -> None:
+    model = _load(int8_champion, settings, "auto")
+    assert model.backend is not None
+    reason = model.backend.reason
+    assert reason.startswith("fastest ("), reason
+    for name in ("onnx-int8", "onnx", "torch"):
+        assert re.search(rf"(^|\(|, ){re.escape(name)} [0-9.]+ ms", reason), (name, reason)
+    assert model.backend_name in ("onnx-int8", "onnx", "torch")
+    batch = _inputs(model, [int8_champion.radiographs[0][0]])
+    reference = torch_backend(model.network, model.device, "reference").forward(batch)
+    assert float(np.max(np.abs(model.predict(batch) - reference))) <= AGREEMENT
+
+
+@SQLITE
+def test_torch_is_served_when_asked_for_beside_an_int8_model(
+    settings: Settings, int8_champion: Champion
+) -> None:
+    model = _load(int8_champion, settings, "torch")
+    assert model.backend_name == "torch"
+
+
+@SQLITE
+def test_int8_asked_for_without_an_int8_model_says_why(
+    settings: Settings, champion: Champion, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="medai.serving.inference.fast_path"):
+        model = _load(champion, settings, "int8")
+    assert model.backend_name in ("onnx", "torch")  # as auto chooses between them
+    warnings = [r.getMessage() for r in caplog.records]
+    assert any(
+        "inference_backend = int8 not used" in m and "trained without [export] int8" in m
+        for m in warnings
+    ), warnings

@@ -326,6 +326,9 @@ def test_models_lists_labels_thresholds_and_the_model_card(
     assert {e["label"]: e["threshold"] for e in model["labels"]} == pytest.approx(thresholds)
     assert model["input"] == {"image_size": [32, 32], "intensity": "scale"}
     assert model["network"] == "resnet18" and model["device"] == "cpu"
+    # Which backend runs the forward pass, and why (its check at load), for the operator.
+    assert model["backend"] in ("torch", "onnx", "onnx-int8")
+    assert model["backend_reason"], model
     assert served.get("/v1/models", "steward").status_code == 403
 
     # The card is the card's text, then the metrics of the run of the version served.

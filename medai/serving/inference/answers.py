@@ -139,6 +139,8 @@ def model_out(model: ServedModel) -> ServedModelOut:
             intensity=model.config.transforms.intensity,
         ),
         device=str(model.device),
+        backend=model.backend_name,
+        backend_reason="" if model.backend is None else model.backend.reason,
         loaded_at=model.loaded_at,
         model_card=model.card,
         tags=dict(model.tags),

@@ -9,11 +9,18 @@ through both, and the largest absolute difference of a probability must be at mo
 :data:`AGREEMENT`. An export that fails, an ONNX Runtime that is missing or cannot run
 it, or a disagreement falls back to the torch network, and the log says why.
 
+A version trained with ``[export] int8 = true`` whose int8 model was accepted at training
+(:mod:`medai.training.quantize`) has ``serving/model-int8.onnx`` in its run: it is
+downloaded, opened with the same session options and checked the same way (backend
+``onnx-int8``); one that disagrees is refused, and the log says why.
+
 ``inference_backend`` (``MEDAI_INFERENCE_BACKEND``) picks: ``torch``; ``onnx`` (ONNX
-Runtime when it passes the check); or ``auto`` (default): on a CPU the faster of the two
-on a timing at load, ONNX Runtime only if it passed; on a GPU torch (batched on the
-device). Grad-CAM always uses the torch network (:attr:`ServedModel.network`): it needs
-the layers, and runs only when a heatmap or report is asked for.
+Runtime when it passes the check); ``int8`` (the run's int8 model when it has one that
+passes, else as ``auto`` among the others, with a warning saying why); or ``auto``
+(default): on a CPU the fastest of those that passed on a timing at load (one image, and
+a batch of 4); on a GPU torch (batched on the device). Grad-CAM always uses the torch
+network (:attr:`ServedModel.network`): it needs the layers, and runs only when a heatmap
+or report is asked for.
 
 The export at load rather than at registration: a version registered by any medai (or
 before this module) is served fast without a migration, and the check runs against the
@@ -28,7 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -57,7 +64,7 @@ class Backend:
     Attributes
     ----------
     name
-        ``"torch"`` or ``"onnx"``.
+        ``"torch"``, ``"onnx"`` or ``"onnx-int8"``.
     forward
         A batch ``(N, 1, *image_size)`` (on the CPU) to probabilities ``(N, labels)``.
     reason
@@ -96,7 +103,6 @@ def _onnx_backend(
     thresholds: tuple[float, ...],
 ) -> Backend:
     """ONNX Runtime (CPU) of ``network``; raises ValueError saying why it cannot serve."""
-    import torch
 
     from medai.errors import ExportFailed
     from medai.training.export import CheckImages, RegisteredVersion, write_onnx
@@ -116,17 +122,18 @@ def _onnx_backend(
         except Exception as exc:  # the exporter's many kinds, onnx's checker included
             raise ValueError(f"the ONNX export failed: {type(exc).__name__}") from None
         model = path.read_bytes()
-    options = onnxruntime.SessionOptions()
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # As many threads as torch was given (the cores shared by the worker processes), and
-    # no spinning between operators: the decode pool needs those cores between batches.
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return Backend("onnx", _onnx_forward(onnxruntime, model, "the export"), "ONNX Runtime (CPU)")
+
+
+def _onnx_forward(onnxruntime: Any, model: bytes, what: str) -> Forward:
+    """A CPU session of ``model`` as a forward pass; raises ValueError if it cannot open."""
+
+    from medai.training.onnx_graph import cpu_session
+
     try:
-        session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        session = cpu_session(model)
     except Exception as exc:  # onnxruntime raises its own, unexported, exception types
-        raise ValueError(f"onnxruntime cannot open the export: {type(exc).__name__}") from None
+        raise ValueError(f"onnxruntime cannot open {what}: {type(exc).__name__}") from None
     input_name = session.get_inputs()[0].name
 
     def forward(batch: torch.Tensor) -> npt.NDArray[np.float32]:
@@ -134,7 +141,55 @@ def _onnx_backend(
         (probabilities,) = session.run(None, {input_name: array})
         return np.asarray(probabilities, dtype=np.float32)
 
-    return Backend("onnx", forward, "ONNX Runtime (CPU)")
+    return forward
+
+
+class _NoInt8Model(ValueError):
+    """The version's run has no int8 model: not an error, it was not made or not accepted."""
+
+
+def _int8_backend(settings: Settings, run_id: str) -> Backend:
+    """The run's accepted int8 model in ONNX Runtime (CPU); raises ValueError saying why not."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from medai.training.quantize import INT8_ARTIFACT, INT8_TAG
+
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ValueError("onnxruntime is not installed (pip install onnxruntime)") from None
+    uri = settings.resolved_mlflow_tracking_uri
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    folder, _, file = INT8_ARTIFACT.rpartition("/")
+    try:
+        listed = {item.path for item in client.list_artifacts(run_id, folder)}
+        if INT8_ARTIFACT not in listed:
+            tag = client.get_run(run_id).data.tags.get(INT8_TAG)
+            why = f"int8 {tag}" if tag else "trained without [export] int8 = true"
+            raise _NoInt8Model(f"the run has no {INT8_ARTIFACT} ({why})")
+        with tempfile.TemporaryDirectory(prefix="medai-int8-") as tmp:
+            local = client.download_artifacts(run_id, INT8_ARTIFACT, tmp)
+            model = (Path(local) if Path(local).is_file() else Path(local) / file).read_bytes()
+    except (MlflowException, OSError) as exc:
+        raise ValueError(f"{INT8_ARTIFACT} cannot be read: {type(exc).__name__}") from None
+    forward = _onnx_forward(onnxruntime, model, INT8_ARTIFACT)
+    return Backend("onnx-int8", forward, "ONNX Runtime int8 (CPU)")
+
+
+def _check(fast: Backend, reference: Backend, images: torch.Tensor) -> float:
+    """The largest |probability difference| of ``fast`` from ``reference`` on ``images``;
+    raises ValueError above :data:`AGREEMENT`."""
+    try:
+        difference = float(np.max(np.abs(fast.forward(images) - reference.forward(images))))
+    except Exception as exc:  # onnxruntime's own exception types
+        raise ValueError(f"onnxruntime cannot run it: {type(exc).__name__}") from None
+    if not np.isfinite(difference) or difference > AGREEMENT:
+        raise ValueError(
+            f"its probabilities differ from the torch network's by up to {difference:.4g} "
+            f"on {len(images)} check images (at most {AGREEMENT} is accepted)"
+        )
+    return difference
 
 
 def _seconds(forward: Forward, batches: list[torch.Tensor]) -> float:
@@ -177,7 +232,7 @@ def choose_backend(
 ) -> Backend:
     """The backend ``settings.inference_backend`` asks for, if it passes its check.
 
-    Never raises for the optimised path: the torch network is the fallback, with the
+    Never raises for the optimised paths: the torch network is the fallback, with the
     reason logged as a warning.
     """
     setting = settings.inference_backend
@@ -186,43 +241,81 @@ def choose_backend(
         return torch_backend(network, device, "asked for (inference_backend = torch)")
     if device.type != "cpu":
         reason = f"on {device} torch runs the batches (ONNX Runtime serves CPUs here)"
-        if setting == "onnx":
-            logger.warning("%s: inference_backend = onnx not used: %s", what, reason)
+        if setting in ("onnx", "int8"):
+            logger.warning("%s: inference_backend = %s not used: %s", what, setting, reason)
         return torch_backend(network, device, reason)
     reference = torch_backend(network, device, "the reference network")
     images = _check_images(config, settings)
-    try:
-        fast = _onnx_backend(
+    passed: list[Backend] = []
+    refusals: list[str] = []
+
+    def checked(kind: str, make: Callable[[], Backend]) -> Backend | None:
+        try:
+            fast = make()
+            difference = _check(fast, reference, images)
+        except _NoInt8Model as exc:  # nothing to check: not a refusal worth a warning
+            logger.info("%s: no int8 model: %s", what, exc)
+            refusals.append(f"{kind}: {exc}")
+            return None
+        except ValueError as exc:
+            reason = f"{kind} refused at load: {exc}"
+            logger.warning("%s: %s", what, reason)
+            refusals.append(reason)
+            return None
+        detail = f"{fast.reason}; max |Δp| {difference:.2g} on {len(images)} check images"
+        backend = Backend(fast.name, fast.forward, detail, difference)
+        passed.append(backend)
+        return backend
+
+    if setting in ("int8", "auto"):
+        int8 = checked("ONNX Runtime int8", lambda: _int8_backend(settings, run_id))
+        if setting == "int8":
+            if int8 is not None:
+                return _chosen(what, int8, "asked for")
+            logger.warning(
+                "%s: inference_backend = int8 not used: %s; choosing as auto does",
+                what,
+                refusals[-1],
+            )
+
+    def fp32() -> Backend:
+        return _onnx_backend(
             network, config, images, name=name, version=version, run_id=run_id,
             thresholds=thresholds,
         )  # fmt: skip
-        try:
-            difference = float(np.max(np.abs(fast.forward(images) - reference.forward(images))))
-        except Exception as exc:  # onnxruntime's own exception types
-            raise ValueError(f"onnxruntime cannot run the export: {type(exc).__name__}") from None
-        if not np.isfinite(difference) or difference > AGREEMENT:
-            raise ValueError(
-                f"its probabilities differ from the torch network's by up to {difference:.4g} "
-                f"on {len(images)} check images (at most {AGREEMENT} is accepted)"
-            )
-    except ValueError as exc:
-        reason = f"ONNX Runtime refused at load: {exc}; serving the torch network"
-        logger.warning("%s: %s", what, reason)
-        return torch_backend(network, device, reason)
-    checked = f"max |Δp| {difference:.2g} on {len(images)} check images"
+
+    # The fp32 export at load is paid once, here, and only where it may serve.
+    onnx = checked("ONNX Runtime", fp32)
     if setting == "onnx":
-        backend = Backend("onnx", fast.forward, f"asked for; {checked}", difference)
-    else:
-        # One image alone (an idle service) and a small batch (under load); few, so that
-        # a 3-D model's load stays short.
-        batches = [images[:1], images[:4]]
-        onnx_s, torch_s = _seconds(fast.forward, batches), _seconds(reference.forward, batches)
-        faster = onnx_s <= torch_s
-        timing = f"ONNX Runtime {1000 * onnx_s:.1f} ms vs torch {1000 * torch_s:.1f} ms"
-        backend = (
-            Backend("onnx", fast.forward, f"faster ({timing}); {checked}", difference)
-            if faster
-            else torch_backend(network, device, f"faster ({timing})")
+        if onnx is not None:
+            return _chosen(what, onnx, "asked for")
+        return _chosen(what, torch_backend(network, device, _fallback(refusals)), "")
+    if not passed:
+        return _chosen(what, torch_backend(network, device, _fallback(refusals)), "")
+    # One image alone (an idle service) and a small batch (under load); few, so that a
+    # 3-D model's load stays short.
+    batches = [images[:1], images[:4]]
+    timed = sorted(
+        [(_seconds(b.forward, batches), b) for b in [*passed, reference]],
+        key=lambda pair: pair[0],
+    )
+    timing = ", ".join(f"{b.name} {1000 * seconds:.1f} ms" for seconds, b in timed)
+    fastest = timed[0][1]
+    if fastest is reference:
+        return _chosen(what, torch_backend(network, device, f"fastest ({timing})"), "")
+    return _chosen(what, fastest, f"fastest ({timing})")
+
+
+def _fallback(refusals: list[str]) -> str:
+    """Why the torch network serves when no optimised backend passed."""
+    return "; ".join(refusals) + "; serving the torch network"
+
+
+def _chosen(what: str, backend: Backend, why: str) -> Backend:
+    """``backend`` with ``why`` before its reason, logged."""
+    if why:
+        backend = Backend(
+            backend.name, backend.forward, f"{why}; {backend.reason}", backend.max_abs_difference
         )
     logger.info("%s: forward pass by %s: %s", what, backend.name, backend.reason)
     return backend

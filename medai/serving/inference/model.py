@@ -194,7 +194,7 @@ class ServedModel:
 
     @property
     def backend_name(self) -> str:
-        """``"onnx"`` or ``"torch"``: what runs :meth:`predict`."""
+        """``"torch"``, ``"onnx"`` or ``"onnx-int8"``: what runs :meth:`predict`."""
         return "torch" if self.backend is None else self.backend.name
 
     def findings(self, probabilities: Sequence[float]) -> list[Finding]:

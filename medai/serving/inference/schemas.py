@@ -139,6 +139,15 @@ class ServedModelOut(BaseModel):
     labels: list[LabelOut]
     input: ModelInputOut
     device: str = Field(examples=["cpu"])
+    backend: str = Field(
+        description="What runs the forward pass: torch, onnx (ONNX Runtime) or onnx-int8 "
+        "(the int8 model training proved and the load checked); Grad-CAM always uses torch",
+        examples=["onnx"],
+    )
+    backend_reason: str = Field(
+        description="Why that backend serves (its check and timing at load, or why the "
+        "faster ones were refused)"
+    )
     loaded_at: dt.datetime
     model_card: str | None = Field(
         description="The model card (Markdown): intended use, data, evaluation, limits."

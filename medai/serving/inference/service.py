@@ -285,7 +285,9 @@ class InferenceService:
             model=model,
             findings=tuple(findings),
             instance_probabilities=probabilities,
-            images=torch.stack(images),
+            # A view for the one-image request: a torch op on the event loop gives up the
+            # interpreter lock and waits to get it back from the decode threads.
+            images=images[0].unsqueeze(0) if len(images) == 1 else torch.stack(images),
             source=header_only(datasets[0]),
             response=answer,
             series=tuple(header_only(ds) for ds in datasets) if slices is not None else (),
