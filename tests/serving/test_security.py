@@ -58,6 +58,7 @@ def test_a_burst_of_wrong_keys_is_throttled_recorded_and_shown(
     campaign: Settings, server: ServeProcess
 ) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     monitoring = new_key(campaign, "monitoring", "prometheus")
     steward = new_key(campaign, "steward")
@@ -110,6 +111,8 @@ def test_a_burst_of_wrong_keys_is_throttled_recorded_and_shown(
         browser.get(server.url + "/dashboard/login?lang=vi")
         browser.find_element(By.ID, "key").send_keys(steward)
         browser.find_element(By.ID, "sign-in").click()
+        # The sign-in posts and redirects: wait for the dashboard (a loaded machine is slow).
+        WebDriverWait(browser, 30).until(lambda driver: driver.current_url.endswith("/dashboard"))
         panel = browser.find_element(By.CSS_SELECTOR, '[data-panel="security"]')
         assert panel.find_element(By.TAG_NAME, "h2").text == "Bảo mật"
         row = panel.find_element(By.CSS_SELECTOR, 'tr[data-kind="auth-failed"]')
