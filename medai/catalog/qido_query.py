@@ -263,6 +263,13 @@ def parse_query(
         elif keyword == "PatientID":
             if len(value) > 64:
                 raise DicomwebQueryError("PatientID is at most 64 characters")
+            if any((ord(char) < 0x20 and char != "\x1b") or char in "\\\x7f" for char in value):
+                # A Long String holds no control character or backslash (PS3.5 6.2); a NUL
+                # would also be refused by PostgreSQL, as a server error.
+                raise DicomwebQueryError(
+                    "PatientID holds a control character or a backslash, which a patient "
+                    "ID (a DICOM Long String) cannot contain"
+                )
             patient_id = None if set(value) == {"*"} else value
         elif keyword == "StudyDate":
             date_from, date_to = _date_range(value)

@@ -195,6 +195,9 @@ def test_series_and_instance_levels(
         ({"SOPInstanceUID": "1.2.3"}, "search instances instead"),
         ({"includefield": "Bogus"}, "not a DICOM attribute"),
         ({"fuzzymatching": "maybe"}, "fuzzymatching"),
+        # A NUL reached PostgreSQL as a 500 before; a Long String cannot hold one.
+        ({"PatientID": "*\x00*"}, "control character"),
+        ({"PatientID": "A\\B"}, "backslash"),
     ],
 )
 def test_malformed_queries_are_refused_with_what_to_fix(
