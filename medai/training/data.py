@@ -66,6 +66,7 @@ __all__ = [
     "SITE_KEY",
     "TrainingData",
     "build_training_data",
+    "evaluation_chain",
     "image_loader",
     "make_dataset",
     "make_loader",
@@ -203,6 +204,21 @@ def image_loader(config: ModelConfig, settings: Settings) -> MapTransform:
         spacing = config.transforms.spacing_mm
         return LoadSeriesFromStore(IMAGE_KEY, settings.resolved_store_dir, spacing_mm=spacing)
     return LoadDicomFromStore(IMAGE_KEY, ObjectStore(settings.resolved_store_dir))
+
+
+def evaluation_chain(config: ModelConfig, settings: Settings) -> Compose:
+    """Read a manifest row from the store and apply the evaluation transforms (no augmentation).
+
+    What a step after training reads images with (the monitoring reference, the int8
+    model's calibration under torchrun), as the validation and test loaders do.
+    """
+    return build_transforms(
+        config.transforms,
+        train=False,
+        keys=(IMAGE_KEY,),
+        loader=image_loader(config, settings),
+        seed=config.seed,
+    )
 
 
 def _transform_hash(config: ModelConfig) -> str:

@@ -51,7 +51,7 @@ from medai.config import Settings, get_settings
 from medai.errors import CampaignNotSetUp, ExportFailed, ModelUnavailable, SnapshotNotFound
 from medai.training.config import ModelConfig
 from medai.training.networks import network_from_config
-from medai.training.onnx_graph import INPUT, OUTPUT, export_probabilities
+from medai.training.onnx_graph import INPUT, OUTPUT, cpu_session, export_probabilities
 from medai.training.targets import TRAIN_ONLY_KEY, network_target_filled
 from medai.training.tracking import (
     THRESHOLD_METRIC,
@@ -84,8 +84,6 @@ TOLERANCE: Final = 1e-4
 ONNX_FILE: Final = "model.onnx"
 BUNDLE_CHECKPOINT: Final = "models/model.pt"
 CHECK_IMAGES: Final = 8
-_ONNX_INPUT: Final = INPUT
-_ONNX_OUTPUT: Final = OUTPUT
 # MONAI's ResNets as medai's named shortcuts build them (medai.training.networks).
 _MONAI_RESNETS: Final = {"resnet18", "resnet34", "resnet50"}
 
@@ -673,11 +671,9 @@ def verify_onnx(path: Path, version: RegisteredVersion, images: CheckImages) -> 
     ExportFailed
         Above :data:`TOLERANCE`, or when onnxruntime cannot run the file.
     """
-    import onnxruntime
-
     try:
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        (exported,) = session.run([_ONNX_OUTPUT], {_ONNX_INPUT: images.batch.numpy()})
+        session = cpu_session(str(path))
+        (exported,) = session.run([OUTPUT], {INPUT: images.batch.numpy()})
     except Exception as exc:  # onnxruntime raises its own, unexported, exception types
         raise ExportFailed(f"onnxruntime cannot run {path}: {type(exc).__name__}: {exc}") from None
     served = _served_probabilities(version, images.batch)

@@ -52,13 +52,12 @@ from medai.training.data import (
     IMAGE_KEY,
     LABEL_KEY,
     TrainingData,
-    image_loader,
+    evaluation_chain,
     make_dataset,
     make_loader,
 )
 from medai.training.onnx_graph import INPUT, OUTPUT, cpu_session, export_probabilities
 from medai.training.prediction import label_aurocs
-from medai.training.transforms import build_transforms
 
 __all__ = [
     "CALIBRATION_IMAGES",
@@ -80,8 +79,6 @@ INT8_TAG: Final = "medai.int8"
 MAX_PROBABILITY_DIFFERENCE: Final = 0.01
 MAX_AUROC_DELTA: Final = 0.005
 CALIBRATION_IMAGES: Final = 64
-_INPUT: Final = INPUT
-_OUTPUT: Final = OUTPUT
 _BATCH: Final = 8  # images per calibration or check batch: bounds the calibrator's memory
 
 # Images (N, 1, H, W) float32 and their labels (N, L), NaN where unknown.
@@ -149,7 +146,7 @@ class _Calibration:
     def __init__(self, images: torch.Tensor) -> None:
         array = images.detach().cpu().numpy().astype(np.float32, copy=False)
         self._batches: Iterator[dict[str, npt.NDArray[np.float32]]] = iter(
-            [{_INPUT: array[i : i + _BATCH]} for i in range(0, len(array), _BATCH)]
+            [{INPUT: array[i : i + _BATCH]} for i in range(0, len(array), _BATCH)]
         )
 
     def get_next(self) -> dict[str, npt.NDArray[np.float32]] | None:
@@ -162,7 +159,7 @@ def _kept_in_float(path: Path, guarded: bool) -> list[str]:
     import onnx
 
     nodes = onnx.load(str(path)).graph.node
-    kept = [node.name for node in nodes if _OUTPUT in node.output]
+    kept = [node.name for node in nodes if OUTPUT in node.output]
     if guarded:
         convolutions = [node.name for node in nodes if node.op_type == "Conv"]
         products = [node.name for node in nodes if node.op_type in ("Gemm", "MatMul")]
@@ -219,7 +216,7 @@ def _int8_probabilities(model: bytes, test: Batches) -> npt.NDArray[np.float64]:
     out = []
     for images, _ in test():
         array = images.detach().cpu().numpy().astype(np.float32, copy=False)
-        (probabilities,) = session.run([_OUTPUT], {_INPUT: array})
+        (probabilities,) = session.run([OUTPUT], {INPUT: array})
         out.append(np.asarray(probabilities, dtype=np.float64))
     return np.concatenate(out)
 
@@ -331,13 +328,7 @@ def _split_batches(
     if distributed.world_size() == 1:
         loader = data.loaders[split]
     else:
-        chain = build_transforms(
-            config.transforms,
-            train=False,
-            keys=(IMAGE_KEY,),
-            loader=image_loader(config, settings),
-            seed=config.seed,
-        )
+        chain = evaluation_chain(config, settings)
         dataset = make_dataset(data.records[split], chain, "none")
         loader = make_loader(
             dataset, batch_size=config.schedule.batch_size, shuffle=False, seed=config.seed

@@ -38,7 +38,7 @@ from monai.data.dataset import Dataset
 
 from medai.snapshots import SPLITS, load_snapshot
 from medai.store import ObjectStore
-from medai.training.data import IMAGE_KEY, image_loader
+from medai.training.data import IMAGE_KEY, evaluation_chain
 from medai.training.reference_features import (
     CATEGORICAL,
     HISTOGRAM_EDGES,
@@ -47,7 +47,6 @@ from medai.training.reference_features import (
     category,
     image_features,
 )
-from medai.training.transforms import build_transforms
 
 if TYPE_CHECKING:
     from torch import nn
@@ -104,13 +103,7 @@ def build_reference(
     """
     manifest = load_snapshot(config.data.snapshot, settings=settings)
     store = ObjectStore(settings.resolved_store_dir)
-    chain = build_transforms(
-        config.transforms,
-        train=False,
-        keys=(IMAGE_KEY,),
-        loader=image_loader(config, settings),
-        seed=config.seed,
-    )
+    chain = evaluation_chain(config, settings)
     target = torch.device(device)
     model = model.to(target).eval()
     try:

@@ -29,13 +29,14 @@ very network the service holds. It costs seconds per load.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -107,10 +108,7 @@ def _onnx_backend(
     from medai.errors import ExportFailed
     from medai.training.export import CheckImages, RegisteredVersion, write_onnx
 
-    try:
-        import onnxruntime
-    except ImportError:
-        raise ValueError("onnxruntime is not installed (pip install onnxruntime)") from None
+    _require_onnxruntime()
     state = {key: value.detach().cpu() for key, value in network.state_dict().items()}
     registered = RegisteredVersion(name, version, run_id, config, thresholds, state)
     with tempfile.TemporaryDirectory(prefix="medai-onnx-") as tmp:
@@ -122,10 +120,16 @@ def _onnx_backend(
         except Exception as exc:  # the exporter's many kinds, onnx's checker included
             raise ValueError(f"the ONNX export failed: {type(exc).__name__}") from None
         model = path.read_bytes()
-    return Backend("onnx", _onnx_forward(onnxruntime, model, "the export"), "ONNX Runtime (CPU)")
+    return Backend("onnx", _onnx_forward(model, "the export"), "ONNX Runtime (CPU)")
 
 
-def _onnx_forward(onnxruntime: Any, model: bytes, what: str) -> Forward:
+def _require_onnxruntime() -> None:
+    """ValueError (the fast path is refused, torch serves) when onnxruntime is missing."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise ValueError("onnxruntime is not installed (pip install onnxruntime)")
+
+
+def _onnx_forward(model: bytes, what: str) -> Forward:
     """A CPU session of ``model`` as a forward pass; raises ValueError if it cannot open."""
 
     from medai.training.onnx_graph import cpu_session
@@ -155,10 +159,7 @@ def _int8_backend(settings: Settings, run_id: str) -> Backend:
 
     from medai.training.quantize import INT8_ARTIFACT, INT8_TAG
 
-    try:
-        import onnxruntime
-    except ImportError:
-        raise ValueError("onnxruntime is not installed (pip install onnxruntime)") from None
+    _require_onnxruntime()
     uri = settings.resolved_mlflow_tracking_uri
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     folder, _, file = INT8_ARTIFACT.rpartition("/")
@@ -173,7 +174,7 @@ def _int8_backend(settings: Settings, run_id: str) -> Backend:
             model = (Path(local) if Path(local).is_file() else Path(local) / file).read_bytes()
     except (MlflowException, OSError) as exc:
         raise ValueError(f"{INT8_ARTIFACT} cannot be read: {type(exc).__name__}") from None
-    forward = _onnx_forward(onnxruntime, model, INT8_ARTIFACT)
+    forward = _onnx_forward(model, INT8_ARTIFACT)
     return Backend("onnx-int8", forward, "ONNX Runtime int8 (CPU)")
 
 
