@@ -24,7 +24,11 @@ In one run:
      service's best throughput >= 0.8x the bare loop's.
 
     python benchmarks/serve.py [--requests 256] [--clients 1,8,32] [--image-size 512]
-                               [--only medai|mlflow] [--epochs 1] [--keep] [--json OUT]
+                               [--only medai|mlflow] [--epochs 1] [--home HOME] [--keep]
+                               [--json OUT]
+
+``--home HOME`` serves the demo model a ``benchmarks/train.py --keep`` run trained (its
+``home`` folder): the network the pilot would serve, with its int8 and bfloat16 checks.
 """
 
 from __future__ import annotations
@@ -181,6 +185,38 @@ def register_demo_model(work: Path, epochs: int) -> tuple[Settings, ModelConfig]
         f"({time.perf_counter() - start:.0f} s)\n",
         flush=True,
     )
+    return settings, config
+
+
+def trained_model(home: Path) -> tuple[Settings, ModelConfig]:
+    """The demo model a training kept in ``home`` (``benchmarks/train.py --keep``): its
+    champion, else its latest version promoted through the gate (refused: the run stops)."""
+    from mlflow.tracking import MlflowClient
+
+    from medai.config import Settings
+    from medai.errors import MedaiError
+    from medai.training.export import load_version
+    from medai.training.registry import promote
+
+    settings = Settings(home=home)
+    uri = settings.resolved_mlflow_tracking_uri
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        version = client.get_model_version_by_alias(MODEL, "champion").version
+    except Exception:  # no champion yet: MLflow raises its own for a missing alias
+        versions = client.search_model_versions(f"name = '{MODEL}'")
+        if not versions:
+            raise SystemExit(f"{home} holds no registered {MODEL}") from None
+        version = str(max(int(v.version) for v in versions))
+        try:
+            promote(MODEL, version, settings, actor="benchmarks/serve.py")
+        except MedaiError as exc:
+            raise SystemExit(f"{MODEL} version {version} cannot be champion: {exc}") from None
+    loaded = load_version(MODEL, version, settings)
+    tags = client.get_run(loaded.run_id).data.tags
+    checks = ", ".join(f"{k} {tags[k]}" for k in ("medai.int8", "medai.bfloat16") if k in tags)
+    print(f"serving {MODEL} version {version} trained in {home} ({checks or 'no checks'})\n")
+    config = loaded.config
     return settings, config
 
 
@@ -548,6 +584,12 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=512, help="radiograph size sent, px")
     parser.add_argument("--studies", type=int, default=8, help="distinct radiographs sent")
     parser.add_argument("--epochs", type=int, default=1, help="training epochs of the model")
+    parser.add_argument(
+        "--home",
+        type=Path,
+        help="serve the demo model trained in this MEDAI_HOME (benchmarks/train.py --keep "
+        "prints it) instead of training a tiny one",
+    )
     parser.add_argument("--only", choices=("medai", "mlflow"), help="serve and drive one side")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the results here")
@@ -556,7 +598,10 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="medai-bench-serve-"))
     try:
-        settings, config = register_demo_model(work, args.epochs)
+        if args.home is not None:
+            settings, config = trained_model(args.home)
+        else:
+            settings, config = register_demo_model(work, args.epochs)
         instances = load_studies(work, args.studies, args.image_size)
         bodies, shape = mlflow_bodies(instances, config)
         print(

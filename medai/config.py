@@ -330,12 +330,14 @@ class Settings(BaseSettings):
     )
     inference_backend: str = Field(
         default="auto",
-        pattern=r"^(auto|torch|onnx|int8)$",
+        pattern=r"^(auto|torch|onnx|int8|bfloat16)$",
         description="What runs the forward pass: onnx (ONNX Runtime, CPU), int8 (the "
-        "version's int8 ONNX model, made at training with [export] int8 = true), torch, or "
-        "auto (the fastest of those that agree with the torch network at load). A backend "
-        "that fails its check at load falls back (int8: as auto; onnx: to torch), and the "
-        "log says why.",
+        "version's int8 ONNX model, made at training with [export] int8 = true), bfloat16 "
+        "(torch bfloat16 autocast on a CPU with native bfloat16 units, for a version whose "
+        "training accepted it with [export] bfloat16 = true), torch, or auto (the fastest "
+        "of those that agree with the torch network at load). A backend that fails its "
+        "check at load falls back (int8, bfloat16: as auto; onnx: to torch), and the log "
+        "says why.",
     )
     max_predict_bytes: int = Field(
         default=256 * 1024**2,

@@ -280,12 +280,17 @@ class ScheduleConfig(_Strict):
         Stop after this many epochs without a better validation AUROC; 0 never stops early.
     lr_schedule
         ``"cosine"``: cosine annealing to 0 over ``epochs``; ``"none"``: constant.
+    precision
+        The training steps' arithmetic (:mod:`medai.training.precision`): ``"auto"``
+        (float16 on CUDA, bfloat16 on a CPU with native bfloat16 units, else float32),
+        ``"bfloat16"`` or ``"float32"``. Evaluation and export are float32 always.
     """
 
     epochs: int = Field(default=20, ge=1)
     batch_size: int = Field(default=32, ge=1)
     patience: int = Field(default=5, ge=0)
     lr_schedule: Literal["cosine", "none"] = "cosine"
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
 
 
 class EvaluationConfig(_Strict):
@@ -324,9 +329,16 @@ class ExportConfig(_Strict):
         ``"int8"``). 2-D instance-level models only (``data.level = "instance"``). A
         refusal or a failure of the quantizer never fails the training: the run's tag
         ``medai.int8`` says why.
+    bfloat16
+        Check the trained network's bfloat16 forward pass (:mod:`medai.training.bfloat16`:
+        autocast, channels-last) against its float32 one on the test split, with the same
+        bounds; the run's tag ``medai.bfloat16`` says ``accepted`` or why not. Accepted, the
+        service may run it on a CPU with native bfloat16 units, where it is 2-3 times
+        faster (``inference_backend = "auto"`` or ``"bfloat16"``). Nothing else is stored.
     """
 
     int8: bool = False
+    bfloat16: bool = False
 
 
 class ModelConfig(_Strict):

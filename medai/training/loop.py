@@ -17,8 +17,9 @@ masked loss and the evaluation settings are :mod:`medai.training.prediction`.
   the run (weights, best weights, optimiser, scheduler, counters, history, every random
   state) is written and handed to ``on_checkpoint``; ``resume=`` continues from one and
   ends as the uninterrupted run would have (single process).
-- Mixed precision (float16 autocast with a gradient scaler) on CUDA only; on the CPU it
-  would be slower and change the numbers.
+- Mixed precision for the training steps (:mod:`medai.training.precision`): float16
+  autocast with a gradient scaler on CUDA, bfloat16 on a CPU with native bfloat16 units
+  (2-D networks then in channels-last); validation, test and export stay float32.
 - After each epoch: validation loss, each label's AUROC and their macro mean (over the
   labels with both classes in the validation set). Early stopping watches the macro
   AUROC; when no label has both classes there, it watches the validation loss instead.
@@ -28,7 +29,8 @@ masked loss and the evaluation settings are :mod:`medai.training.prediction`.
 - With ``[export] int8 = true``, then :func:`medai.training.quantize.quantize_trained`:
   an int8 ONNX model of the best network, calibrated on validation images and accepted
   only if it agrees with the network on the test split (``TrainResult.int8``); its
-  refusal or failure never fails the run. Rank 0 only.
+  refusal or failure never fails the run. Rank 0 only. Likewise ``[export] bfloat16``:
+  :func:`medai.training.bfloat16.check_bfloat16` (``TrainResult.bfloat16``).
 - Under ``torchrun`` (a process group, :mod:`medai.training.distributed`) the network is
   wrapped in DistributedDataParallel and each rank trains on its shard; the epoch's
   training loss is summed over the ranks, validation and test predictions are made on
@@ -59,6 +61,7 @@ from torch.utils.data import DistributedSampler
 
 from medai.config import Settings
 from medai.training import distributed, targets
+from medai.training.bfloat16 import Bfloat16Result, check_bfloat16
 from medai.training.case_predictions import case_predictions
 from medai.training.checkpoints import (
     Checkpoint,
@@ -76,8 +79,8 @@ from medai.training.data import (
 )
 from medai.training.evaluation import EvaluationResult
 from medai.training.networks import network_from_config
+from medai.training.precision import training_autocast, training_dtype, uses_channels_last
 from medai.training.prediction import (
-    autocast,
     evaluate_predictions,
     label_aurocs,
     masked_bce_with_logits,
@@ -173,6 +176,9 @@ class TrainResult:
     int8
         The int8 model and its check (:mod:`medai.training.quantize`) when the
         configuration asks for one (``[export] int8``), on rank 0; None otherwise.
+    bfloat16
+        The check of the bfloat16 forward pass (:mod:`medai.training.bfloat16`) when the
+        configuration asks for it (``[export] bfloat16``), on rank 0; None otherwise.
     """
 
     config: ModelConfig
@@ -189,6 +195,7 @@ class TrainResult:
     device: str = "cpu"
     test_cases: pd.DataFrame | None = None
     int8: Int8Result | None = None
+    bfloat16: Bfloat16Result | None = None
 
 
 def _has_both_classes(records: list[dict[str, Any]], n_labels: int) -> bool:
@@ -305,6 +312,13 @@ def train(
     seed_everything(config.seed)
     # A resumed run takes its weights from the checkpoint, not from [network] weights.
     net = network_from_config(config, len(labels), initial_weights=resume is None).to(target)
+    dtype = training_dtype(target, config.schedule.precision)
+    layout = (
+        torch.channels_last
+        if uses_channels_last(dtype, len(config.transforms.image_size))
+        else torch.contiguous_format
+    )
+    net = net.to(memory_format=layout)
     # The wrapper averages the gradients over the ranks (and starts every rank from rank
     # 0's weights); ``net`` itself is what is evaluated, saved and returned.
     model: nn.Module = (
@@ -320,7 +334,8 @@ def train(
         if config.schedule.lr_schedule == "cosine"
         else None
     )
-    scaler = torch.amp.GradScaler("cuda", enabled=target.type == "cuda")
+    # bfloat16 has float32's exponent range: only float16 needs its loss scaled.
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     monitor = (
         "val/auroc/macro" if _has_both_classes(data.records["val"], len(labels)) else "val/loss"
     )
@@ -361,12 +376,12 @@ def train(
         total, count = 0.0, 0
         lr = float(optimizer.param_groups[0]["lr"])
         for batch in train_loader:
-            images = batch[IMAGE_KEY].to(target, non_blocking=True)
+            images = batch[IMAGE_KEY].to(target, non_blocking=True, memory_format=layout)
             targets = batch[LABEL_KEY].to(target, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
-            with autocast(target):
+            with training_autocast(target, dtype):
                 logits = model(images)
-            loss = loss_fn(logits, targets)
+            loss = loss_fn(logits.float(), targets)
             scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
             scaler.step(optimizer)
             scaler.update()
@@ -465,9 +480,12 @@ def train(
     # example to a constant; with 2 the batch dimension stays dynamic.
     shape = (2, 1, *config.transforms.image_size)
     example = np.random.default_rng(config.seed).random(shape, dtype=np.float32)
-    net = net.cpu().eval()
+    net = net.cpu().eval().to(memory_format=torch.contiguous_format)
     # After the test predictions, on the CPU network the service will rebuild; seconds.
     int8 = quantize_trained(net, config, data, settings) if config.export.int8 and main else None
+    bfloat16 = (
+        check_bfloat16(net, config, data, settings) if config.export.bfloat16 and main else None
+    )
     return TrainResult(
         config=config,
         model=net,
@@ -487,4 +505,5 @@ def train(
             else case_predictions(data.test_cases, labels, test_true, test_prob)
         ),
         int8=int8,
+        bfloat16=bfloat16,
     )

@@ -32,13 +32,12 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -46,18 +45,18 @@ import torch
 from torch import nn
 
 from medai.config import Settings, get_settings
-from medai.training import distributed
-from medai.training.config import ModelConfig
-from medai.training.data import (
-    IMAGE_KEY,
-    LABEL_KEY,
-    TrainingData,
-    evaluation_chain,
-    make_dataset,
-    make_loader,
+from medai.training.agreement import (
+    MAX_AUROC_DELTA,
+    MAX_PROBABILITY_DIFFERENCE,
+    Batches,
+    CheckedForm,
+    judge,
+    reference_answers,
+    split_batches,
 )
+from medai.training.config import ModelConfig
+from medai.training.data import TrainingData
 from medai.training.onnx_graph import INPUT, OUTPUT, cpu_session, export_probabilities
-from medai.training.prediction import label_aurocs
 
 __all__ = [
     "CALIBRATION_IMAGES",
@@ -75,69 +74,33 @@ logger = logging.getLogger(__name__)
 # Where a run keeps the accepted model, and the tag that says what became of it.
 INT8_ARTIFACT: Final = "serving/model-int8.onnx"
 INT8_TAG: Final = "medai.int8"
-# Issue 16's bounds for an optimised path.
-MAX_PROBABILITY_DIFFERENCE: Final = 0.01
-MAX_AUROC_DELTA: Final = 0.005
 CALIBRATION_IMAGES: Final = 64
 _BATCH: Final = 8  # images per calibration or check batch: bounds the calibrator's memory
-
-# Images (N, 1, H, W) float32 and their labels (N, L), NaN where unknown.
-Batch = tuple[torch.Tensor, npt.NDArray[np.float64]]
-Batches = Callable[[], Iterable[Batch]]
 
 PLAIN: Final = "int8 throughout (the output sigmoid in float)"
 GUARDED: Final = "int8 with the first convolution and the final layer in float"
 
 
 @dataclass(frozen=True)
-class Int8Result:
-    """What became of the int8 model of a run.
+class Int8Result(CheckedForm):
+    """What became of the int8 model of a run (the check's figures: :class:`CheckedForm`).
 
     Attributes
     ----------
-    accepted
-        Whether it passed the check (then ``model`` holds it).
-    reason
-        Why it was refused (empty when accepted).
     model
         The int8 ONNX model, when accepted.
     recipe
         Which quantization was checked last (:data:`PLAIN` or :data:`GUARDED`); empty when
         none could be made.
-    max_abs_prob_diff
-        Its largest |probability difference| from the float network over the test split
-        (NaN when not measured).
-    auroc_delta
-        Each label's test AUROC of the int8 model minus the float network's (labels
-        without both classes in the test split are left out).
-    calibration_images, test_images
-        How many validation images calibrated it and test images checked it.
-    seconds
-        How long the export, quantization and check took.
+    calibration_images
+        How many validation images calibrated it.
     """
 
-    accepted: bool
-    reason: str
+    metric_prefix: ClassVar[str] = "int8"
+
     model: bytes | None = field(default=None, repr=False)
     recipe: str = ""
-    max_abs_prob_diff: float = math.nan
-    auroc_delta: dict[str, float] = field(default_factory=dict)
     calibration_images: int = 0
-    test_images: int = 0
-    seconds: float = 0.0
-
-    @property
-    def tag(self) -> str:
-        """The run tag ``medai.int8``: ``accepted`` or ``refused: <reason>``."""
-        return "accepted" if self.accepted else f"refused: {self.reason}"
-
-    def metrics(self) -> dict[str, float]:
-        """``int8/max_abs_prob_diff`` and ``int8/test_auroc_delta/<label>`` (finite ones)."""
-        values = {
-            "int8/max_abs_prob_diff": self.max_abs_prob_diff,
-            **{f"int8/test_auroc_delta/{label}": v for label, v in self.auroc_delta.items()},
-        }
-        return {name: value for name, value in values.items() if math.isfinite(value)}
 
 
 class _Calibration:
@@ -189,28 +152,6 @@ def _quantize(prepared: Path, out: Path, calibration: torch.Tensor, guarded: boo
     return out.read_bytes()
 
 
-@dataclass(frozen=True)
-class _Reference:
-    """The float network's answers on the test split, computed once for both recipes."""
-
-    labels: npt.NDArray[np.float64]
-    probabilities: npt.NDArray[np.float64]
-    aurocs: list[float]
-
-
-def _reference(network: nn.Module, test: Batches) -> _Reference:
-    truths, probabilities = [], []
-    with torch.inference_mode():
-        for images, labels in test():
-            logits = network(images.float())
-            probabilities.append(torch.sigmoid(logits.float()).double().numpy())
-            truths.append(np.asarray(labels, dtype=np.float64))
-    if not truths:
-        raise ValueError("the test split has no images to check it on")
-    truth, probability = np.concatenate(truths), np.concatenate(probabilities)
-    return _Reference(truth, probability, label_aurocs(truth, probability))
-
-
 def _int8_probabilities(model: bytes, test: Batches) -> npt.NDArray[np.float64]:
     session = cpu_session(model)
     out = []
@@ -219,37 +160,6 @@ def _int8_probabilities(model: bytes, test: Batches) -> npt.NDArray[np.float64]:
         (probabilities,) = session.run([OUTPUT], {INPUT: array})
         out.append(np.asarray(probabilities, dtype=np.float64))
     return np.concatenate(out)
-
-
-def _judge(
-    recipe: str,
-    probabilities: npt.NDArray[np.float64],
-    reference: _Reference,
-    label_names: Sequence[str],
-    max_abs_prob_diff: float,
-    max_auroc_delta: float,
-) -> tuple[float, dict[str, float], str]:
-    """The check's figures and, when it fails, why (empty when it passes)."""
-    difference = float(np.max(np.abs(probabilities - reference.probabilities)))
-    deltas = {
-        label: ours - theirs
-        for label, ours, theirs in zip(
-            label_names,
-            label_aurocs(reference.labels, probabilities),
-            reference.aurocs,
-            strict=True,
-        )
-        if not math.isnan(theirs)  # a label without both classes in the test split
-    }
-    problems = []
-    if not difference <= max_abs_prob_diff:  # NaN fails too
-        problems.append(f"max |Δp| {difference:.3g} > {max_abs_prob_diff:g}")
-    moved = {label: d for label, d in deltas.items() if not abs(d) <= max_auroc_delta}
-    problems += [f"{label} AUROC moved {d:+.3g}" for label, d in moved.items()]
-    if moved:
-        problems[-1] += f" (at most ±{max_auroc_delta:g})"
-    why = f"{recipe}: {', '.join(problems)}" if problems else ""
-    return difference, deltas, why
 
 
 def quantize_network(
@@ -287,7 +197,7 @@ def quantize_network(
     if len(calibration) == 0:
         return Int8Result(False, "no validation images to calibrate it on")
     float_network = copy.deepcopy(network).cpu().float().eval()
-    reference = _reference(float_network, test)
+    reference = reference_answers(float_network, test)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     reasons = []
@@ -299,7 +209,7 @@ def quantize_network(
         for recipe in (PLAIN, GUARDED):
             model = _quantize(prepared, Path(tmp) / "int8.onnx", calibration, recipe == GUARDED)
             probabilities = _int8_probabilities(model, test)
-            difference, deltas, why = _judge(
+            difference, deltas, why = judge(
                 recipe, probabilities, reference, label_names, max_abs_prob_diff, max_auroc_delta
             )
             figures = {
@@ -311,36 +221,10 @@ def quantize_network(
             }
             if not why:
                 seconds = time.perf_counter() - started
-                return Int8Result(True, "", model, seconds=seconds, **figures)
+                return Int8Result(True, "", model=model, seconds=seconds, **figures)
             reasons.append(why)
     seconds = time.perf_counter() - started
     return Int8Result(False, "; ".join(reasons), seconds=seconds, **figures)
-
-
-def _split_batches(
-    config: ModelConfig, data: TrainingData, settings: Settings, split: str
-) -> Batches:
-    """The split's batches with the evaluation transforms, in manifest order.
-
-    One process: the run's own loader (its cache included). Under ``torchrun`` each rank's
-    loader holds a shard, so the whole split is read again from the store.
-    """
-    if distributed.world_size() == 1:
-        loader = data.loaders[split]
-    else:
-        chain = evaluation_chain(config, settings)
-        dataset = make_dataset(data.records[split], chain, "none")
-        loader = make_loader(
-            dataset, batch_size=config.schedule.batch_size, shuffle=False, seed=config.seed
-        )
-
-    def batches() -> Iterator[Batch]:
-        for batch in loader:
-            images = torch.as_tensor(batch[IMAGE_KEY]).float().cpu()
-            labels = torch.as_tensor(batch[LABEL_KEY]).double().cpu().numpy()
-            yield images, labels
-
-    return batches
 
 
 def _first_images(batches: Batches, limit: int) -> torch.Tensor:
@@ -383,12 +267,12 @@ def quantize_trained(
     settings = settings or get_settings()
     try:
         calibration = _first_images(
-            _split_batches(config, data, settings, "val"), CALIBRATION_IMAGES
+            split_batches(config, data, settings, "val"), CALIBRATION_IMAGES
         )
         result = quantize_network(
             network,
             calibration,
-            _split_batches(config, data, settings, "test"),
+            split_batches(config, data, settings, "test"),
             config.data.labels,
             max_abs_prob_diff=max_abs_prob_diff,
             max_auroc_delta=max_auroc_delta,

@@ -36,6 +36,9 @@ experiment named after the model and logs:
   (``accepted`` or ``refused: <reason>``), the metrics ``int8/max_abs_prob_diff`` and
   ``int8/test_auroc_delta/<label>`` (int8 minus float on the test split) and, accepted,
   the model as ``serving/model-int8.onnx``, which the service may run on a CPU;
+- with ``[export] bfloat16 = true`` (:mod:`medai.training.bfloat16`), the tag
+  ``medai.bfloat16`` and the metrics ``bfloat16/max_abs_prob_diff`` and
+  ``bfloat16/test_auroc_delta/<label>``;
 - the best network as a ``torch.export`` program (``pt2``: loading it executes no pickled
   code) with two flavors (:mod:`medai.training.pyfunc`): ``pytorch`` returns logits,
   ``python_function`` a probability column per label and, asked, the positives at the
@@ -85,6 +88,7 @@ from medai.config import Settings, get_settings
 from medai.errors import ResumeRefused
 from medai.snapshots import load_snapshot
 from medai.training import distributed, pyfunc
+from medai.training.bfloat16 import BFLOAT16_TAG, Bfloat16Result
 from medai.training.checkpoints import CHECKPOINT_ARTIFACT_DIR, Checkpoint, latest_checkpoint
 from medai.training.config import ModelConfig, flatten
 from medai.training.data import TrainingData, build_training_data
@@ -120,6 +124,7 @@ __all__ = [
     "load_registered",
     "load_run_config",
     "load_run_model",
+    "log_bfloat16",
     "log_int8",
     "promote",
     "resume_tracked",
@@ -558,6 +563,8 @@ def _finish_run(
     mlflow.log_artifact(str(result.checkpoint), artifact_path=WEIGHTS_ARTIFACT_DIR)
     if result.int8 is not None:
         log_int8(result.int8, work)
+    if result.bfloat16 is not None:
+        log_bfloat16(result.bfloat16)
 
     info = pyfunc.log_model(
         result.model,
@@ -597,6 +604,15 @@ def log_int8(result: Int8Result, work: Path) -> None:
         path = work / Path(INT8_ARTIFACT).name
         path.write_bytes(result.model)
         mlflow.log_artifact(str(path), artifact_path=str(Path(INT8_ARTIFACT).parent))
+
+
+def log_bfloat16(result: Bfloat16Result) -> None:
+    """Log the check of the run's bfloat16 forward pass, inside the active run: the tag
+    ``medai.bfloat16`` (``accepted`` or ``refused: <reason>``) and its measured metrics."""
+    mlflow.set_tag(BFLOAT16_TAG, result.tag[:5000])
+    metrics = result.metrics()
+    if metrics:
+        mlflow.log_metrics(metrics)
 
 
 def _drop_checkpoints(run_id: str) -> None:

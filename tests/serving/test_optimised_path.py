@@ -11,14 +11,12 @@ the same check; asked for on a version without one, the service says why and goe
 
 from __future__ import annotations
 
-import io
 import logging
 import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
 import pytest
 import torch
 
@@ -27,10 +25,11 @@ from medai.config import Settings
 from medai.errors import ExportFailed
 from medai.serving.app import create_app
 from medai.serving.inference.fast_path import AGREEMENT, torch_backend
-from medai.serving.inference.model import ServedModel, load_served_model
 from tests.serving.helpers import TestClient, bearer, new_key
 from tests.utils.served_model import (
     Champion,
+    load_with_backend,
+    preprocessed,
     reference_probabilities,
     shared_champion,
     train_champion,
@@ -76,30 +75,17 @@ def int8_champion(tmp_path_factory: pytest.TempPathFactory) -> Champion:
     return champion
 
 
-def _load(champion: Champion, settings: Settings, backend: str) -> ServedModel:
-    serving = champion.serving_settings(settings, inference_backend=backend)
-    return load_served_model(
-        serving, name=champion.name, alias="champion", device=torch.device("cpu")
-    )
-
-
-def _inputs(model: ServedModel, files: list[Path]) -> torch.Tensor:
-    return torch.stack(
-        [model.preprocess(pydicom.dcmread(io.BytesIO(path.read_bytes()))) for path in files]
-    )
-
-
 @SQLITE
 def test_onnx_agrees_with_the_torch_network_on_real_images(
     settings: Settings, champion: Champion
 ) -> None:
-    model = _load(champion, settings, "onnx")
+    model = load_with_backend(champion, settings, "onnx")
     assert model.backend_name == "onnx", model.backend and model.backend.reason
     assert model.backend is not None and model.backend.max_abs_difference is not None
     assert model.backend.max_abs_difference <= AGREEMENT
     files = [study[0] for study in champion.radiographs]
     assert len(files) >= 4
-    batch = _inputs(model, files)
+    batch = preprocessed(model, files)
     fast = model.predict(batch)
     reference = torch_backend(model.network, model.device, "reference").forward(batch)
     assert fast.shape == reference.shape == (len(files), len(model.labels))
@@ -113,7 +99,7 @@ def test_onnx_agrees_with_the_torch_network_on_real_images(
 
 @SQLITE
 def test_torch_is_served_when_asked_for(settings: Settings, champion: Champion) -> None:
-    model = _load(champion, settings, "torch")
+    model = load_with_backend(champion, settings, "torch")
     assert model.backend_name == "torch"
     assert model.backend is not None and "asked for" in model.backend.reason
 
@@ -139,7 +125,7 @@ def _perturbed_export(original: Any) -> Any:
 
 
 @SQLITE
-def test_a_disagreeing_onnx_model_is_refused_at_load(
+def test_a_disagreeing_onnx_model_is_refused_atload_with_backend(
     settings: Settings,
     champion: Champion,
     monkeypatch: pytest.MonkeyPatch,
@@ -147,13 +133,13 @@ def test_a_disagreeing_onnx_model_is_refused_at_load(
 ) -> None:
     monkeypatch.setattr(export, "write_onnx", _perturbed_export(export.write_onnx))
     with caplog.at_level(logging.WARNING, logger="medai.serving.inference.fast_path"):
-        model = _load(champion, settings, "onnx")
+        model = load_with_backend(champion, settings, "onnx")
     assert model.backend_name == "torch"
     assert model.backend is not None
     assert "differ from the torch network" in model.backend.reason
     assert any("ONNX Runtime refused at load" in r.getMessage() for r in caplog.records)
     # The fallback is the reference itself.
-    batch = _inputs(model, [champion.radiographs[0][0]])
+    batch = preprocessed(model, [champion.radiographs[0][0]])
     reference = torch_backend(model.network, model.device, "reference").forward(batch)
     assert np.array_equal(model.predict(batch), reference)
 
@@ -166,7 +152,7 @@ def test_a_failed_export_falls_back_to_torch_and_says_why(
         raise ExportFailed("torch.onnx.export cannot export this network: a test")
 
     monkeypatch.setattr(export, "write_onnx", fail)
-    model = _load(champion, settings, "auto")
+    model = load_with_backend(champion, settings, "auto")
     assert model.backend_name == "torch"
     assert model.backend is not None
     assert "cannot export this network" in model.backend.reason
@@ -218,12 +204,12 @@ def test_both_backends_answer_alike_and_time_every_stage(
 def test_int8_agrees_with_the_torch_network_on_real_images(
     settings: Settings, int8_champion: Champion
 ) -> None:
-    model = _load(int8_champion, settings, "int8")
+    model = load_with_backend(int8_champion, settings, "int8")
     assert model.backend_name == "onnx-int8", model.backend and model.backend.reason
     assert model.backend is not None and model.backend.max_abs_difference is not None
     assert 0 < model.backend.max_abs_difference <= AGREEMENT  # int8: close, not equal
     files = [study[0] for study in int8_champion.radiographs]
-    batch = _inputs(model, files)
+    batch = preprocessed(model, files)
     fast = model.predict(batch)
     reference = torch_backend(model.network, model.device, "reference").forward(batch)
     assert fast.shape == reference.shape == (len(files), len(model.labels))
@@ -235,14 +221,14 @@ def test_int8_agrees_with_the_torch_network_on_real_images(
 def test_auto_times_the_int8_model_beside_the_others(
     settings: Settings, int8_champion: Champion
 ) -> None:
-    model = _load(int8_champion, settings, "auto")
+    model = load_with_backend(int8_champion, settings, "auto")
     assert model.backend is not None
     reason = model.backend.reason
     assert reason.startswith("fastest ("), reason
     for name in ("onnx-int8", "onnx", "torch"):
         assert re.search(rf"(^|\(|, ){re.escape(name)} [0-9.]+ ms", reason), (name, reason)
     assert model.backend_name in ("onnx-int8", "onnx", "torch")
-    batch = _inputs(model, [int8_champion.radiographs[0][0]])
+    batch = preprocessed(model, [int8_champion.radiographs[0][0]])
     reference = torch_backend(model.network, model.device, "reference").forward(batch)
     assert float(np.max(np.abs(model.predict(batch) - reference))) <= AGREEMENT
 
@@ -251,7 +237,7 @@ def test_auto_times_the_int8_model_beside_the_others(
 def test_torch_is_served_when_asked_for_beside_an_int8_model(
     settings: Settings, int8_champion: Champion
 ) -> None:
-    model = _load(int8_champion, settings, "torch")
+    model = load_with_backend(int8_champion, settings, "torch")
     assert model.backend_name == "torch"
 
 
@@ -260,7 +246,7 @@ def test_int8_asked_for_without_an_int8_model_says_why(
     settings: Settings, champion: Champion, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="medai.serving.inference.fast_path"):
-        model = _load(champion, settings, "int8")
+        model = load_with_backend(champion, settings, "int8")
     assert model.backend_name in ("onnx", "torch")  # as auto chooses between them
     warnings = [r.getMessage() for r in caplog.records]
     assert any(

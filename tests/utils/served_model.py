@@ -6,8 +6,9 @@ trains the 32-px ResNet-18 (seconds on a CPU), registers it and promotes it to
 so one training serves a whole test module; :func:`shared_champion` trains it once per
 test process for the modules that only read it.
 
-Also: :class:`ThreadedServer` (the app under uvicorn on loopback, in a thread) and
-:func:`wait_ready` (until ``/readyz`` says the model is loaded).
+Also: :class:`ThreadedServer` (the app under uvicorn on loopback, in a thread),
+:func:`wait_ready` (until ``/readyz`` says the model is loaded), :func:`load_with_backend`
+and :func:`preprocessed` (a served model asked for a forward backend, and its inputs).
 """
 
 from __future__ import annotations
@@ -163,6 +164,23 @@ def reference_probabilities(
     ]
     with torch.no_grad():
         return torch.sigmoid(network(torch.stack(images)))
+
+
+def load_with_backend(champion: Champion, settings: Settings, backend: str) -> Any:
+    """The champion loaded as the service loads it, asking for ``backend``, on the CPU."""
+    from medai.serving.inference.model import load_served_model
+
+    serving = champion.serving_settings(settings, inference_backend=backend)
+    return load_served_model(
+        serving, name=champion.name, alias="champion", device=torch.device("cpu")
+    )
+
+
+def preprocessed(model: Any, files: list[Path]) -> torch.Tensor:
+    """``files`` preprocessed by ``model`` (a ServedModel) as it serves them, as one batch."""
+    return torch.stack(
+        [model.preprocess(pydicom.dcmread(io.BytesIO(path.read_bytes()))) for path in files]
+    )
 
 
 def wait_ready(client: Any, timeout: float = 120.0) -> None:

@@ -14,9 +14,14 @@ A version trained with ``[export] int8 = true`` whose int8 model was accepted at
 downloaded, opened with the same session options and checked the same way (backend
 ``onnx-int8``); one that disagrees is refused, and the log says why.
 
+A version trained with ``[export] bfloat16 = true`` whose run is tagged
+``medai.bfloat16 = accepted`` (:mod:`medai.training.bfloat16`) may run the torch network
+under bfloat16 autocast (backend ``torch-bfloat16``), on a CPU with native bfloat16 units
+only (emulated, it would be slower than float32), after the same check.
+
 ``inference_backend`` (``MEDAI_INFERENCE_BACKEND``) picks: ``torch``; ``onnx`` (ONNX
-Runtime when it passes the check); ``int8`` (the run's int8 model when it has one that
-passes, else as ``auto`` among the others, with a warning saying why); or ``auto``
+Runtime when it passes the check); ``int8`` or ``bfloat16`` (that form when the run has
+one that passes, else as ``auto`` among the others, with a warning saying why); or ``auto``
 (default): on a CPU the fastest of those that passed on a timing at load (one image, and
 a batch of 4); on a GPU torch (batched on the device). Grad-CAM always uses the torch
 network (:attr:`ServedModel.network`): it needs the layers, and runs only when a heatmap
@@ -36,7 +41,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -65,7 +70,7 @@ class Backend:
     Attributes
     ----------
     name
-        ``"torch"``, ``"onnx"`` or ``"onnx-int8"``.
+        ``"torch"``, ``"onnx"``, ``"onnx-int8"`` or ``"torch-bfloat16"``.
     forward
         A batch ``(N, 1, *image_size)`` (on the CPU) to probabilities ``(N, labels)``.
     reason
@@ -148,27 +153,60 @@ def _onnx_forward(model: bytes, what: str) -> Forward:
     return forward
 
 
-class _NoInt8Model(ValueError):
-    """The version's run has no int8 model: not an error, it was not made or not accepted."""
+class _NotMadeAtTraining(ValueError):
+    """The version's run has no such form: not an error, it was not made or not accepted."""
+
+
+def _mlflow_client(settings: Settings) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    uri = settings.resolved_mlflow_tracking_uri
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _bfloat16_backend(network: torch.nn.Module, settings: Settings, run_id: str) -> Backend:
+    """The torch network under bfloat16 autocast; raises ValueError saying why it may not."""
+    from mlflow.exceptions import MlflowException
+
+    from medai.training.bfloat16 import BFLOAT16_TAG, bfloat16_forward
+    from medai.training.precision import cpu_has_native_bfloat16
+
+    try:
+        tag = _mlflow_client(settings).get_run(run_id).data.tags.get(BFLOAT16_TAG)
+    except MlflowException as exc:
+        raise ValueError(f"the run cannot be read: {type(exc).__name__}") from None
+    if tag != "accepted":
+        why = f"{BFLOAT16_TAG} {tag}" if tag else "trained without [export] bfloat16 = true"
+        raise _NotMadeAtTraining(f"its training did not accept it ({why})")
+    if not cpu_has_native_bfloat16():
+        raise ValueError(
+            "this CPU has no native bfloat16 units (AMX or AVX512-BF16): emulated, it would "
+            "be slower than float32"
+        )
+    probabilities = bfloat16_forward(network)
+
+    def forward(batch: torch.Tensor) -> npt.NDArray[np.float32]:
+        array: npt.NDArray[np.float32] = probabilities(batch).numpy()
+        return array
+
+    return Backend("torch-bfloat16", forward, "torch bfloat16 autocast (CPU)")
 
 
 def _int8_backend(settings: Settings, run_id: str) -> Backend:
     """The run's accepted int8 model in ONNX Runtime (CPU); raises ValueError saying why not."""
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
     from medai.training.quantize import INT8_ARTIFACT, INT8_TAG
 
     _require_onnxruntime()
-    uri = settings.resolved_mlflow_tracking_uri
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client = _mlflow_client(settings)
     folder, _, file = INT8_ARTIFACT.rpartition("/")
     try:
         listed = {item.path for item in client.list_artifacts(run_id, folder)}
         if INT8_ARTIFACT not in listed:
             tag = client.get_run(run_id).data.tags.get(INT8_TAG)
             why = f"int8 {tag}" if tag else "trained without [export] int8 = true"
-            raise _NoInt8Model(f"the run has no {INT8_ARTIFACT} ({why})")
+            raise _NotMadeAtTraining(f"the run has no {INT8_ARTIFACT} ({why})")
         with tempfile.TemporaryDirectory(prefix="medai-int8-") as tmp:
             local = client.download_artifacts(run_id, INT8_ARTIFACT, tmp)
             model = (Path(local) if Path(local).is_file() else Path(local) / file).read_bytes()
@@ -242,7 +280,7 @@ def choose_backend(
         return torch_backend(network, device, "asked for (inference_backend = torch)")
     if device.type != "cpu":
         reason = f"on {device} torch runs the batches (ONNX Runtime serves CPUs here)"
-        if setting in ("onnx", "int8"):
+        if setting in ("onnx", "int8", "bfloat16"):
             logger.warning("%s: inference_backend = %s not used: %s", what, setting, reason)
         return torch_backend(network, device, reason)
     reference = torch_backend(network, device, "the reference network")
@@ -254,8 +292,8 @@ def choose_backend(
         try:
             fast = make()
             difference = _check(fast, reference, images)
-        except _NoInt8Model as exc:  # nothing to check: not a refusal worth a warning
-            logger.info("%s: no int8 model: %s", what, exc)
+        except _NotMadeAtTraining as exc:  # nothing to check: not a refusal worth a warning
+            logger.info("%s: no %s: %s", what, kind, exc)
             refusals.append(f"{kind}: {exc}")
             return None
         except ValueError as exc:
@@ -268,14 +306,23 @@ def choose_backend(
         passed.append(backend)
         return backend
 
-    if setting in ("int8", "auto"):
-        int8 = checked("ONNX Runtime int8", lambda: _int8_backend(settings, run_id))
-        if setting == "int8":
-            if int8 is not None:
-                return _chosen(what, int8, "asked for")
+    # The forms training proved (an int8 model, the bfloat16 forward pass): asked for by
+    # name, served if it passes; else chosen among the rest as auto chooses.
+    trained_forms: dict[str, tuple[str, Callable[[], Backend]]] = {
+        "int8": ("ONNX Runtime int8", lambda: _int8_backend(settings, run_id)),
+        "bfloat16": ("bfloat16", lambda: _bfloat16_backend(network, settings, run_id)),
+    }
+    for form, (kind, make) in trained_forms.items():
+        if setting not in (form, "auto"):
+            continue
+        backend = checked(kind, make)
+        if setting == form:
+            if backend is not None:
+                return _chosen(what, backend, "asked for")
             logger.warning(
-                "%s: inference_backend = int8 not used: %s; choosing as auto does",
+                "%s: inference_backend = %s not used: %s; choosing as auto does",
                 what,
+                form,
                 refusals[-1],
             )
 

@@ -194,7 +194,8 @@ class ServedModel:
 
     @property
     def backend_name(self) -> str:
-        """``"torch"``, ``"onnx"`` or ``"onnx-int8"``: what runs :meth:`predict`."""
+        """What runs :meth:`predict`: ``"torch"``, ``"onnx"``, ``"onnx-int8"`` or
+        ``"torch-bfloat16"``."""
         return "torch" if self.backend is None else self.backend.name
 
     def findings(self, probabilities: Sequence[float]) -> list[Finding]:

@@ -140,8 +140,9 @@ class ServedModelOut(BaseModel):
     input: ModelInputOut
     device: str = Field(examples=["cpu"])
     backend: str = Field(
-        description="What runs the forward pass: torch, onnx (ONNX Runtime) or onnx-int8 "
-        "(the int8 model training proved and the load checked); Grad-CAM always uses torch",
+        description="What runs the forward pass: torch, onnx (ONNX Runtime), onnx-int8 "
+        "(the int8 model training proved and the load checked) or torch-bfloat16 (the "
+        "network under bfloat16 autocast, likewise proved); Grad-CAM always uses torch",
         examples=["onnx"],
     )
     backend_reason: str = Field(
