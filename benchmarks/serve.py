@@ -190,7 +190,8 @@ def register_demo_model(work: Path, epochs: int) -> tuple[Settings, ModelConfig]
 
 def trained_model(home: Path) -> tuple[Settings, ModelConfig]:
     """The demo model a training kept in ``home`` (``benchmarks/train.py --keep``): its
-    champion, else its latest version promoted through the gate (refused: the run stops)."""
+    champion, else its latest version promoted (through the gate, or overriding it with
+    an audited reason when the gate refuses)."""
     from mlflow.tracking import MlflowClient
 
     from medai.config import Settings
@@ -211,7 +212,13 @@ def trained_model(home: Path) -> tuple[Settings, ModelConfig]:
         try:
             promote(MODEL, version, settings, actor="benchmarks/serve.py")
         except MedaiError as exc:
-            raise SystemExit(f"{MODEL} version {version} cannot be champion: {exc}") from None
+            # A ~90-study test split gives wide intervals: the gate may refuse a model whose
+            # speed is all this benchmark measures. Overridden on the record, as a user must.
+            print(f"the gate refuses version {version} ({exc}); overriding it on the record")
+            promote(
+                MODEL, version, settings, actor="benchmarks/serve.py", override_gate=True,
+                reason="benchmarks/serve.py measures serving speed, not the model's evidence",
+            )  # fmt: skip
     loaded = load_version(MODEL, version, settings)
     tags = client.get_run(loaded.run_id).data.tags
     checks = ", ".join(f"{k} {tags[k]}" for k in ("medai.int8", "medai.bfloat16") if k in tags)
@@ -287,20 +294,30 @@ class Server:
         self._out.close()
 
 
-def start_medai(settings: Settings, work: Path, port: int) -> tuple[Server, str]:
-    """`medai serve` on ``port`` and a clinician key for it."""
-    env = clean_environment() | {
-        "MEDAI_HOME": str(settings.resolved_home),
-        "MEDAI_DATABASE_URL": settings.resolved_database_url,
-        "MEDAI_MODELS_DIR": str(REPO / "models"),
-        "MEDAI_SERVE_MODEL": MODEL,
-        "MEDAI_LOG_LEVEL": "WARNING",
-    }
+def start_medai(
+    settings: Settings, work: Path, port: int, extra: dict[str, str] | None = None
+) -> tuple[Server, str]:
+    """`medai serve` on ``port`` and a clinician key for it; ``extra``: more MEDAI_* settings."""
+    env = (
+        (extra or {})
+        | clean_environment()
+        | {
+            "MEDAI_HOME": str(settings.resolved_home),
+            "MEDAI_DATABASE_URL": settings.resolved_database_url,
+            "MEDAI_MODELS_DIR": str(REPO / "models"),
+            "MEDAI_SERVE_MODEL": MODEL,
+            "MEDAI_LOG_LEVEL": "WARNING",
+        }
+    )
     medai = [sys.executable, "-m", "medai.cli"]
+    # A name of its own per run: a kept home (--home) already holds the earlier runs' keys.
+    name = f"bench-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
     created = subprocess.run(
-        [*medai, "keys", "create", "--role", "clinician", "--name", "bench"],
-        env=env, check=True, capture_output=True, text=True,
+        [*medai, "keys", "create", "--role", "clinician", "--name", name],
+        env=env, capture_output=True, text=True,
     )  # fmt: skip
+    if created.returncode != 0:
+        raise SystemExit(f"medai keys create failed:\n{created.stderr[-2000:]}")
     key = created.stdout.strip().splitlines()[-1]  # the key is alone on the last line
     server = Server(
         "medai serve",
@@ -575,6 +592,13 @@ def print_runs(runs: list[Run]) -> None:
             )
 
 
+def _setting(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.startswith("MEDAI_"):
+        raise argparse.ArgumentTypeError(f"expected MEDAI_NAME=VALUE, got {text!r}")
+    return name, value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -584,6 +608,15 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=512, help="radiograph size sent, px")
     parser.add_argument("--studies", type=int, default=8, help="distinct radiographs sent")
     parser.add_argument("--epochs", type=int, default=1, help="training epochs of the model")
+    parser.add_argument(
+        "--medai-env",
+        type=_setting,
+        action="append",
+        default=[],
+        metavar="MEDAI_NAME=VALUE",
+        help="a setting for `medai serve` (repeatable), e.g. MEDAI_INFERENCE_BACKEND=onnx; "
+        "none by default: the service runs with its defaults",
+    )
     parser.add_argument(
         "--home",
         type=Path,
@@ -635,7 +668,7 @@ def main() -> None:
             print_runs(mlflow_runs)
         if args.only in (None, "medai"):
             port = free_port()
-            server, key = start_medai(settings, work, port)
+            server, key = start_medai(settings, work, port, dict(args.medai_env))
             try:
                 server.wait_ready(f"http://127.0.0.1:{port}/readyz")
                 target = Target(

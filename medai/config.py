@@ -322,8 +322,9 @@ class Settings(BaseSettings):
     inference_threads: int = Field(
         default=0,
         ge=0,
-        description="torch CPU threads per service process; 0: the CPU cores divided by "
-        "the number of worker processes.",
+        description="The forward pass's CPU threads per service process (torch and ONNX "
+        "Runtime); 0: half the CPU cores of each worker process (the other half decode "
+        "the next requests meanwhile).",
     )
     inference_device: str | None = Field(
         default=None, description="torch device, e.g. cpu or cuda:1; default cuda when present."

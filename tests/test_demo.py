@@ -49,7 +49,7 @@ def test_demo_runs_every_stage(settings: Settings) -> None:
     serve_port, mlflow_port = free_port(), free_port()
     run = subprocess.run(
         [sys.executable, "-m", "medai.cli", "demo", "--exit", "--studies", "120",
-         "--image-size", "32", "--epochs", "15",
+         "--image-size", "32", "--epochs", "20",
          "--serve-port", str(serve_port), "--mlflow-port", str(mlflow_port)],
         cwd=ROOT,
         capture_output=True,

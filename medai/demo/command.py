@@ -62,7 +62,7 @@ def demo_command(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic generator.")] = 2026,
     image_size: Annotated[
         int, typer.Option("--image-size", min=16, help="Rows and columns of the synthetic images.")
-    ] = 128,
+    ] = 192,
     epochs: Annotated[
         int | None, typer.Option("--epochs", min=1, help="Training epochs (default: the config).")
     ] = None,

@@ -282,7 +282,8 @@ class ScheduleConfig(_Strict):
         ``"cosine"``: cosine annealing to 0 over ``epochs``; ``"none"``: constant.
     precision
         The training steps' arithmetic (:mod:`medai.training.precision`): ``"auto"``
-        (float16 on CUDA, bfloat16 on a CPU with native bfloat16 units, else float32),
+        (float16 on CUDA, bfloat16 on a CPU with native bfloat16 units for 2-D images of
+        128 x 128 or more, else float32),
         ``"bfloat16"`` or ``"float32"``. Evaluation and export are float32 always.
     """
 

@@ -312,7 +312,7 @@ def train(
     seed_everything(config.seed)
     # A resumed run takes its weights from the checkpoint, not from [network] weights.
     net = network_from_config(config, len(labels), initial_weights=resume is None).to(target)
-    dtype = training_dtype(target, config.schedule.precision)
+    dtype = training_dtype(target, config.schedule.precision, config.transforms.image_size)
     layout = (
         torch.channels_last
         if uses_channels_last(dtype, len(config.transforms.image_size))
@@ -376,7 +376,9 @@ def train(
         total, count = 0.0, 0
         lr = float(optimizer.param_groups[0]["lr"])
         for batch in train_loader:
-            images = batch[IMAGE_KEY].to(target, non_blocking=True, memory_format=layout)
+            images = batch[IMAGE_KEY].to(target, non_blocking=True)
+            if layout is torch.channels_last:
+                images = images.contiguous(memory_format=layout)
             targets = batch[LABEL_KEY].to(target, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             with training_autocast(target, dtype):

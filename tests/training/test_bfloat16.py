@@ -18,12 +18,12 @@ import torch
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-import medai.training.loop as loop
 from medai.config import Settings
 from medai.training.agreement import MAX_PROBABILITY_DIFFERENCE
 from medai.training.bfloat16 import BFLOAT16_TAG, bfloat16_forward, check_bfloat16
 from medai.training.config import load_model_config
 from medai.training.data import IMAGE_KEY, TrainingData, build_training_data
+from medai.training.networks import network_from_config
 from medai.training.precision import cpu_has_native_bfloat16, training_dtype
 from medai.training.tracking import TrackedRun, train_tracked
 from tests.utils.research import LABELS, build_tiny_catalog, tiny_model_config, tiny_synth
@@ -51,11 +51,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     root = tmp_path_factory.mktemp("bf16")
     train_dtypes: set[torch.dtype] = set()
     eval_dtypes: set[torch.dtype] = set()
-    built = loop.network_from_config
 
     def watched(*args: object, **kwargs: object) -> nn.Module:
         # The network the loop trains, with a hook that notes which arithmetic ran.
-        network: nn.Module = built(*args, **kwargs)  # type: ignore[arg-type]
+        network: nn.Module = network_from_config(*args, **kwargs)  # type: ignore[arg-type]
         first = next(m for m in network.modules() if isinstance(m, nn.Conv2d))
 
         def note(module: nn.Module, inputs: object, output: torch.Tensor) -> None:
@@ -68,7 +67,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         for name in list(os.environ):
             if name.startswith("MEDAI_") and not name.startswith("MEDAI_TEST_"):
                 patch.delenv(name)
-        patch.setattr(loop, "network_from_config", watched)
+        patch.setattr("medai.training.loop.network_from_config", watched)
         settings = Settings(home=root / "home", database_url=f"sqlite:///{root / 'catalog.db'}")
         build_tiny_catalog(settings, tiny_synth(root / "synth"), "tiny")
         model_dir = root / "models" / MODEL
@@ -83,13 +82,18 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     yield Run(settings, tracked, data, train_dtypes, eval_dtypes)
 
 
-def test_auto_precision_follows_the_hardware() -> None:
+def test_auto_precision_follows_the_hardware_and_the_input() -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     native = cpu_has_native_bfloat16()
-    assert training_dtype(cpu, "auto") == (torch.bfloat16 if native else None)
-    assert training_dtype(cuda, "auto") == torch.float16
-    assert training_dtype(cpu, "float32") is None and training_dtype(cuda, "float32") is None
-    assert training_dtype(cpu, "bfloat16") == torch.bfloat16
+    large, small, volume = (192, 192), (32, 32), (24, 128, 128)
+    assert training_dtype(cpu, "auto", large) == (torch.bfloat16 if native else None)
+    # Small images are bound by overheads, where bfloat16 is slower; volumes unmeasured.
+    assert training_dtype(cpu, "auto", small) is None
+    assert training_dtype(cpu, "auto", volume) is None
+    assert training_dtype(cuda, "auto", small) == torch.float16
+    assert training_dtype(cpu, "float32", large) is None
+    assert training_dtype(cuda, "float32", large) is None
+    assert training_dtype(cpu, "bfloat16", small) == torch.bfloat16
 
 
 def test_training_steps_run_in_bfloat16_and_evaluation_in_float32(run: Run) -> None:
@@ -149,7 +153,8 @@ class _Knife(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         error = self.conv(images).float() - images
-        return 1e3 * error.amax(dim=(2, 3))
+        logits: torch.Tensor = 1e3 * error.amax(dim=(2, 3))
+        return logits
 
 
 def test_a_network_bfloat16_breaks_is_refused_with_the_reason(run: Run) -> None:
