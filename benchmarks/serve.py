@@ -595,7 +595,7 @@ def print_runs(runs: list[Run]) -> None:
 def _setting(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name.startswith("MEDAI_"):
-        raise argparse.ArgumentTypeError(f"expected MEDAI_NAME=VALUE, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, NAME a MEDAI_ setting: {text!r}")
     return name, value
 
 
@@ -613,7 +613,7 @@ def main() -> None:
         type=_setting,
         action="append",
         default=[],
-        metavar="MEDAI_NAME=VALUE",
+        metavar="NAME=VALUE",
         help="a setting for `medai serve` (repeatable), e.g. MEDAI_INFERENCE_BACKEND=onnx; "
         "none by default: the service runs with its defaults",
     )

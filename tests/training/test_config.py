@@ -27,7 +27,7 @@ def test_demo_config_loads_and_resolves_weights_against_its_directory() -> None:
     config = load_model_config(REPO / "models" / "chest-xray-triage")
     assert config.name == "chest-xray-triage"
     assert config.data.labels == ("nodule", "effusion", "cardiomegaly")
-    assert config.transforms.image_size == (128, 128)
+    assert config.transforms.image_size == (192, 192)
     assert config.source == REPO / "models" / "chest-xray-triage" / "config.toml"
     assert config.weights_path() is None
     with_weights = config.model_copy(
