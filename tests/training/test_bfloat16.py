@@ -9,7 +9,6 @@ rounding breaks is refused, with the reason.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -27,6 +26,7 @@ from medai.training.networks import network_from_config
 from medai.training.precision import cpu_has_native_bfloat16, training_dtype
 from medai.training.tracking import TrackedRun, train_tracked
 from tests.utils.research import LABELS, build_tiny_catalog, tiny_model_config, tiny_synth
+from tests.utils.served_model import clean_environment
 
 MODEL = "tiny-bf16"
 
@@ -63,10 +63,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         first.register_forward_hook(note)
         return network
 
-    with pytest.MonkeyPatch.context() as patch:
-        for name in list(os.environ):
-            if name.startswith("MEDAI_") and not name.startswith("MEDAI_TEST_"):
-                patch.delenv(name)
+    with clean_environment() as patch:
         patch.setattr("medai.training.loop.network_from_config", watched)
         settings = Settings(home=root / "home", database_url=f"sqlite:///{root / 'catalog.db'}")
         build_tiny_catalog(settings, tiny_synth(root / "synth"), "tiny")

@@ -9,7 +9,6 @@ data quantize to the same bytes.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from medai.training.quantize import (
 )
 from medai.training.tracking import TrackedRun, log_int8, train_tracked
 from tests.utils.research import LABELS, build_tiny_catalog, tiny_model_config, tiny_synth
+from tests.utils.served_model import clean_environment
 
 MODEL = "tiny-int8"
 REPO = Path(__file__).resolve().parents[2]
@@ -53,11 +53,7 @@ class Run:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     root = tmp_path_factory.mktemp("int8")
-    with pytest.MonkeyPatch.context() as patch:
-        # As the `settings` fixture does: a developer's own MEDAI_* must not leak in.
-        for name in list(os.environ):
-            if name.startswith("MEDAI_") and not name.startswith("MEDAI_TEST_"):
-                patch.delenv(name)
+    with clean_environment():
         settings = Settings(home=root / "home", database_url=f"sqlite:///{root / 'catalog.db'}")
         build_tiny_catalog(settings, tiny_synth(root / "synth"), "tiny")
         model_dir = root / "models" / MODEL

@@ -82,18 +82,19 @@ class Champion:
 
 
 @contextmanager
-def _clean_environment() -> Iterator[None]:
-    # As the `settings` fixture does: a developer's own MEDAI_* must not leak in.
+def clean_environment() -> Iterator[pytest.MonkeyPatch]:
+    """A developer's own MEDAI_* removed, as the `settings` fixture does, for module-scoped
+    fixtures; yields the MonkeyPatch, undone on exit."""
     with pytest.MonkeyPatch.context() as patch:
         for name in list(os.environ):
             if name.startswith("MEDAI_") and not name.startswith("MEDAI_TEST_"):
                 patch.delenv(name)
-        yield
+        yield patch
 
 
 def train_champion(root: Path, name: str = MODEL) -> Champion:
     """Build the tiny campaign under ``root``, train one version and make it champion."""
-    with _clean_environment():
+    with clean_environment():
         return _train_champion(root, name)
 
 

@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -157,22 +157,16 @@ class _NotMadeAtTraining(ValueError):
     """The version's run has no such form: not an error, it was not made or not accepted."""
 
 
-def _mlflow_client(settings: Settings) -> Any:
-    from mlflow.tracking import MlflowClient
-
-    uri = settings.resolved_mlflow_tracking_uri
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
 def _bfloat16_backend(network: torch.nn.Module, settings: Settings, run_id: str) -> Backend:
     """The torch network under bfloat16 autocast; raises ValueError saying why it may not."""
     from mlflow.exceptions import MlflowException
 
+    from medai.serving.inference.mlflow_store import mlflow_client
     from medai.training.bfloat16 import BFLOAT16_TAG, bfloat16_forward
     from medai.training.precision import cpu_has_native_bfloat16
 
     try:
-        tag = _mlflow_client(settings).get_run(run_id).data.tags.get(BFLOAT16_TAG)
+        tag = mlflow_client(settings).get_run(run_id).data.tags.get(BFLOAT16_TAG)
     except MlflowException as exc:
         raise ValueError(f"the run cannot be read: {type(exc).__name__}") from None
     if tag != "accepted":
@@ -196,10 +190,11 @@ def _int8_backend(settings: Settings, run_id: str) -> Backend:
     """The run's accepted int8 model in ONNX Runtime (CPU); raises ValueError saying why not."""
     from mlflow.exceptions import MlflowException
 
+    from medai.serving.inference.mlflow_store import mlflow_client
     from medai.training.quantize import INT8_ARTIFACT, INT8_TAG
 
     _require_onnxruntime()
-    client = _mlflow_client(settings)
+    client = mlflow_client(settings)
     folder, _, file = INT8_ARTIFACT.rpartition("/")
     try:
         listed = {item.path for item in client.list_artifacts(run_id, folder)}

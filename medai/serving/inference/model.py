@@ -45,6 +45,7 @@ from medai.serving.inference.card import (
 )
 from medai.serving.inference.fast_path import Backend, choose_backend, torch_backend
 from medai.serving.inference.findings import Finding
+from medai.serving.inference.mlflow_store import mlflow_client
 
 if TYPE_CHECKING:
     import numpy as np
@@ -206,21 +207,6 @@ class ServedModel:
         ]
 
 
-def _client(settings: Settings) -> Any:
-    from mlflow.tracking import MlflowClient
-
-    uri = settings.resolved_mlflow_tracking_uri
-    if uri.startswith("sqlite:///"):
-        # MLflow would create an empty database here; there is nothing to serve from one.
-        path = Path(uri.removeprefix("sqlite:///"))
-        if not path.is_file():
-            raise ModelUnavailable(
-                f"there is no MLflow database at {path}: train and promote a model first "
-                "(`medai train`, `medai models promote`), or set MEDAI_MLFLOW_TRACKING_URI"
-            )
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
 def resolve_version(settings: Settings, name: str, alias: str) -> tuple[str, str]:
     """The version number and training run id that ``models:/<name>@<alias>`` points to.
 
@@ -231,7 +217,7 @@ def resolve_version(settings: Settings, name: str, alias: str) -> tuple[str, str
     """
     from mlflow.exceptions import MlflowException
 
-    client = _client(settings)
+    client = mlflow_client(settings)
     try:
         version = client.get_model_version_by_alias(name, alias)
     except MlflowException:
@@ -338,7 +324,7 @@ def load_served_model(
     from medai.training.tracking import CONFIG_ARTIFACT, WEIGHTS_ARTIFACT, load_run_model
     from medai.training.transforms import build_transforms
 
-    client = _client(settings)
+    client = mlflow_client(settings)
     number, run_id = version or resolve_version(settings, name, alias)
     what = f"{name} version {number}"
     uri = settings.resolved_mlflow_tracking_uri
